@@ -1,0 +1,76 @@
+"""``lambda-bake``: the command line. Each subcommand lives in its own module with a ``register``.
+
+Exit codes: 0 success, 1 internal error, 2 user error (bad input; the message says the fix),
+3 verification failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+from typing import Any
+
+from . import __version__
+from .errors import EXIT_USER, BakeError, VerificationFailed
+
+# (module, help) for every subcommand; each module defines register(subparsers).
+COMMAND_MODULES = (
+    "bake.commands.bake_cmd",
+    "bake.commands.inspect_cmd",
+    "bake.commands.demo_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lambda-bake",
+        description=(
+            "Fold learned per-neuron lambda gates into a plain Qwen3 checkpoint (and ONNX), "
+            "verify it against the hooked model, and publish it."
+        ),
+        epilog="Exit codes: 0 success, 1 internal error, 2 user error, 3 verification failed.",
+    )
+    parser.add_argument("--version", action="version", version=f"lambda-bake {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def emit_json(report: dict[str, Any]) -> None:
+    """Print a machine-readable report on stdout (progress and messages go to stderr)."""
+    json.dump(report, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # let atomic writers clean up on `kill`
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except VerificationFailed as e:
+        print(f"verification failed: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno != 28:  # anything but a full disk is unexpected: traceback, exit code 1
+            raise
+        print(f"error: disk full while writing ({e}); nothing was left behind. Free space and rerun.",
+              file=sys.stderr)
+        return EXIT_USER
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per lambda-bake subcommand; each defines ``register(subparsers)``."""
