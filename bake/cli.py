@@ -46,6 +46,15 @@ def emit_json(report: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
+def _silence_library_progress() -> None:
+    """--quiet also mutes transformers' and huggingface_hub's own progress bars."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"terminated by signal {signum}")
 
@@ -53,6 +62,8 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # let atomic writers clean up on `kill`
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        _silence_library_progress()
     try:
         return int(args.func(args) or 0)
     except BakeError as e:

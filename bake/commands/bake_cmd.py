@@ -1,0 +1,79 @@
+"""``lambda-bake bake``: fold a gate variant into a base model and write a standard checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import emit_json
+from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
+from .common import (add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say,
+                     settings_from_args)
+
+DESCRIPTION = """\
+Fold a lambda-gate variant into a Qwen3 base model and write a plain Hugging Face checkpoint
+(safetensors, config, tokenizer, bake_manifest.json, model card) that loads with
+AutoModelForCausalLM.from_pretrained and needs no hooks.
+
+The cut is given by exactly one of --threshold, --off-fraction or --preset (not with
+--gate-mode soft). The achieved off-fraction is always reported. The output folder is written
+to a temporary sibling and moved into place only when complete.
+
+example:
+  lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant chat_energy_optA \\
+      --preset 3 --out ./qwen3-0.6b-chat_energy_optA-p3
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bake", help="fold gates into a base model and write a checkpoint",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="base Qwen3 model folder")
+    add_gate_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--layout", choices=LAYOUTS, default="dense",
+                   help="dense: same shapes, off columns zero; pruned: off neurons removed, layers padded "
+                        "to a common width")
+    p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE,
+                   help=f"pruned: round the common width up to a multiple of N (default {DEFAULT_PAD_MULTIPLE}: "
+                        "GPU matmul tiles are 64 wide)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="checkpoint dtype; auto keeps the base's. Math is float32, rounded once")
+    p.add_argument("--max-shard-size", default="5GB", help="split weights into shards above this size (default 5GB)")
+    p.add_argument("--allow-all-off", action="store_true",
+                   help="allow a cut that switches off every neuron of every layer")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    base, variant = load_base_and_gates(Path(args.base), Path(args.gates), args.variant)
+    settings, scale_source = settings_from_args(args, variant)
+    options = BakeOptions(layout=args.layout, dtype=args.dtype, pad_multiple=args.pad_multiple,
+                          max_shard_size=args.max_shard_size, allow_all_off=args.allow_all_off,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
+        f"into {base.folder} -> {args.out}")
+    manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
+                               sources={"scale_mode_source": scale_source})
+    if args.json:
+        emit_json({"ok": True, "out": str(args.out), "manifest": manifest})
+    else:
+        print_summary(manifest, str(args.out))
+    return 0
+
+
+def print_summary(m: dict, out: str) -> None:
+    s = m["sizes"]
+    layout = m["layout"]
+    chosen = s["pruned" if layout == "pruned" else "dense"]
+    say(f"wrote {out}")
+    say(f"  threshold {m['cut']['threshold']}  off-fraction {m['off_fraction']:.4f} "
+        f"({sum(m['off_per_layer'])} of {m['gates']['num_neurons']} neurons)")
+    say(f"  off per layer: {format_layer_counts(m['off_per_layer'], m['base']['intermediate_size'])}")
+    say(f"  layout {layout}: intermediate_size {m['intermediate_size']}, {chosen['params']:,} params, "
+        f"{chosen['mlp_flops_per_token']:,} MLP FLOPs/token (dense {s['dense']['mlp_flops_per_token']:,}, "
+        f"ragged {s['ragged']['mlp_flops_per_token']:,})")
+    if s["pruned_padding_overhead"] is not None:
+        say(f"  pruned padding overhead vs ragged: {s['pruned_padding_overhead']:.2%} extra neurons")
