@@ -35,7 +35,7 @@ def build_ragged_model(base_dir: Path, scale: torch.Tensor, dtype: torch.dtype =
             "down_proj": prune_down_proj(reader.tensor(mlp_name(i, "down_proj")), s, keep, width, dtype),
         }
         for name, w in weights.items():
-            linear = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=dtype)
+            linear = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=False, dtype=dtype)
             linear.weight.data.copy_(w)
             setattr(mlp, name, linear)
         mlp.intermediate_size = width
