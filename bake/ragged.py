@@ -7,6 +7,7 @@ checkpoint; use it for experiments, or export ragged widths to ONNX (``lambda-ba
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def build_ragged_model(base_dir: Path, scale: torch.Tensor, dtype: torch.dtype =
             "down_proj": prune_down_proj(reader.tensor(mlp_name(i, "down_proj")), s, keep, width, dtype),
         }
         for name, w in weights.items():
-            linear = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=False, dtype=dtype)
+            with warnings.catch_warnings():  # a layer that lost every neuron has a zero-width Linear
+                warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+                linear = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=False, dtype=dtype)
             linear.weight.data.copy_(w)
             setattr(mlp, name, linear)
         mlp.intermediate_size = width
