@@ -1,0 +1,104 @@
+"""The command line: help, JSON reports, exit codes, inspect and demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bake.cli import build_parser, main
+from bake.gates import load_variant
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"bake", "inspect", "demo"} <= set(sub.choices)
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: lambda-bake " + name in capsys.readouterr().out
+
+
+def test_bake_json_report(tiny_base: Path, tiny_gates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_mean",
+                              "--off-fraction", "0.25", "--layout", "pruned", "--pad-multiple", "8",
+                              "--out", str(tmp_path / "o"), "--json", "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ok"] and report["manifest"]["layout"] == "pruned"
+    assert report["manifest"]["cut"]["kind"] == "off_fraction" and report["manifest"]["off_fraction"] == 0.25
+    assert report["manifest"]["scale_mode"] == "mean" and report["manifest"]["scale_mode_source"] == "gate_stats.json"
+    assert json.loads((tmp_path / "o" / "bake_manifest.json").read_text()) == report["manifest"]
+
+
+def test_human_summary_reports_off_fractions(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates / "chat_energy"),
+                              "--preset", "2", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 0 and out == ""
+    assert "off-fraction 0.2500 (128 of 512 neurons)" in err and "off per layer:" in err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--variant", "nope", "--threshold", "0.5"], "unknown variant 'nope'"),
+    (["--variant", "chat_mean", "--threshold", "1.5"], r"must lie in (0, 1)"),
+    (["--variant", "chat_mean", "--preset", "9"], "--preset 9 is out of range; this variant has 5"),
+    (["--variant", "chat_mean"], "needs a cut"),
+    (["--variant", "chat_mean", "--threshold", "0.5", "--gate-mode", "soft"], "uses no threshold"),
+])
+def test_user_errors_exit_2_with_the_fix(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+    code, out, err = run_cli(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--out",
+                              str(tmp_path / "o"), "--quiet", *extra], capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_inspect_json_gives_real_off_fractions_and_pruned_widths(tiny_gates: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["inspect", "--gates", str(tiny_gates), "--num-layers", "4", "--pad-multiple", "8",
+                            "--json"], capsys)
+    assert code == 0
+    reports = {r["variant"]: r for r in json.loads(out)["variants"]}
+    assert sorted(reports) == ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"]
+    v = load_variant(tiny_gates, "chat_energy_optB", num_layers=4)
+    lam = torch.sigmoid(v.logits)
+    r = reports["chat_energy_optB"]
+    assert r["num_neurons"] == 512 and r["scale_mode"] == "energy"
+    assert r["sigmoid_mean"] == pytest.approx(float(lam.mean()))
+    for row, t in zip(r["thresholds"], v.selected_thresholds):
+        kept = [int((lam[i] >= t).sum()) for i in range(4)]
+        assert row["kept_per_layer"] == kept
+        assert row["off_fraction"] == pytest.approx(float((lam < t).float().mean()))
+        assert row["pruned_width"] == -(-max(kept) // 8) * 8
+    assert [round(row["off_fraction"], 2) for row in r["thresholds"]] == [0.05, 0.25, 0.5, 0.75, 0.95]
+
+
+def test_demo_runs_offline_and_every_bake_matches(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["demo", "--json", "--quiet"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["ok"]
+    assert len(report["rows"]) == 10 and {r["layout"] for r in report["rows"]} == {"dense", "pruned"}
+    assert all(r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0 for r in report["rows"])
+    assert [r["preset"] for r in report["rows"]] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_console_entry_point_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bake.cli", "bake", "--base", str(tmp_path / "missing"), "--gates",
+                           str(tmp_path), "--threshold", "0.5", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
