@@ -25,7 +25,7 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str]) ->
         "tool": {"name": "lambda-bake", "version": __version__},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": {
-            "source": sources.get("base", str(plan.base.folder)),
+            "source": sources.get("base", str(plan.base.folder.resolve())),
             "revision": sources.get("base_revision"),
             "model_type": plan.base.config.get("model_type"),
             "num_layers": plan.base.num_layers,
@@ -33,7 +33,7 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str]) ->
             "hidden_size": plan.base.hidden_size,
         },
         "gates": {
-            "source": sources.get("gates", str(v.folder.parent)),
+            "source": sources.get("gates", str(v.folder.parent.resolve())),
             "revision": sources.get("gates_revision"),
             "variant": v.name,
             "file": v.gate_file.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,9 +17,9 @@ from typing import Any, Literal
 import torch
 
 from .atomic import atomic_output_dir
-from .base_model import DTYPE_NAMES, BaseModel, mlp_name, open_base_model
+from .base_model import DTYPE_NAMES, BaseModel, open_base_model
 from .checkpoint_writer import carry_base_files, write_config, write_weights
-from .errors import CutError, GateFileError, OutputError
+from .errors import CutError, GateFileError, OutputError, VerificationFailed
 from .fold import fold_down_proj, kept_neurons, padded_width, prune_down_proj, prune_in_proj
 from .gate_math import GateResult, GateSettings, compute_gates
 from .gates import GateVariant
@@ -126,11 +127,15 @@ def bake_checkpoint(
     out_dir: Path,
     options: BakeOptions = BakeOptions(),
     sources: dict[str, Any] | None = None,
+    check: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Bake ``variant`` into ``base_dir`` and write a complete checkpoint to ``out_dir`` atomically.
 
     Returns the manifest (also written as ``bake_manifest.json``). ``sources`` records where base
     and gates came from (Hub ids, revisions) for the manifest; local paths are used otherwise.
+    ``check`` (e.g. the verifier) runs on the finished temporary folder before it is moved into
+    place; its report is stored in the manifest and the card, and a failed check
+    (``report["passed"]`` false) raises ``VerificationFailed`` with nothing written.
     """
     base = open_base_model(base_dir)
     _check_gate_shape(base, variant)
@@ -141,7 +146,16 @@ def bake_checkpoint(
         files += ["config.json"] + carry_base_files(base.folder, tmp)
         manifest = build_manifest(plan, sources or {}, sorted(files + [MANIFEST_NAME, "README.md"]))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if check is not None:
+            manifest["verification"] = check(tmp)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         write_model_card(tmp, manifest, base.folder)
+        if check is not None and not manifest["verification"]["passed"]:
+            raise VerificationFailed(
+                "the bake does not match the hooked model; nothing was written. Failures: "
+                + "; ".join(f"{c['name']}: {', '.join(c['failures'])}"
+                            for c in manifest["verification"]["candidates"] if not c["passed"])
+            )
     return manifest
 
 

@@ -1,21 +1,29 @@
-"""The verifier: run the hooked reference and each candidate on chat prompts and compare them.
+"""The verifier: prove a baked checkpoint (and its ONNX export) equals the hooked model.
 
 The reference is always the *unmodified base* with ``down_proj`` pre-hooks (``bake.reference``),
-never the bake's folded weights. A candidate is anything that maps token ids to logits and can
-decode greedily: a baked checkpoint through transformers, or an ONNX export through onnxruntime.
+built from the bake manifest's record of base, gates and cut (or from what the user gives), never
+from the bake's folded weights. Candidates: the baked checkpoint through transformers, and an ONNX
+export through onnxruntime. Metrics and budgets are in ``bake.metrics``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from .errors import BakeError
+from .base_model import read_config
+from .errors import BakeError, ManifestMismatch
+from .gate_math import Cut, GateSettings, compute_gates
+from .gates import load_variant
+from .manifest import read_manifest
+from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
+from .reference import load_hooked_model
 
 Messages = list[dict[str, str]]
 
@@ -33,87 +41,6 @@ DEFAULT_PROMPTS: tuple[Messages, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Pass/fail limits for one candidate dtype. ``max_rel_diff`` is relative to max |reference logit|."""
-
-    max_rel_diff: float | None
-    max_mean_kl: float
-    min_top1: float
-    min_greedy_match: float  # share of the N greedy steps before the first divergence
-
-
-DEFAULT_BUDGETS: dict[str, Budget] = {
-    "float32": Budget(max_rel_diff=1e-4, max_mean_kl=1e-6, min_top1=0.99, min_greedy_match=1.0),
-    "bfloat16": Budget(max_rel_diff=None, max_mean_kl=5e-3, min_top1=0.95, min_greedy_match=0.0),
-    "float16": Budget(max_rel_diff=None, max_mean_kl=1e-3, min_top1=0.98, min_greedy_match=0.0),
-}
-
-
-class Candidate(Protocol):
-    """What verify needs of a model under test."""
-
-    name: str
-    dtype: str
-
-    def logits(self, ids: list[int]) -> torch.Tensor:
-        """[T, V] float32 logits for one prompt."""
-
-    def greedy(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy continuation (new token ids only)."""
-
-
-@dataclass
-class TorchCandidate:
-    """A transformers causal LM (baked checkpoint or the hooked reference)."""
-
-    name: str
-    dtype: str
-    model: Any
-    eos_token_id: int | None = None
-
-    def logits(self, ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            out = self.model(torch.tensor([ids]))
-        return out.logits[0].to(torch.float32)
-
-    def greedy(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        with torch.no_grad():
-            out = self.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=self.eos_token_id,
-                min_new_tokens=max_new_tokens,
-            )
-        return out[0, len(ids):].tolist()
-
-
-@dataclass
-class CandidateResult:
-    name: str
-    dtype: str
-    max_abs_diff: float
-    mean_abs_diff: float
-    max_rel_diff: float
-    mean_kl: float
-    max_kl: float
-    top1_agreement: float
-    greedy_first_divergence: int | None  # first step where tokens differ; None = all N match
-    greedy_steps: int
-    passed: bool = False
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def greedy_summary(self) -> str:
-        if self.greedy_steps == 0:
-            return "n/a"
-        if self.greedy_first_divergence is None:
-            return f"{self.greedy_steps}/{self.greedy_steps}"
-        return f"diverges at {self.greedy_first_divergence}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"greedy_summary": self.greedy_summary}
-
-
 def render_prompts(tokenizer: Any, prompts: Sequence[Messages | str]) -> list[list[int]]:
     """Chat-template each prompt (add_generation_prompt=True, enable_thinking=False) to token ids."""
     out = []
@@ -125,8 +52,122 @@ def render_prompts(tokenizer: Any, prompts: Sequence[Messages | str]) -> list[li
     return out
 
 
+@dataclass
+class TorchCandidate:
+    """A transformers causal LM: the hooked reference or a baked checkpoint."""
+
+    name: str
+    dtype: str
+    model: Any
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(torch.tensor([ids])).logits[0].to(torch.float32)
+
+    def greedy(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Pure argmax chain through the KV cache (EOS not special, so every candidate runs N steps)."""
+        tokens: list[int] = []
+        with torch.no_grad():
+            out = self.model(torch.tensor([ids]), use_cache=True)
+            while len(tokens) < max_new_tokens:
+                tokens.append(int(out.logits[0, -1].argmax()))
+                if len(tokens) < max_new_tokens:
+                    out = self.model(torch.tensor([[tokens[-1]]]), use_cache=True, **_cache_kwargs(self.model, out))
+        return tokens
+
+
+def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
+    """Pass the KV cache back under the name this transformers uses (``cache`` since 5.2x)."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
+@dataclass
+class ReferenceSpec:
+    """What the hooked reference is built from."""
+
+    base: Path
+    gates: Path
+    variant: str | None
+    settings: GateSettings
+    gate_sha256: str | None = None  # what the manifest recorded, if any
+
+    def describe(self) -> dict[str, Any]:
+        st = self.settings
+        return {"base": str(self.base), "gates": str(self.gates), "variant": self.variant,
+                "cut": {"kind": st.cut.kind, "value": st.cut.value}, "gate_mode": st.gate_mode,
+                "scale_mode": st.scale_mode, "scale_scope": st.scale_scope}
+
+
+def spec_from_manifest(manifest: dict[str, Any]) -> ReferenceSpec:
+    """The reference a bake manifest describes (its threshold reproduces the cut exactly)."""
+    t = manifest["cut"]["threshold"]
+    cut = Cut("none") if t is None else Cut("threshold", float(t))
+    settings = GateSettings(cut, manifest["gate_mode"], manifest["scale_mode"], manifest["scale_scope"])
+    return ReferenceSpec(Path(manifest["base"]["source"]), Path(manifest["gates"]["source"]),
+                         manifest["gates"]["variant"], settings, manifest["gates"]["sha256"])
+
+
+@dataclass
+class VerifyOptions:
+    prompts: Sequence[Messages | str] = DEFAULT_PROMPTS
+    greedy_tokens: int = 16
+    budget_overrides: dict[str, float] = field(default_factory=dict)
+    compute_dtype: torch.dtype = torch.float32
+
+
+def budget_for(dtype: str, overrides: dict[str, float]) -> Budget:
+    base = DEFAULT_BUDGETS[dtype]
+    return Budget(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def verify(
+    spec: ReferenceSpec,
+    candidates: Sequence[Any],
+    options: VerifyOptions = VerifyOptions(),
+) -> dict[str, Any]:
+    """Run the hooked reference and every candidate; the report says per candidate what passed."""
+    from transformers import AutoTokenizer
+
+    config = read_config(spec.base)
+    variant = load_variant(spec.gates, spec.variant, num_layers=int(config["num_hidden_layers"]),
+                           intermediate_size=int(config["intermediate_size"]))
+    if spec.gate_sha256 is not None and variant.sha256 != spec.gate_sha256:
+        raise ManifestMismatch(
+            f"the gates at {variant.gate_file} (sha256 {variant.sha256[:16]}...) are not the ones the bake "
+            f"manifest records (sha256 {spec.gate_sha256[:16]}...); pass the gates it was baked from, "
+            "or --ignore-manifest to compare against these anyway"
+        )
+    scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
+    reference = TorchCandidate("hooked reference", "float32", load_hooked_model(spec.base, scale, torch.float32))
+    prompts = render_prompts(AutoTokenizer.from_pretrained(str(spec.base)), options.prompts)
+    cache: dict[str, Any] = {}
+    results: list[CandidateResult] = []
+    for c in candidates:
+        results.append(compare(reference, c, prompts, budget_for(c.dtype, options.budget_overrides),
+                               options.greedy_tokens, cache))
+    return {
+        "passed": all(r.passed for r in results),
+        "reference": spec.describe() | {"gate_sha256": variant.sha256},
+        "num_prompts": len(prompts),
+        "prompt_tokens": [len(p) for p in prompts],
+        "greedy_tokens": options.greedy_tokens,
+        "candidates": [r.to_dict() for r in results],
+    }
+
+
+def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) -> TorchCandidate:
+    """A baked checkpoint loaded with plain AutoModelForCausalLM; judged by its checkpoint dtype."""
+    from transformers import AutoModelForCausalLM
+
+    manifest = read_manifest(folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=compute_dtype).eval()
+    return TorchCandidate(f"checkpoint ({manifest['layout']})", manifest["dtype"], model)
+
+
 def read_prompts_file(path: Path) -> list[Messages | str]:
-    """JSONL: each line a list of messages, an object with "messages", or a plain string; else plain text lines."""
+    """JSONL: each line a list of messages, an object with "messages", or a string; other lines are plain text."""
     prompts: list[Messages | str] = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -138,95 +179,8 @@ def read_prompts_file(path: Path) -> list[Messages | str]:
         if isinstance(item, dict):
             item = item.get("messages", item.get("prompt", item.get("text")))
         if not (isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item))):
-            raise BakeError(f"{path}:{n}: expected a string, a list of messages or {{'messages': [...]}}")
+            raise BakeError(f"{path}:{n}: expected a string, a list of messages or {{\"messages\": [...]}}")
         prompts.append(item)
     if not prompts:
         raise BakeError(f"{path} holds no prompts")
     return prompts
-
-
-def compare(
-    reference: Candidate,
-    candidate: Candidate,
-    prompts: list[list[int]],
-    budget: Budget,
-    greedy_tokens: int = 16,
-    reference_cache: dict[str, Any] | None = None,
-) -> CandidateResult:
-    """All metrics of ``candidate`` against ``reference`` over ``prompts``, and the verdict."""
-    cache = reference_cache if reference_cache is not None else {}
-    max_abs = max_rel = max_kl = 0.0
-    sum_abs = sum_kl = 0.0
-    agree = positions = 0
-    first_div: int | None = None
-    for i, ids in enumerate(prompts):
-        ref = cache.setdefault(f"logits{i}", reference.logits(ids))
-        cand = candidate.logits(ids)
-        if cand.shape != ref.shape:
-            raise BakeError(f"{candidate.name}: logits shape {list(cand.shape)} != reference {list(ref.shape)}")
-        diff = (cand - ref).abs()
-        max_abs = max(max_abs, float(diff.max()))
-        max_rel = max(max_rel, float(diff.max() / ref.abs().max().clamp_min(1e-30)))
-        sum_abs += float(diff.mean()) * ref.shape[0]
-        kl = kl_divergence(ref, cand)
-        max_kl = max(max_kl, float(kl.max()))
-        sum_kl += float(kl.sum())
-        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        positions += ref.shape[0]
-        if greedy_tokens:
-            ref_tokens = cache.setdefault(f"greedy{i}", reference.greedy(ids, greedy_tokens))
-            div = first_divergence(ref_tokens, candidate.greedy(ids, greedy_tokens))
-            if div is not None:
-                first_div = div if first_div is None else min(first_div, div)
-    result = CandidateResult(
-        name=candidate.name, dtype=candidate.dtype, max_abs_diff=max_abs, mean_abs_diff=sum_abs / positions,
-        max_rel_diff=max_rel, mean_kl=sum_kl / positions, max_kl=max_kl, top1_agreement=agree / positions,
-        greedy_first_divergence=first_div, greedy_steps=greedy_tokens,
-    )
-    result.failures = judge(result, budget)
-    result.passed = not result.failures
-    return result
-
-
-def judge(r: CandidateResult, b: Budget) -> list[str]:
-    """The budget lines a result breaks, each naming the metric, its value and the limit."""
-    fails = []
-    if b.max_rel_diff is not None and r.max_rel_diff > b.max_rel_diff:
-        fails.append(f"max |logit diff| / max |logit| = {r.max_rel_diff:.3g} > {b.max_rel_diff:g}")
-    if r.mean_kl > b.max_mean_kl:
-        fails.append(f"mean KL(ref||cand) = {r.mean_kl:.3g} > {b.max_mean_kl:g}")
-    if r.top1_agreement < b.min_top1:
-        fails.append(f"top-1 agreement = {r.top1_agreement:.4f} < {b.min_top1:g}")
-    if r.greedy_steps and b.min_greedy_match > 0:
-        matched = r.greedy_steps if r.greedy_first_divergence is None else r.greedy_first_divergence
-        if matched / r.greedy_steps < b.min_greedy_match:
-            fails.append(f"greedy continuation diverges at step {r.greedy_first_divergence} of {r.greedy_steps}")
-    return fails
-
-
-def kl_divergence(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.Tensor:
-    """Per-position KL(ref || cand) in float64."""
-    p = torch.log_softmax(ref_logits.to(torch.float64), -1)
-    q = torch.log_softmax(cand_logits.to(torch.float64), -1)
-    return (p.exp() * (p - q)).sum(-1).clamp_min(0.0)
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def format_table(results: list[CandidateResult]) -> str:
-    head = f"{'candidate':<22} {'dtype':<8} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
-           f"{'top-1':>7} {'greedy':>16}  verdict"
-    rows = [head, "-" * len(head)]
-    for r in results:
-        rows.append(
-            f"{r.name:<22} {r.dtype:<8} {r.max_abs_diff:10.3g} {r.max_rel_diff:9.2g} {r.mean_kl:9.2g} "
-            f"{r.max_kl:9.2g} {r.top1_agreement:7.2%} {r.greedy_summary:>16}  "
-            + ("pass" if r.passed else "FAIL: " + "; ".join(r.failures))
-        )
-    return "\n".join(rows)
-

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..cli import emit_json
+from ..manifest import read_manifest
+from ..metrics import CandidateResult, format_table
 from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
-from .common import (add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say,
-                     settings_from_args)
+from ..verify import spec_from_manifest, torch_candidate, verify
+from .common import add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say, settings_from_args
+from .verify_cmd import add_budget_args, options_from_args
 
 DESCRIPTION = """\
 Fold a lambda-gate variant into a Qwen3 base model and write a plain Hugging Face checkpoint
@@ -43,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-all-off", action="store_true",
                    help="allow a cut that switches off every neuron of every layer")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="run `lambda-bake verify` on the result before moving it into place; the report goes "
+                        "into the manifest and the model card, and a failure writes nothing (exit 3)")
+    add_budget_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -55,13 +64,27 @@ def run(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite, progress=not args.quiet)
     say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
         f"into {base.folder} -> {args.out}")
+    check = verify_check(args) if args.verify else None
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
-                               sources={"scale_mode_source": scale_source})
+                               sources={"scale_mode_source": scale_source}, check=check)
     if args.json:
         emit_json({"ok": True, "out": str(args.out), "manifest": manifest})
     else:
         print_summary(manifest, str(args.out))
     return 0
+
+
+def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
+    """The verifier run on the finished temporary folder, with the table shown to a person."""
+    options = options_from_args(args)
+
+    def check(folder: Path) -> dict[str, Any]:
+        say("verifying the bake against the hooked reference ...")
+        report = verify(spec_from_manifest(read_manifest(folder)), [torch_candidate(folder)], options)
+        say(format_table([CandidateResult.from_dict(c) for c in report["candidates"]]))
+        return report
+
+    return check
 
 
 def print_summary(m: dict, out: str) -> None:

@@ -12,9 +12,10 @@ from ..gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from ..gates import GateVariant, load_variant
 
 
-def add_gate_args(p: argparse.ArgumentParser, *, cut_required: bool = True) -> None:
+def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True) -> None:
     """--gates/--variant, the cut, and the gate/scale modes."""
-    p.add_argument("--gates", required=True, help="gate variant folder, or a folder holding several variants")
+    p.add_argument("--gates", required=gates_required,
+                   help="gate variant folder, or a folder holding several variants")
     p.add_argument("--variant", help="variant subfolder to use when --gates holds several (e.g. chat_energy_optA)")
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--threshold", type=float, help="switch off neurons with sigmoid(logit) < T, 0 < T < 1")

@@ -1,0 +1,132 @@
+"""``lambda-bake verify``: prove a baked checkpoint (and its ONNX export) equals the hooked model."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..base_model import DTYPE_NAMES
+from ..errors import BakeError, VerificationFailed
+from ..gate_math import GateSettings
+from ..manifest import read_manifest
+from ..metrics import CandidateResult, format_table
+from ..verify import (
+    DEFAULT_PROMPTS,
+    ReferenceSpec,
+    VerifyOptions,
+    read_prompts_file,
+    spec_from_manifest,
+    torch_candidate,
+    verify,
+)
+from .common import add_gate_args, add_output_args, cut_from_args, say
+
+DESCRIPTION = """\
+Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
+(the baked checkpoint through transformers; with --onnx, the ONNX export through onnxruntime) on
+chat-templated prompts, and report per candidate: max and mean |logit diff|, mean and max
+KL(ref || candidate), top-1 agreement and the first step where greedy continuations diverge.
+
+Base, gates and cut default to what the bake manifest records; any of them can be given instead.
+Budgets depend on the candidate's dtype (float32: max |diff| <= 1e-4 x max |logit|, mean KL <= 1e-6,
+top-1 >= 99 %, all greedy tokens equal; bfloat16: mean KL <= 5e-3, top-1 >= 95 %; float16: mean KL
+<= 1e-3, top-1 >= 98 %) and can be tightened. Exit code 0 only when every candidate passes, 3 when
+one fails.
+"""
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", type=Path, help="JSONL prompt file (messages lists or plain strings); "
+                                                "default: built-in chat prompts of mixed lengths")
+    p.add_argument("--greedy-tokens", type=int, default=16, help="greedy continuation length to compare")
+    p.add_argument("--max-rel-diff", type=float, help="budget: max |logit diff| / max |logit|")
+    p.add_argument("--max-mean-kl", type=float, help="budget: mean KL(ref || candidate) per position")
+    p.add_argument("--min-top1", type=float, help="budget: share of positions with the same top-1 token")
+    p.add_argument("--min-greedy-match", type=float, help="budget: share of greedy steps before divergence")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check a baked model against the hooked reference",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baked", type=Path, help="baked checkpoint folder")
+    p.add_argument("--onnx", type=Path, help="ONNX export folder to check as well")
+    p.add_argument("--base", type=Path, help="base model (default: from the bake manifest)")
+    add_gate_args(p, gates_required=False)
+    p.add_argument("--ignore-manifest", action="store_true",
+                   help="compare against the given gates even if the manifest records other ones")
+    p.add_argument("--compute-dtype", choices=tuple(DTYPE_NAMES), default="float32",
+                   help="arithmetic for the transformers candidate (default float32: judges the bake itself)")
+    add_budget_args(p)
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> VerifyOptions:
+    return VerifyOptions(
+        prompts=read_prompts_file(args.prompts) if args.prompts else DEFAULT_PROMPTS,
+        greedy_tokens=args.greedy_tokens,
+        budget_overrides={"max_rel_diff": args.max_rel_diff, "max_mean_kl": args.max_mean_kl,
+                          "min_top1": args.min_top1, "min_greedy_match": args.min_greedy_match},
+        compute_dtype=DTYPE_NAMES[getattr(args, "compute_dtype", "float32")],
+    )
+
+
+def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) -> ReferenceSpec:
+    """The manifest's reference with every argument the user gave put in its place."""
+    if manifest is None:
+        missing = [f for f in ("base", "gates") if getattr(args, f) is None]
+        if missing or cut_from_args(args).kind == "none" and args.gate_mode != "soft":
+            raise BakeError("no bake manifest to take the reference from: give --base, --gates, the cut "
+                            "(--threshold/--off-fraction/--preset) and --scale-mode")
+        if args.scale_mode == "auto":
+            raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
+        return ReferenceSpec(args.base, Path(args.gates), args.variant,
+                             GateSettings(cut_from_args(args), args.gate_mode, args.scale_mode, args.scale_scope))
+    spec = spec_from_manifest(manifest)
+    st = spec.settings
+    cut = cut_from_args(args) if cut_from_args(args).kind != "none" else st.cut
+    settings = GateSettings(
+        cut, args.gate_mode if args.gate_mode != "hard" else st.gate_mode,
+        args.scale_mode if args.scale_mode != "auto" else st.scale_mode,
+        args.scale_scope if args.scale_scope != "layer" else st.scale_scope,
+    )
+    return replace(
+        spec, base=args.base or spec.base, gates=Path(args.gates) if args.gates else spec.gates,
+        variant=args.variant or spec.variant, settings=settings,
+        gate_sha256=None if args.ignore_manifest else spec.gate_sha256,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.baked is None and args.onnx is None:
+        raise BakeError("give --baked DIR (a baked checkpoint) and/or --onnx DIR (an ONNX export)")
+    manifest_dir = args.baked or args.onnx
+    manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
+    spec = reference_spec(args, manifest)
+    candidates = []
+    if args.baked is not None:
+        candidates.append(torch_candidate(args.baked, DTYPE_NAMES[args.compute_dtype]))
+    if args.onnx is not None:
+        from ..verify import onnx_candidate
+
+        candidates.append(onnx_candidate(args.onnx))
+    say(f"verifying {len(candidates)} candidate(s) against the hooked reference ({spec.variant}, "
+        f"{spec.settings.cut.describe()})")
+    report = verify(spec, candidates, options_from_args(args))
+    return finish(report, args.json)
+
+
+def finish(report: dict[str, Any], as_json: bool) -> int:
+    """Print the report (table or JSON); exit 0 only if every candidate passed."""
+    from ..cli import emit_json
+    results = [CandidateResult.from_dict(c) for c in report["candidates"]]
+    if as_json:
+        emit_json(report)
+    else:
+        print(format_table(results))
+    if not report["passed"]:
+        failed = "; ".join(f"{r.name}: {', '.join(r.failures)}" for r in results if not r.passed)
+        raise VerificationFailed(failed)
+    return 0
