@@ -1,4 +1,4 @@
-"""Hugging Face Hub: resolve ``--base`` / ``--gates`` Hub ids to local folders.
+"""Hugging Face Hub: resolve ``--base`` / ``--gates`` Hub ids to local folders, and push baked folders.
 
 A reference that names an existing local path is used as is. Anything else that is a valid repo id
 (``owner/name``) is fetched with ``huggingface_hub.snapshot_download`` into the usual Hugging Face
@@ -6,11 +6,14 @@ cache, downloading only what a bake reads (safetensors weights, config, tokenize
 licence; never pickled ``.bin``/``.pth`` or other frameworks' weights). ``HF_HUB_OFFLINE=1`` is
 honoured by huggingface_hub itself: cached snapshots are used and nothing is fetched. Errors from
 huggingface_hub (all ``OSError`` subclasses) become ``HubError`` with the problem and the fix.
+
+``push_folder`` uploads a baked folder (checked against its ``bake_manifest.json``) in one commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -31,8 +34,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 from huggingface_hub.utils import tqdm as hf_tqdm
-from huggingface_hub.utils import validate_repo_id
 
 from .errors import BaseModelError, GateFileError, HubError
 from .gates import GATE_FILENAMES, list_variants
@@ -56,6 +59,7 @@ BASE_ALLOW_PATTERNS = [
 BASE_OPTIONAL_PATTERNS = ["LICENSE*", "README.md"]
 # Subfolders (onnx/, original/, ...) hold other formats' copies of the weights; a bake never reads them.
 BASE_IGNORE_PATTERNS = ["*/*"]
+MANIFEST_NAME = "bake_manifest.json"
 CACHED_FOLDERS = "cached so far (the Hub cannot be reached; the repo may hold more)"
 _VARIANT_NAME = re.compile(r"^[\w.-]+$")
 
@@ -166,6 +170,109 @@ def list_hub_variants(repo_id: str, revision: str | None = None) -> tuple[list[s
     return list_variants(root), CACHED_FOLDERS
 
 
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    allow_unbaked: bool = False,
+    api: Any = None,
+) -> str:
+    """Upload a baked folder to ``repo_id`` in one commit and return the commit URL.
+
+    Creates the repo (``private`` applies at creation; an existing public repo is refused when
+    ``private`` is asked) and the branch ``revision`` if missing. The token comes from
+    huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``) and is never printed.
+    """
+    folder = Path(folder)
+    files = upload_file_list(folder)
+    manifest = check_push_folder(folder, files, allow_unbaked)
+    api = api if api is not None else HfApi()
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"--repo-id {repo_id!r} is not a Hub repo id ({e}); use USER/NAME") from e
+    message = commit_message or default_commit_message(manifest)
+    size = sum((folder / f).stat().st_size for f in files)
+    where = f"{repo_id}" + (f" (branch {revision})" if revision else "")
+    print(f"pushing {len(files)} files ({size / 1e6:.1f} MB) from {folder} to {where} in one commit",
+          file=sys.stderr)
+    with _hub_errors(repo_id, revision, include=None, flag="--repo-id", pushing=True):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not api.repo_info(repo_id, repo_type="model").private:
+            raise HubError(
+                f"{repo_id} already exists and is public; --private cannot change that. Make it private in "
+                "its settings on the Hub first, push to another repo, or drop --private"
+            )
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
+            commit_message=message,
+        )
+    print(f"pushed: {info.commit_url}", file=sys.stderr)
+    return str(info.commit_url)
+
+
+def upload_file_list(folder: Path) -> list[str]:
+    """The files ``upload_folder`` sends from ``folder`` (relative POSIX paths, sorted)."""
+    if not Path(folder).is_dir():
+        raise HubError(f"{folder} is not a folder; give push the output folder of a bake")
+    paths = sorted(p.relative_to(folder).as_posix() for p in Path(folder).glob("**/*") if p.is_file())
+    return list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
+
+
+def check_push_folder(folder: Path, files: list[str], allow_unbaked: bool) -> dict[str, Any] | None:
+    """Refuse a folder that is not a complete baked model; return its manifest (None if it has none)."""
+    manifest_path = Path(folder) / MANIFEST_NAME
+    manifest: dict[str, Any] | None = None
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise HubError(f"{manifest_path} is not valid JSON ({e}); bake the folder again") from e
+    if allow_unbaked:
+        return manifest
+    has_weights = any(f.endswith(".safetensors") and "/" not in f for f in files)
+    if "config.json" not in files or not has_weights:
+        raise HubError(
+            f"{folder} is not a model folder (needs config.json and .safetensors weights at its root); "
+            "push the output folder of `lambda-bake bake`, or pass --allow-unbaked to push it anyway"
+        )
+    if manifest is None:
+        raise HubError(
+            f"{folder} has no {MANIFEST_NAME}, so it was not baked by lambda-bake (or the bake did not "
+            "finish); bake it first, or pass --allow-unbaked to push it anyway"
+        )
+    missing = [f for f in manifest.get("files", []) if f not in files]
+    if missing:
+        raise HubError(f"{folder} lacks files its {MANIFEST_NAME} lists: {', '.join(missing)}; bake it again")
+    return manifest
+
+
+def default_commit_message(manifest: dict[str, Any] | None) -> str:
+    """Name what was baked, e.g. "Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25
+    (threshold 0.4981, 25.0% off), dense layout"."""
+    if not manifest:
+        return "Upload model folder with lambda-bake"
+    gates, cut = manifest.get("gates") or {}, manifest.get("cut") or {}
+    message = f"Bake {gates.get('variant', 'lambda gates')}"
+    base = str((manifest.get("base") or {}).get("source") or "")
+    if base:
+        message += f" into {Path(base).name if Path(base).is_absolute() else base}"
+    details = []
+    if cut:
+        off = manifest.get("off_fraction")
+        achieved = f", {off:.1%} off" if isinstance(off, (int, float)) else ""
+        threshold = f"threshold {cut.get('threshold')}{achieved}"
+        details.append(f"{cut.get('kind', 'cut')} {cut.get('value')} ({threshold})")
+    if manifest.get("layout"):
+        details.append(f"{manifest['layout']} layout")
+    return message + (": " + ", ".join(details) if details else "")
+
+
 def _local_path(ref: str, revision: str | None, *, what: str, error: type[Exception]) -> Path | None:
     """``ref`` as a local path if it exists; None for a Hub repo id; an error for a missing path."""
     path = Path(ref).expanduser()
@@ -188,7 +295,7 @@ def _variants_in(files: list[str]) -> list[str]:
 
 @contextmanager
 def _hub_errors(
-    repo_id: str, revision: str | None, *, include: list[str] | None, flag: str
+    repo_id: str, revision: str | None, *, include: list[str] | None, flag: str, pushing: bool = False
 ) -> Iterator[None]:
     """Turn huggingface_hub's errors into HubError naming the repo, the problem and the fix."""
     rev = revision or "main"
@@ -197,7 +304,8 @@ def _hub_errors(
     try:
         yield
     except OfflineModeIsEnabled as e:
-        raise HubError(f"HF_HUB_OFFLINE is set, so {repo_id} cannot be reached on the Hub; unset it") from e
+        raise HubError(f"HF_HUB_OFFLINE is set, so {repo_id} cannot be reached on the Hub; unset it"
+                       + (" to push" if pushing else "")) from e
     except IncompleteSnapshotError as e:
         raise HubError(
             f"the cached copy of {repo_id} (revision {rev}) is incomplete and the Hub cannot be reached "
@@ -226,8 +334,8 @@ def _hub_errors(
             raise HubError(f"the Hub refused {repo_id}: not logged in or the token is invalid; run "
                            "`hf auth login` or set HF_TOKEN") from e
         if status == 403:
-            raise HubError(f"the Hub refused {repo_id}: your token lacks access to it; check the token's "
-                           "permissions (`hf auth whoami`)") from e
+            raise HubError(f"the Hub refused {repo_id}: your token lacks {'write ' if pushing else ''}access "
+                           "to it; check the token's permissions (`hf auth whoami`)") from e
         raise HubError(f"the Hub returned an error for {repo_id} (HTTP {status}): {e}") from e
     except httpx2.TransportError as e:
         raise HubError(f"could not reach the Hub for {repo_id} ({type(e).__name__}: {e}); check your "

@@ -1,4 +1,4 @@
-"""Hub resolution against a local huggingface_hub cache.
+"""Hub resolution against a local huggingface_hub cache, and push against a fake HfApi.
 
 Nothing here reaches the network: every test runs with HF_HUB_OFFLINE=1 (huggingface_hub then
 refuses any HTTP request) and a cache folder built in tmp_path in the layout huggingface_hub 2.x
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from huggingface_hub import constants
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import CommitInfo, HfApi, ModelCard, constants
+from huggingface_hub.hf_api import ModelInfo
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
 
 from bake import hub
@@ -277,6 +280,156 @@ def test_hub_revision_args() -> None:
     hub.add_hub_args(parser)
     args = parser.parse_args(["--base-revision", "main", "--gates-revision", COMMIT_A])
     assert (args.base_revision, args.gates_revision) == ("main", COMMIT_A)
+
+
+# ---------------------------------------------------------------- push
+
+
+class FakeHfApi:
+    """Records calls; each call must bind to the real HfApi method's signature."""
+
+    def __init__(self, existing_private: bool | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.private = existing_private  # None: the repo does not exist yet
+        self.uploaded: list[str] = []
+        self.readme: str | None = None
+
+    def _record(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        bound = inspect.signature(getattr(HfApi, name)).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        params = {k: v for k, v in bound.arguments.items() if k != "self"}
+        self.calls.append((name, params))
+        return params
+
+    def create_repo(self, *args: Any, **kwargs: Any) -> str:
+        params = self._record("create_repo", *args, **kwargs)
+        if self.private is None:
+            self.private = bool(params["private"])
+        return f"https://huggingface.co/{params['repo_id']}"
+
+    def repo_info(self, *args: Any, **kwargs: Any) -> ModelInfo:
+        params = self._record("repo_info", *args, **kwargs)
+        return ModelInfo(id=params["repo_id"], private=self.private)
+
+    def create_branch(self, *args: Any, **kwargs: Any) -> None:
+        self._record("create_branch", *args, **kwargs)
+
+    def upload_folder(self, *args: Any, **kwargs: Any) -> CommitInfo:
+        params = self._record("upload_folder", *args, **kwargs)
+        folder = Path(params["folder_path"])
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        ignore = list(params["ignore_patterns"] or []) + DEFAULT_IGNORE_PATTERNS  # as upload_folder does
+        self.uploaded = list(filter_repo_objects(files, allow_patterns=params["allow_patterns"],
+                                                 ignore_patterns=ignore))
+        self.readme = (folder / "README.md").read_text() if "README.md" in self.uploaded else None
+        return CommitInfo(commit_url=f"https://huggingface.co/{params['repo_id']}/commit/{COMMIT_B}",
+                          commit_message=params["commit_message"], commit_description="", oid=COMMIT_B)
+
+
+CARD = """---
+base_model: Qwen/Qwen3-0.6B
+base_model_relation: finetune
+license: apache-2.0
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- qwen3
+- lambda-gates
+- lambda-bake
+- layout-dense
+- variant-chat_energy_optA
+---
+# Qwen3-0.6B with lambda gates baked in (chat_energy_optA)
+"""
+
+
+@pytest.fixture
+def baked(tmp_path: Path, tiny_base: Path) -> Path:
+    """A folder shaped like a bake's output: base files, manifest, model card, plus upload-cache noise."""
+    out = tmp_path / "baked"
+    shutil.copytree(tiny_base, out)
+    (out / "README.md").write_text(CARD)
+    files = sorted([p.name for p in out.iterdir()] + ["bake_manifest.json"])
+    manifest = {
+        "format": 1, "tool": {"name": "lambda-bake", "version": "0.1.0"},
+        "base": {"source": BASE_ID, "revision": None},
+        "gates": {"source": GATES_ID, "variant": "chat_energy_optA"},
+        "cut": {"kind": "off_fraction", "value": 0.25, "threshold": 0.4981},
+        "off_fraction": 0.25, "layout": "dense", "files": files,
+    }
+    (out / "bake_manifest.json").write_text(json.dumps(manifest))
+    (out / ".cache" / "huggingface").mkdir(parents=True)
+    (out / ".cache" / "huggingface" / "upload.lock").write_text("")  # upload_folder never sends this
+    return out
+
+
+EXPECTED_UPLOAD = sorted(["LICENSE", "README.md", "bake_manifest.json", "chat_template.jinja", "config.json",
+                          "generation_config.json", "model.safetensors", "tokenizer.json",
+                          "tokenizer_config.json"])
+
+
+def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> None:
+    api = FakeHfApi()
+    url = hub.push_folder(baked, "me/qwen3-baked", private=True, revision="optA-25", api=api)
+    assert url == f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}"
+    names = [name for name, _ in api.calls]
+    assert names == ["create_repo", "repo_info", "create_branch", "upload_folder"]
+    calls = dict(api.calls)
+    assert calls["create_repo"]["private"] is True and calls["create_repo"]["exist_ok"] is True
+    assert calls["create_repo"]["repo_type"] == "model"
+    assert calls["create_branch"]["branch"] == "optA-25" and calls["create_branch"]["exist_ok"] is True
+    upload = calls["upload_folder"]
+    assert upload["revision"] == "optA-25" and upload["repo_type"] == "model"
+    assert upload["commit_message"] == (
+        "Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25 (threshold 0.4981, 25.0% off), "
+        "dense layout")
+    assert api.uploaded == EXPECTED_UPLOAD == hub.upload_file_list(baked)
+    card = ModelCard(api.readme)
+    assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license == "apache-2.0" and "variant-chat_energy_optA" in card.data.tags
+
+
+def test_push_to_main_public_with_own_message(baked: Path) -> None:
+    api = FakeHfApi()
+    hub.push_folder(baked, "me/qwen3-baked", commit_message="my message", api=api)
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    calls = dict(api.calls)
+    assert calls["create_repo"]["private"] is False
+    assert calls["upload_folder"]["revision"] is None
+    assert calls["upload_folder"]["commit_message"] == "my message"
+
+
+def test_push_private_into_existing_public_repo_is_refused(baked: Path) -> None:
+    api = FakeHfApi(existing_private=False)
+    with pytest.raises(HubError, match="already exists and is public"):
+        hub.push_folder(baked, "me/public", private=True, api=api)
+    assert "upload_folder" not in dict(api.calls)
+
+
+def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path) -> None:
+    api = FakeHfApi()
+    (baked / "tokenizer.json").unlink()
+    with pytest.raises(HubError, match="lacks files its bake_manifest.json lists: tokenizer.json"):
+        hub.push_folder(baked, "me/x", api=api)
+    (baked / "bake_manifest.json").unlink()
+    with pytest.raises(HubError, match="has no bake_manifest.json.*--allow-unbaked"):
+        hub.push_folder(baked, "me/x", api=api)
+    (baked / "model.safetensors").unlink()
+    with pytest.raises(HubError, match="not a model folder"):
+        hub.push_folder(baked, "me/x", api=api)
+    with pytest.raises(HubError, match="is not a folder"):
+        hub.push_folder(tmp_path / "nowhere", "me/x", api=api)
+    with pytest.raises(HubError, match="not a Hub repo id"):
+        hub.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
+    assert api.calls == []
+    hub.push_folder(baked, "me/x", allow_unbaked=True, api=api)
+    assert dict(api.calls)["upload_folder"]["commit_message"] == "Upload model folder with lambda-bake"
+
+
+def test_push_with_real_api_offline_is_a_clear_error(baked: Path) -> None:
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set, so me/x cannot be reached on the Hub"):
+        hub.push_folder(baked, "me/x")
 
 
 def test_quiet_progress_bar_stays_silent(capsys: pytest.CaptureFixture) -> None:
