@@ -26,6 +26,7 @@ from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
 
 from bake import hub
 from bake.base_model import open_base_model
+from bake.commands import push_cmd
 from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.errors import BaseModelError, GateFileError, HubError
 from bake.gates import find_variant_folder, load_variant
@@ -430,6 +431,21 @@ def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path)
 def test_push_with_real_api_offline_is_a_clear_error(baked: Path) -> None:
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set, so me/x cannot be reached on the Hub"):
         hub.push_folder(baked, "me/x")
+
+
+def test_push_command_json(
+    baked: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    api = FakeHfApi()
+    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    parser = argparse.ArgumentParser()
+    push_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["push", str(baked), "--repo-id", "me/qwen3-baked", "--private", "--json"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"repo_id": "me/qwen3-baked", "revision": "main", "private": True,
+                      "commit_url": f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}",
+                      "files": EXPECTED_UPLOAD}
 
 
 def test_quiet_progress_bar_stays_silent(capsys: pytest.CaptureFixture) -> None:
