@@ -1,0 +1,457 @@
+"""Hub resolution against a local huggingface_hub cache, and push against a fake HfApi.
+
+Nothing here reaches the network: every test runs with HF_HUB_OFFLINE=1 (huggingface_hub then
+refuses any HTTP request) and a cache folder built in tmp_path in the layout huggingface_hub 2.x
+writes: ``models--OWNER--NAME/{refs/<rev>, snapshots/<commit>/<file> -> ../../blobs/<etag>,
+blobs/<etag>, trees/<commit>.json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huggingface_hub import CommitInfo, HfApi, ModelCard, constants
+from huggingface_hub.hf_api import ModelInfo
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
+
+from bake import hub
+from bake.base_model import open_base_model
+from bake.commands import push_cmd
+from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.errors import BaseModelError, GateFileError, HubError
+from bake.gates import find_variant_folder, load_variant
+
+BASE_ID = "Qwen/Qwen3-0.6B"
+GATES_ID = "hyunseoki/qwen3-0.6b-lambda-gates-chat"
+COMMIT_A = "a" * 40
+COMMIT_B = "b" * 40
+SPEC = TinyQwen3Spec(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1)
+ALL_VARIANTS = [v.name for v in SEED_VARIANTS]
+LFS_SUFFIXES = (".safetensors", ".pt", ".bin", ".onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = build_tiny_qwen3(tmp_path_factory.mktemp("src") / "base", SPEC)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny base\n")
+    (folder / "LICENSE").write_text("Apache License 2.0\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seed_gates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    root = build_seed_variants(src / "gates", SPEC.num_layers, SPEC.intermediate_size)
+    (root / "README.md").write_text("# gates card\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HF_HOME / HF_HUB_CACHE in tmp_path and HF_HUB_OFFLINE=1, in the env and in huggingface_hub's
+    constants (read once at import, and read again by the library at call time)."""
+    home = tmp_path / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    for key, value in (("HF_HOME", str(home)), ("HF_HUB_CACHE", str(cache)), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def cache_repo(
+    cache: Path,
+    repo_id: str,
+    src: Path,
+    *,
+    commit: str = COMMIT_A,
+    revision: str | None = "main",
+    only: list[str] | None = None,
+    listed_only: dict[str, int] | None = None,
+    tree: bool = True,
+) -> Path:
+    """Lay ``src`` out as huggingface_hub caches a download of ``repo_id`` at ``commit``.
+
+    ``only``: the files actually downloaded (default: all), as an ``allow_patterns`` download leaves
+    them; the tree listing still names every file. ``listed_only``: files the repo has on the Hub
+    but that were never downloaded (path -> size). ``tree=False``: no ``trees/<commit>.json``, as
+    an older huggingface_hub leaves the cache.
+    """
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        data = path.read_bytes()
+        entry: dict[str, Any] = {"size": len(data), "blob_id": _git_blob_sha1(data)}
+        etag = entry["blob_id"]
+        if rel.endswith(LFS_SUFFIXES):  # LFS files: the blob is named by its sha256
+            etag = hashlib.sha256(data).hexdigest()
+            entry.update(lfs_sha256=etag, lfs_size=len(data))
+        entries[rel] = entry
+        if only is not None and rel not in only:
+            continue
+        blob = storage / "blobs" / etag
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for rel, size in (listed_only or {}).items():
+        entries[rel] = {"size": size, "blob_id": "0" * 40}
+    if revision is not None:
+        (storage / "refs").mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / revision).write_text(commit)  # no trailing newline, as the library writes it
+    if tree:
+        (storage / "trees").mkdir(parents=True, exist_ok=True)
+        (storage / "trees" / f"{commit}.json").write_text(
+            json.dumps({"format_version": 1, "files": dict(sorted(entries.items()))}, indent=1))
+    return snapshot
+
+
+# ---------------------------------------------------------------- base models
+
+
+def test_base_patterns_take_safetensors_config_tokenizer_only() -> None:
+    listing = [
+        ".gitattributes", "LICENSE", "README.md", "config.json", "generation_config.json", "merges.txt",
+        "model.safetensors", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+        "tokenizer.json", "tokenizer_config.json", "vocab.json", "chat_template.jinja",
+        "pytorch_model.bin", "pytorch_model.bin.index.json", "model.pth", "flax_model.msgpack", "tf_model.h5",
+        "onnx/model.onnx", "onnx/model.onnx_data", "original/model.safetensors", "training_args.bin",
+    ]
+    chosen = set(filter_repo_objects(listing, allow_patterns=hub.BASE_ALLOW_PATTERNS,
+                                     ignore_patterns=hub.BASE_IGNORE_PATTERNS))
+    assert chosen == {
+        "LICENSE", "README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
+        "model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+        "tokenizer_config.json", "vocab.json", "chat_template.jinja",
+    }
+
+
+def test_resolve_base_uses_offline_cache(offline_cache: Path, tiny_base: Path) -> None:
+    # The Hub listing also has pickled and ONNX weights that were never downloaded: offline resolution
+    # still succeeds because the allow patterns exclude them (else huggingface_hub reports the
+    # snapshot incomplete).
+    snapshot = cache_repo(offline_cache, BASE_ID, tiny_base,
+                          listed_only={"pytorch_model.bin": 10, "onnx/model.onnx": 10})
+    folder = hub.resolve_base(BASE_ID, progress=False)
+    assert folder == snapshot
+    assert (folder / "model.safetensors").is_symlink()
+    base = open_base_model(folder)
+    assert (base.num_layers, base.intermediate_size) == (SPEC.num_layers, SPEC.intermediate_size)
+
+
+def test_resolve_base_revision_branch_and_commit(offline_cache: Path, tiny_base: Path) -> None:
+    cache_repo(offline_cache, BASE_ID, tiny_base, commit=COMMIT_A)
+    pinned = cache_repo(offline_cache, BASE_ID, tiny_base, commit=COMMIT_B, revision="v2")
+    assert hub.resolve_base(BASE_ID, revision="v2", progress=False) == pinned
+    assert hub.resolve_base(BASE_ID, revision=COMMIT_B, progress=False) == pinned
+    assert hub.resolve_base(BASE_ID, progress=False).name == COMMIT_A
+    with pytest.raises(HubError, match=r"revision v3\) is not in the local Hugging Face cache"):
+        hub.resolve_base(BASE_ID, revision="v3")
+
+
+def test_resolve_base_offline_not_cached_names_repo_and_fix(offline_cache: Path) -> None:
+    with pytest.raises(HubError) as info:
+        hub.resolve_base(BASE_ID)
+    text = str(info.value)
+    assert "'Qwen/Qwen3-0.6B'" in text and "not in the local Hugging Face cache" in text
+    assert "HF_HUB_OFFLINE is set" in text and str(offline_cache) in text
+    assert '`hf download Qwen/Qwen3-0.6B --include "config.json"' in text and "local folder to --base" in text
+
+
+def test_resolve_base_partial_snapshot_is_reported(offline_cache: Path, tiny_base: Path) -> None:
+    cache_repo(offline_cache, BASE_ID, tiny_base, only=["config.json"])  # weights listed, never downloaded
+    with pytest.raises(HubError, match=r"cached copy of Qwen/Qwen3-0.6B \(revision main\) is incomplete"):
+        hub.resolve_base(BASE_ID)
+
+
+def test_resolve_base_cached_by_from_pretrained_without_card(
+    offline_cache: Path, tiny_base: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # transformers downloads config, weights and tokenizer but not README.md / LICENSE.
+    only = [p.name for p in tiny_base.iterdir() if p.name not in ("README.md", "LICENSE")]
+    snapshot = cache_repo(offline_cache, BASE_ID, tiny_base, only=only)
+    assert hub.resolve_base(BASE_ID, progress=False) == snapshot
+    assert "lacks its README.md/LICENSE" in capsys.readouterr().err
+
+
+def test_resolve_base_without_safetensors_is_refused(offline_cache: Path, tmp_path: Path) -> None:
+    src = tmp_path / "binonly"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    cache_repo(offline_cache, "someone/bin-only", src, listed_only={"pytorch_model.bin": 10})
+    with pytest.raises(HubError, match="never loads pickled .bin weights"):
+        hub.resolve_base("someone/bin-only")
+
+
+def test_local_paths_are_returned_as_is(tiny_base: Path, seed_gates: Path) -> None:
+    assert hub.resolve_base(str(tiny_base)) == tiny_base
+    assert hub.resolve_gates(str(seed_gates), "chat_mean") == seed_gates
+    assert hub.resolve_gates(str(seed_gates / "chat_mean"), None) == seed_gates / "chat_mean"
+
+
+def test_missing_path_and_repo_id_are_told_apart(tiny_base: Path) -> None:
+    for ref in ("./no/such/model", "/no/such/model", "a/b/c"):
+        with pytest.raises(BaseModelError, match=f"base model path {ref} does not exist"):
+            hub.resolve_base(ref)
+    with pytest.raises(GateFileError, match="gates path ../gates does not exist"):
+        hub.resolve_gates("../gates", "chat_mean")
+    with pytest.raises(HubError, match="'missing/model' is not a local path, so it was taken as a Hub repo"):
+        hub.resolve_base("missing/model")
+    with pytest.raises(BaseModelError, match="a revision applies only to Hub repo ids"):
+        hub.resolve_base(str(tiny_base), revision="main")
+
+
+# ---------------------------------------------------------------- gates
+
+
+def test_resolve_gates_returns_snapshot_root_with_variant(offline_cache: Path, seed_gates: Path) -> None:
+    only = [f"chat_energy_optA/{p.name}" for p in (seed_gates / "chat_energy_optA").iterdir()]
+    snapshot = cache_repo(offline_cache, GATES_ID, seed_gates, only=only)
+    root = hub.resolve_gates(GATES_ID, "chat_energy_optA")
+    assert root == snapshot
+    assert find_variant_folder(root, "chat_energy_optA") == snapshot / "chat_energy_optA"
+    variant = load_variant(root, "chat_energy_optA", num_layers=SPEC.num_layers,
+                           intermediate_size=SPEC.intermediate_size)
+    assert variant.scale_mode == "energy"
+    assert variant.logits.shape == (SPEC.num_layers, SPEC.intermediate_size)
+
+
+def test_resolve_gates_without_variant_lists_them(offline_cache: Path, seed_gates: Path) -> None:
+    cache_repo(offline_cache, GATES_ID, seed_gates, only=["chat_mean/lambda_logits.pt"])
+    expected = f"pick a gate variant of {GATES_ID} with --variant; variants in the cached listing"
+    with pytest.raises(HubError, match=expected) as info:
+        hub.resolve_gates(GATES_ID, None)
+    assert ", ".join(ALL_VARIANTS) in str(info.value)  # from the cached listing, not just the cached folder
+
+
+def test_resolve_gates_unknown_variant_lists_existing(offline_cache: Path, seed_gates: Path) -> None:
+    cache_repo(offline_cache, GATES_ID, seed_gates)
+    with pytest.raises(HubError, match=f"has no variant 'chat_energy_optC'.*{', '.join(ALL_VARIANTS)}"):
+        hub.resolve_gates(GATES_ID, "chat_energy_optC")
+
+
+def test_resolve_gates_variant_on_hub_but_not_cached(offline_cache: Path, seed_gates: Path) -> None:
+    cache_repo(offline_cache, GATES_ID, seed_gates, only=["chat_mean/lambda_logits.pt"])
+    with pytest.raises(HubError, match=r'is incomplete.*--include "chat_energy/\*"'):
+        hub.resolve_gates(GATES_ID, "chat_energy")
+
+
+def test_resolve_gates_old_cache_without_tree_listing(offline_cache: Path, seed_gates: Path) -> None:
+    only = [f"{v}/{p.name}" for v in ("chat_energy", "chat_mean") for p in (seed_gates / v).iterdir()]
+    cache_repo(offline_cache, GATES_ID, seed_gates, only=only, tree=False)
+    assert hub.list_hub_variants(GATES_ID) == (["chat_energy", "chat_mean"], hub.CACHED_FOLDERS)
+    assert hub.resolve_gates(GATES_ID, "chat_mean").name == COMMIT_A
+    with pytest.raises(HubError, match=r"'chat_energy_optB' of .* not in the local cache.*energy, chat_mean"):
+        hub.resolve_gates(GATES_ID, "chat_energy_optB")
+    with pytest.raises(HubError, match=r"--variant; variants cached so far \(the Hub cannot be reached"):
+        hub.resolve_gates(GATES_ID, None)
+
+
+def test_resolve_gates_offline_not_cached(offline_cache: Path) -> None:
+    with pytest.raises(HubError, match=f"'{GATES_ID}' is not a local path.*local folder to --gates"):
+        hub.resolve_gates(GATES_ID, "chat_energy_optA")
+    with pytest.raises(HubError, match="not in the local Hugging Face cache"):
+        hub.resolve_gates(GATES_ID, None)
+    with pytest.raises(GateFileError, match="is not a folder name"):
+        hub.resolve_gates(GATES_ID, "chat_*")
+
+
+def test_hub_revision_args() -> None:
+    parser = argparse.ArgumentParser()
+    hub.add_hub_args(parser)
+    args = parser.parse_args(["--base-revision", "main", "--gates-revision", COMMIT_A])
+    assert (args.base_revision, args.gates_revision) == ("main", COMMIT_A)
+
+
+# ---------------------------------------------------------------- push
+
+
+class FakeHfApi:
+    """Records calls; each call must bind to the real HfApi method's signature."""
+
+    def __init__(self, existing_private: bool | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.private = existing_private  # None: the repo does not exist yet
+        self.uploaded: list[str] = []
+        self.readme: str | None = None
+
+    def _record(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        bound = inspect.signature(getattr(HfApi, name)).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        params = {k: v for k, v in bound.arguments.items() if k != "self"}
+        self.calls.append((name, params))
+        return params
+
+    def create_repo(self, *args: Any, **kwargs: Any) -> str:
+        params = self._record("create_repo", *args, **kwargs)
+        if self.private is None:
+            self.private = bool(params["private"])
+        return f"https://huggingface.co/{params['repo_id']}"
+
+    def repo_info(self, *args: Any, **kwargs: Any) -> ModelInfo:
+        params = self._record("repo_info", *args, **kwargs)
+        return ModelInfo(id=params["repo_id"], private=self.private)
+
+    def create_branch(self, *args: Any, **kwargs: Any) -> None:
+        self._record("create_branch", *args, **kwargs)
+
+    def upload_folder(self, *args: Any, **kwargs: Any) -> CommitInfo:
+        params = self._record("upload_folder", *args, **kwargs)
+        folder = Path(params["folder_path"])
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        ignore = list(params["ignore_patterns"] or []) + DEFAULT_IGNORE_PATTERNS  # as upload_folder does
+        self.uploaded = list(filter_repo_objects(files, allow_patterns=params["allow_patterns"],
+                                                 ignore_patterns=ignore))
+        self.readme = (folder / "README.md").read_text() if "README.md" in self.uploaded else None
+        return CommitInfo(commit_url=f"https://huggingface.co/{params['repo_id']}/commit/{COMMIT_B}",
+                          commit_message=params["commit_message"], commit_description="", oid=COMMIT_B)
+
+
+CARD = """---
+base_model: Qwen/Qwen3-0.6B
+base_model_relation: finetune
+license: apache-2.0
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- qwen3
+- lambda-gates
+- lambda-bake
+- layout-dense
+- variant-chat_energy_optA
+---
+# Qwen3-0.6B with lambda gates baked in (chat_energy_optA)
+"""
+
+
+@pytest.fixture
+def baked(tmp_path: Path, tiny_base: Path) -> Path:
+    """A folder shaped like a bake's output: base files, manifest, model card, plus upload-cache noise."""
+    out = tmp_path / "baked"
+    shutil.copytree(tiny_base, out)
+    (out / "README.md").write_text(CARD)
+    files = sorted([p.name for p in out.iterdir()] + ["bake_manifest.json"])
+    manifest = {
+        "format": 1, "tool": {"name": "lambda-bake", "version": "0.1.0"},
+        "base": {"source": BASE_ID, "revision": None},
+        "gates": {"source": GATES_ID, "variant": "chat_energy_optA"},
+        "cut": {"kind": "off_fraction", "value": 0.25, "threshold": 0.4981},
+        "off_fraction": 0.25, "layout": "dense", "files": files,
+    }
+    (out / "bake_manifest.json").write_text(json.dumps(manifest))
+    (out / ".cache" / "huggingface").mkdir(parents=True)
+    (out / ".cache" / "huggingface" / "upload.lock").write_text("")  # upload_folder never sends this
+    return out
+
+
+EXPECTED_UPLOAD = sorted(["LICENSE", "README.md", "bake_manifest.json", "chat_template.jinja", "config.json",
+                          "generation_config.json", "model.safetensors", "tokenizer.json",
+                          "tokenizer_config.json"])
+
+
+def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> None:
+    api = FakeHfApi()
+    url = hub.push_folder(baked, "me/qwen3-baked", private=True, revision="optA-25", api=api)
+    assert url == f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}"
+    names = [name for name, _ in api.calls]
+    assert names == ["create_repo", "repo_info", "create_branch", "upload_folder"]
+    calls = dict(api.calls)
+    assert calls["create_repo"]["private"] is True and calls["create_repo"]["exist_ok"] is True
+    assert calls["create_repo"]["repo_type"] == "model"
+    assert calls["create_branch"]["branch"] == "optA-25" and calls["create_branch"]["exist_ok"] is True
+    upload = calls["upload_folder"]
+    assert upload["revision"] == "optA-25" and upload["repo_type"] == "model"
+    assert upload["commit_message"] == (
+        "Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25 (threshold 0.4981, 25.0% off), "
+        "dense layout")
+    assert api.uploaded == EXPECTED_UPLOAD == hub.upload_file_list(baked)
+    card = ModelCard(api.readme)
+    assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license == "apache-2.0" and "variant-chat_energy_optA" in card.data.tags
+
+
+def test_push_to_main_public_with_own_message(baked: Path) -> None:
+    api = FakeHfApi()
+    hub.push_folder(baked, "me/qwen3-baked", commit_message="my message", api=api)
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    calls = dict(api.calls)
+    assert calls["create_repo"]["private"] is False
+    assert calls["upload_folder"]["revision"] is None
+    assert calls["upload_folder"]["commit_message"] == "my message"
+
+
+def test_push_private_into_existing_public_repo_is_refused(baked: Path) -> None:
+    api = FakeHfApi(existing_private=False)
+    with pytest.raises(HubError, match="already exists and is public"):
+        hub.push_folder(baked, "me/public", private=True, api=api)
+    assert "upload_folder" not in dict(api.calls)
+
+
+def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path) -> None:
+    api = FakeHfApi()
+    (baked / "tokenizer.json").unlink()
+    with pytest.raises(HubError, match="lacks files its bake_manifest.json lists: tokenizer.json"):
+        hub.push_folder(baked, "me/x", api=api)
+    (baked / "bake_manifest.json").unlink()
+    with pytest.raises(HubError, match="has no bake_manifest.json.*--allow-unbaked"):
+        hub.push_folder(baked, "me/x", api=api)
+    (baked / "model.safetensors").unlink()
+    with pytest.raises(HubError, match="not a model folder"):
+        hub.push_folder(baked, "me/x", api=api)
+    with pytest.raises(HubError, match="is not a folder"):
+        hub.push_folder(tmp_path / "nowhere", "me/x", api=api)
+    with pytest.raises(HubError, match="not a Hub repo id"):
+        hub.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
+    assert api.calls == []
+    hub.push_folder(baked, "me/x", allow_unbaked=True, api=api)
+    assert dict(api.calls)["upload_folder"]["commit_message"] == "Upload model folder with lambda-bake"
+
+
+def test_push_with_real_api_offline_is_a_clear_error(baked: Path) -> None:
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set, so me/x cannot be reached on the Hub"):
+        hub.push_folder(baked, "me/x")
+
+
+def test_push_command_json(
+    baked: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    api = FakeHfApi()
+    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    parser = argparse.ArgumentParser()
+    push_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["push", str(baked), "--repo-id", "me/qwen3-baked", "--private", "--json"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"repo_id": "me/qwen3-baked", "revision": "main", "private": True,
+                      "commit_url": f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}",
+                      "files": EXPECTED_UPLOAD}
+
+
+def test_quiet_progress_bar_stays_silent(capsys: pytest.CaptureFixture) -> None:
+    # snapshot_download builds its bars with _create_progress_bar and hf_thread_map from tqdm_class.
+    assert hf_thread_map(lambda x: x * 2, [1, 2], tqdm_class=hub._NoProgress, desc="files") == [2, 4]
+    bar = _create_progress_bar(cls=hub._NoProgress, log_level=logging.INFO, name="x", total=2, desc="bytes")
+    bar.update(2)
+    bar.close()
+    assert bar.disable and capsys.readouterr().err == ""
