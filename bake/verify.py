@@ -21,6 +21,7 @@ from .base_model import read_config
 from .errors import BakeError, ManifestMismatch
 from .gate_math import Cut, GateSettings, compute_gates
 from .gates import load_variant
+from .hub import resolve_base, resolve_gates
 from .manifest import read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
 from .reference import load_hooked_model
@@ -92,6 +93,8 @@ class ReferenceSpec:
     variant: str | None
     settings: GateSettings
     gate_sha256: str | None = None  # what the manifest recorded, if any
+    base_revision: str | None = None  # Hub commit, when base/gates are Hub ids
+    gates_revision: str | None = None
 
     def describe(self) -> dict[str, Any]:
         st = self.settings
@@ -106,7 +109,8 @@ def spec_from_manifest(manifest: dict[str, Any]) -> ReferenceSpec:
     cut = Cut("none") if t is None else Cut("threshold", float(t))
     settings = GateSettings(cut, manifest["gate_mode"], manifest["scale_mode"], manifest["scale_scope"])
     return ReferenceSpec(Path(manifest["base"]["source"]), Path(manifest["gates"]["source"]),
-                         manifest["gates"]["variant"], settings, manifest["gates"]["sha256"])
+                         manifest["gates"]["variant"], settings, manifest["gates"]["sha256"],
+                         manifest["base"].get("revision"), manifest["gates"].get("revision"))
 
 
 @dataclass
@@ -130,8 +134,10 @@ def verify(
     """Run the hooked reference and every candidate; the report says per candidate what passed."""
     from transformers import AutoTokenizer
 
-    config = read_config(spec.base)
-    variant = load_variant(spec.gates, spec.variant, num_layers=int(config["num_hidden_layers"]),
+    base = resolve_base(str(spec.base), spec.base_revision, progress=False)
+    config = read_config(base)
+    gates = resolve_gates(str(spec.gates), spec.variant, spec.gates_revision)
+    variant = load_variant(gates, spec.variant, num_layers=int(config["num_hidden_layers"]),
                            intermediate_size=int(config["intermediate_size"]))
     if spec.gate_sha256 is not None and variant.sha256 != spec.gate_sha256:
         raise ManifestMismatch(
@@ -140,8 +146,8 @@ def verify(
             "or --ignore-manifest to compare against these anyway"
         )
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
-    reference = TorchCandidate("hooked reference", "float32", load_hooked_model(spec.base, scale, torch.float32))
-    prompts = render_prompts(AutoTokenizer.from_pretrained(str(spec.base)), options.prompts)
+    reference = TorchCandidate("hooked reference", "float32", load_hooked_model(base, scale, torch.float32))
+    prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), options.prompts)
     cache: dict[str, Any] = {}
     results: list[CandidateResult] = []
     for c in candidates:

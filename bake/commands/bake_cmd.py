@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import emit_json
+from ..hub import add_hub_args, push_folder
 from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
 from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
@@ -33,8 +34,9 @@ example:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bake", help="fold gates into a base model and write a checkpoint",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model folder")
+    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
+    add_hub_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--layout", choices=LAYOUTS, default="dense",
                    help="dense: same shapes, off columns zero; pruned: off neurons removed, layers padded "
@@ -52,12 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run `lambda-bake verify` on the result before moving it into place; the report goes "
                         "into the manifest and the model card, and a failure writes nothing (exit 3)")
     add_budget_args(p)
+    push = p.add_argument_group("publish")
+    push.add_argument("--push-to", metavar="USER/NAME", help="upload the finished folder to this Hub repo")
+    push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
+    push.add_argument("--push-revision", metavar="BRANCH", help="branch of the --push-to repo (default main)")
     add_output_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    base, variant = load_base_and_gates(Path(args.base), Path(args.gates), args.variant)
+    base, variant, sources = load_base_and_gates(args)
     settings, scale_source = settings_from_args(args, variant)
     options = BakeOptions(layout=args.layout, dtype=args.dtype, pad_multiple=args.pad_multiple,
                           max_shard_size=args.max_shard_size, allow_all_off=args.allow_all_off,
@@ -66,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
         f"into {base.folder} -> {args.out}")
     check = verify_check(args) if args.verify else None
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
-                               sources={"scale_mode_source": scale_source}, check=check)
+                               sources=sources | {"scale_mode_source": scale_source}, check=check)
+    pushed = None
+    if args.push_to:
+        pushed = push_folder(args.out, args.push_to, private=args.private, revision=args.push_revision)
     if args.json:
-        emit_json({"ok": True, "out": str(args.out), "manifest": manifest})
+        emit_json({"ok": True, "out": str(args.out), "manifest": manifest, "pushed": pushed})
     else:
         print_summary(manifest, str(args.out))
     return 0

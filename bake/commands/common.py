@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..base_model import BaseModel, open_base_model
 from ..errors import CutError
 from ..gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from ..gates import GateVariant, load_variant
+from ..hub import resolve_base, resolve_gates
 
 
 def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True) -> None:
     """--gates/--variant, the cut, and the gate/scale modes."""
     p.add_argument("--gates", required=gates_required,
-                   help="gate variant folder, or a folder holding several variants")
+                   help="gate variant folder, a folder holding several variants, or a Hub repo id")
     p.add_argument("--variant", help="variant subfolder to use when --gates holds several (e.g. chat_energy_optA)")
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--threshold", type=float, help="switch off neurons with sigmoid(logit) < T, 0 < T < 1")
@@ -59,11 +61,22 @@ def settings_from_args(args: argparse.Namespace, variant: GateVariant) -> tuple[
     return GateSettings(cut_from_args(args), args.gate_mode, scale_mode, args.scale_scope), source
 
 
-def load_base_and_gates(base: Path, gates: Path, variant: str | None) -> tuple[BaseModel, GateVariant]:
-    """Open the base model and load the variant's gates checked against the base's shape."""
-    model = open_base_model(base)
-    gv = load_variant(gates, variant, num_layers=model.num_layers, intermediate_size=model.intermediate_size)
-    return model, gv
+def load_base_and_gates(args: argparse.Namespace) -> tuple[BaseModel, GateVariant, dict[str, Any]]:
+    """Resolve --base/--gates (local folders or Hub ids), open the base and load the variant's gates.
+
+    Also returns the sources for the manifest: Hub ids with the resolved commit, or local paths.
+    """
+    progress = not getattr(args, "quiet", False)
+    base_dir = resolve_base(str(args.base), getattr(args, "base_revision", None), progress=progress)
+    gates_dir = resolve_gates(str(args.gates), args.variant, getattr(args, "gates_revision", None))
+    model = open_base_model(base_dir)
+    gv = load_variant(gates_dir, args.variant, num_layers=model.num_layers, intermediate_size=model.intermediate_size)
+    sources: dict[str, Any] = {}
+    if base_dir != Path(args.base):
+        sources |= {"base": str(args.base), "base_revision": base_dir.name}
+    if gates_dir != Path(args.gates):
+        sources |= {"gates": str(args.gates), "gates_revision": gates_dir.name}
+    return model, gv, sources
 
 
 def say(msg: str) -> None:
