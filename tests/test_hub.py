@@ -455,3 +455,55 @@ def test_quiet_progress_bar_stays_silent(capsys: pytest.CaptureFixture) -> None:
     bar.update(2)
     bar.close()
     assert bar.disable and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- end to end through the CLI
+
+
+def test_bake_from_hub_ids_equals_bake_from_local_paths(
+    offline_cache: Path, tiny_base: Path, seed_gates: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from bake.cli import main
+    from bake.tensor_io import CheckpointReader
+
+    cache_repo(offline_cache, BASE_ID, tiny_base)
+    cache_repo(offline_cache, GATES_ID, seed_gates, commit="b" * 40)
+    common = ["--variant", "chat_energy_optA", "--preset", "3", "--quiet", "--json"]
+    assert main(["bake", "--base", BASE_ID, "--gates", GATES_ID, *common, "--out", str(tmp_path / "hub")]) == 0
+    from_hub = json.loads(capsys.readouterr().out)["manifest"]
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(seed_gates), *common,
+                 "--out", str(tmp_path / "local")]) == 0
+    from_local = json.loads(capsys.readouterr().out)["manifest"]
+    assert from_hub["base"]["source"] == BASE_ID and from_hub["base"]["revision"] == COMMIT_A
+    assert from_hub["gates"]["source"] == GATES_ID and from_hub["gates"]["revision"] == "b" * 40
+    assert from_hub["gates"]["sha256"] == from_local["gates"]["sha256"]
+    for key in ("cut", "off_fraction", "off_per_layer", "scale_mode", "layout", "sizes", "files"):
+        assert from_hub[key] == from_local[key], key
+    hub_reader, local_reader = CheckpointReader(tmp_path / "hub"), CheckpointReader(tmp_path / "local")
+    assert hub_reader.names() == local_reader.names()
+    assert all(hub_reader.read_bytes(n) == local_reader.read_bytes(n) for n in hub_reader.names())
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
+    assert card.data.license == "apache-2.0"  # taken from the base's card
+    # verify resolves the manifest's Hub ids from the cache, offline
+    assert main(["verify", "--baked", str(tmp_path / "hub"), "--quiet", "--greedy-tokens", "4"]) == 0
+
+
+def test_bake_push_to_uploads_the_real_bake(
+    offline_cache: Path, tiny_base: Path, seed_gates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bake.cli import main
+
+    api = FakeHfApi()
+    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(seed_gates), "--variant", "chat_mean",
+                 "--off-fraction", "0.5", "--layout", "pruned", "--out", str(tmp_path / "o"), "--quiet",
+                 "--push-to", "me/tiny-baked", "--private"]) == 0
+    uploads = [c for c in api.calls if c[0] == "upload_folder"]
+    assert len(uploads) == 1
+    manifest = json.loads((tmp_path / "o" / "bake_manifest.json").read_text())
+    assert uploads[0][1]["commit_message"] == hub.default_commit_message(manifest)
+    assert "chat_mean" in uploads[0][1]["commit_message"] and "pruned" in uploads[0][1]["commit_message"]
+    assert api.uploaded == sorted(manifest["files"]) and api.private is True
+    card = ModelCard.load(tmp_path / "o" / "README.md")
+    assert card.data.library_name == "transformers" and "layout-pruned" in card.data.tags
