@@ -36,11 +36,14 @@ def check_destination(dest: Path, overwrite: bool, inputs: tuple[Path, ...] = ()
 def atomic_output_dir(dest: Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``dest`` in one rename, on failure it is removed."""
     dest = check_destination(dest, overwrite, inputs)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise OutputError(f"cannot create {tmp} ({e.strerror or e}); choose an --out folder you can write to") from e
     try:
         yield tmp
         _fsync_tree(tmp)

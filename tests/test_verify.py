@@ -1,0 +1,131 @@
+"""verify: passes on correct bakes, fails (exit 3, metric named) on deliberately wrong ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bake.cli import main
+from bake.demo_assets import write_gate_folder
+from bake.gate_math import Cut, GateSettings, gate_values
+from bake.gates import load_variant
+from bake.pipeline import BakeOptions, bake_checkpoint
+
+FAST = ["--quiet", "--greedy-tokens", "6"]
+
+
+def claim(folder: Path, **fields: Any) -> None:
+    """Make a bake's manifest claim something other than what was baked (a buggy or tampered bake)."""
+    path = folder / "bake_manifest.json"
+    m = json.loads(path.read_text())
+    for dotted, value in fields.items():
+        keys = dotted.split("__")
+        target = m
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    path.write_text(json.dumps(m))
+
+
+def verify_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
+    code = main(["verify", *args, "--json", *FAST])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() else {}, err
+
+
+@pytest.mark.parametrize("layout", ["dense", "pruned"])
+def test_correct_bake_passes(tiny_base: Path, tiny_gates: Path, tmp_path: Path, layout: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 4), "hard", "energy"), tmp_path / "b",
+                    BakeOptions(layout=layout, pad_multiple=8, progress=False))
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b")], capsys)
+    assert code == 0 and report["passed"]
+    (c,) = report["candidates"]
+    assert c["max_rel_diff"] < 1e-5 and c["mean_kl"] < 1e-9 and c["top1_agreement"] == 1.0
+    assert c["greedy_first_divergence"] is None and c["greedy_steps"] == 6
+    assert report["num_prompts"] == 6 and min(report["prompt_tokens"]) < 30 < max(report["prompt_tokens"])
+    assert report["reference"]["variant"] == "chat_energy_optA" and report["reference"]["scale_mode"] == "energy"
+
+
+def wrong_bakes(tiny_gates: Path, tmp_path: Path) -> tuple[dict[str, tuple[Any, GateSettings, dict[str, Any]]],
+                                                             GateSettings]:
+    """name -> (variant actually baked, settings actually used, what the manifest claims instead)."""
+    right = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    t = right.selected_thresholds[2]
+    lam = gate_values(right.logits).reshape(-1).sort().values
+    next_t = float(lam[int((lam < t).sum()) + 1])  # exactly one more neuron off
+    shuffled = right.logits.clone()
+    shuffled[2] = shuffled[2][torch.randperm(128, generator=torch.Generator().manual_seed(0))]
+    shuffled_v = load_variant(write_gate_folder(tmp_path / "shuf" / "chat_energy_optA", shuffled, scale_mode="energy"),
+                              num_layers=4, intermediate_size=128)
+    other = load_variant(tiny_gates, "chat_energy_optB", num_layers=4, intermediate_size=128)
+    ok = GateSettings(Cut("threshold", t), "hard", "energy")
+    return {
+        "wrong scale mode": (right, GateSettings(Cut("threshold", t), "hard", "mean"), {}),
+        "off-by-one threshold": (right, GateSettings(Cut("threshold", next_t), "hard", "energy"), {}),
+        "a layer's gates shuffled": (shuffled_v, ok, {"gates__sha256": right.sha256,
+                                                      "gates__source": str(tiny_gates)}),
+        "swapped variant": (other, ok, {"gates__variant": "chat_energy_optA", "gates__sha256": right.sha256}),
+    }, ok
+
+
+@pytest.mark.parametrize("case", ["wrong scale mode", "off-by-one threshold", "a layer's gates shuffled",
+                                  "swapped variant"])
+def test_wrong_bake_fails_with_metric_named(tiny_base: Path, tiny_gates: Path, tmp_path: Path, case: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cases, ok = wrong_bakes(tiny_gates, tmp_path)
+    variant, actual, extra = cases[case]
+    bake_checkpoint(tiny_base, variant, actual, tmp_path / "b", BakeOptions(progress=False))
+    claim(tmp_path / "b", scale_mode=ok.scale_mode, cut__threshold=ok.cut.value, **extra)
+    code, report, err = verify_json(["--baked", str(tmp_path / "b")], capsys)
+    assert code == 3 and not report["passed"]
+    (c,) = report["candidates"]
+    assert c["max_rel_diff"] > 1e-4
+    assert "max |logit diff| / max |logit|" in err and "> 0.0001" in err
+
+
+def test_manifest_mismatch_with_given_gates_is_a_user_error(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    v = load_variant(tiny_gates, "chat_mean", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 2), "hard", "mean"), tmp_path / "b",
+                    BakeOptions(progress=False))
+    code, _, err = verify_json(["--baked", str(tmp_path / "b"), "--gates", str(tiny_gates), "--variant",
+                                "chat_energy"], capsys)
+    assert code == 2 and "not the ones the bake manifest records" in err and "--ignore-manifest" in err
+    code, report, err = verify_json(["--baked", str(tmp_path / "b"), "--gates", str(tiny_gates), "--variant",
+                                     "chat_energy", "--ignore-manifest"], capsys)
+    assert code == 3 and "top-1 agreement" in err
+
+
+def test_prompts_file_and_tightened_budget(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    v = load_variant(tiny_gates, "chat_mean", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 3), "hard", "mean"), tmp_path / "b",
+                    BakeOptions(progress=False))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('[{"role": "user", "content": "Add 17 and 25."}]\n"What is 3 squared?"\n'
+                       '{"messages": [{"role": "user", "content": "Name a prime."}]}\n')
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b"), "--prompts", str(prompts)], capsys)
+    assert code == 0 and report["num_prompts"] == 3
+    code, report, err = verify_json(["--baked", str(tmp_path / "b"), "--max-rel-diff", "0"], capsys)
+    assert code == 3 and "max |logit diff| / max |logit| =" in err and "> 0" in err
+
+
+def test_bake_verify_stores_report_and_failure_writes_nothing(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    base_args = ["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy",
+                 "--preset", "2", "--verify", "--quiet", "--greedy-tokens", "4"]
+    assert main([*base_args, "--out", str(tmp_path / "ok")]) == 0
+    m = json.loads((tmp_path / "ok" / "bake_manifest.json").read_text())
+    assert m["verification"]["passed"] and m["verification"]["candidates"][0]["top1_agreement"] == 1.0
+    card = (tmp_path / "ok" / "README.md").read_text()
+    assert "## Verification against the hooked model" in card and "| pass |" in card
+    assert main([*base_args, "--out", str(tmp_path / "bad"), "--max-rel-diff", "0"]) == 3
+    assert "nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bad")] == []
