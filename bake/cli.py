@@ -49,12 +49,13 @@ def emit_json(report: dict[str, Any]) -> None:
 
 
 def _silence_library_progress() -> None:
-    """--quiet also mutes transformers' and huggingface_hub's own progress bars."""
+    """--quiet also mutes huggingface_hub's and transformers' own progress bars (transformers reads
+    huggingface_hub's switch when it is imported, so it need not be imported here)."""
     from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
 
     disable_progress_bars()
-    hf_logging.disable_progress_bar()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:

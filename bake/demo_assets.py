@@ -74,6 +74,13 @@ class TinyQwen3Spec:
     head_dim: int = 16
     init_std: float = 0.08
     seed: int = 0
+    vocab_size: int | None = None  # default: the tokenizer's size
+    tie_word_embeddings: bool = True
+
+
+# The real Qwen/Qwen3-0.6B architecture (random weights) for benchmarks: 28 x 3072 MLP neurons.
+QWEN3_0_6B = TinyQwen3Spec(num_layers=28, hidden_size=1024, intermediate_size=3072, num_heads=16, num_kv_heads=8,
+                           head_dim=128, init_std=0.02, vocab_size=151936)
 
 
 def build_tokenizer(out_dir: Path):
@@ -108,14 +115,19 @@ def build_tiny_qwen3(out_dir: Path, spec: TinyQwen3Spec = TinyQwen3Spec(), dtype
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        vocab_size=max(len(tokenizer), spec.vocab_size or 0), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim, max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=spec.init_std, bos_token_id=pad_id, eos_token_id=eos_id,
+        tie_word_embeddings=spec.tie_word_embeddings, initializer_range=spec.init_std, bos_token_id=pad_id, eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen3ForCausalLM(config).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: no float32 copy of a large model
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     with torch.no_grad():  # RMSNorm weights start at 1; vary them so a wrong fold cannot hide
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

@@ -84,7 +84,7 @@ class BakePlan:
             return OutTensor(name, dtype, (width, info.shape[1]),
                              lambda: prune_in_proj(reader.tensor(name), keep, width, dtype))
         if info.dtype == dtype or not info.dtype.is_floating_point:
-            return OutTensor(name, info.dtype, info.shape, lambda: reader.read_bytes(name))
+            return OutTensor(name, info.dtype, info.shape, copy_from=info)
         return OutTensor(name, dtype, info.shape, lambda: reader.tensor(name).to(dtype))
 
 

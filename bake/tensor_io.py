@@ -145,12 +145,14 @@ def read_header(file: Path) -> list[TensorInfo]:
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One tensor to write: its name, dtype, shape, and a function producing its bytes or tensor."""
+    """One tensor to write: its name, dtype, shape, and either a function producing it or, for an
+    unchanged tensor, the source bytes to copy (in the kernel, without passing through Python)."""
 
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    produce: Callable[[], torch.Tensor | bytes]
+    produce: Callable[[], torch.Tensor | bytes] | None = None
+    copy_from: TensorInfo | None = None
 
     @property
     def nbytes(self) -> int:
@@ -178,6 +180,12 @@ def write_safetensors(
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for t in tensors:
+            if t.copy_from is not None:
+                f.flush()
+                copy_range(t.copy_from, f.fileno())
+                if on_tensor is not None:
+                    on_tensor(t)
+                continue
             data = t.produce()
             if isinstance(data, torch.Tensor):
                 if data.dtype != t.dtype or tuple(data.shape) != t.shape:
@@ -191,6 +199,22 @@ def write_safetensors(
                 on_tensor(t)
         f.flush()
         os.fsync(f.fileno())
+
+
+def copy_range(src: TensorInfo, dst_fd: int) -> None:
+    """Append a source tensor's bytes to ``dst_fd``: ``copy_file_range`` where the OS has it, else read/write."""
+    with open(src.file, "rb") as f:
+        offset, left = src.start, src.nbytes
+        while left > 0:
+            try:
+                n = os.copy_file_range(f.fileno(), dst_fd, left, offset)
+            except (AttributeError, OSError):  # no copy_file_range here, or not across these filesystems
+                f.seek(offset)
+                n = os.write(dst_fd, f.read(min(left, 64 << 20)))
+            if n == 0:
+                raise BaseModelError(f"{src.file}: tensor {src.name} is cut short; the file is truncated")
+            offset += n
+            left -= n
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
