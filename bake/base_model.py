@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from .errors import BaseModelError
+from .json_files import read_json
 from .tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
@@ -53,10 +53,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise BaseModelError(f"base model folder {folder} does not exist; give --base a local folder or a Hub id")
     if not path.is_file():
         raise BaseModelError(f"{folder} has no config.json; it is not a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BaseModelError(f"{path} is not valid JSON ({e}); download it again") from e
+    return read_json(path, BaseModelError, "download it again")
 
 
 def open_base_model(folder: Path) -> BaseModel:

@@ -9,7 +9,6 @@ run code.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import GateFileError
+from .json_files import read_json
 
 GATE_FILENAMES = ("lambda_logits.pt", "lambda_logits.safetensors")
 _LAYER_KEY = re.compile(r"layers?[._](\d+)")
@@ -103,7 +103,7 @@ def load_variant(
         raise GateFileError(f"no gate file in {folder}: expected one of {', '.join(GATE_FILENAMES)}")
     raw = _read_container(gate_file)
     logits = gate_logits_to_matrix(raw, num_layers, intermediate_size, source=str(gate_file))
-    stats = _read_json(folder / "gate_stats.json") if (folder / "gate_stats.json").exists() else {}
+    stats = read_json(folder / "gate_stats.json", GateFileError, "download it again or delete it") if (folder / "gate_stats.json").exists() else {}
     scale_mode, source = infer_scale_mode(folder.name, stats)
     return GateVariant(
         name=folder.name,
@@ -268,13 +268,6 @@ def _as_1d(x: Any, source: str) -> torch.Tensor:
     return x.reshape(-1)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GateFileError(f"{path}: not valid JSON ({e}); download it again or delete it") from e
-
-
 def _read_thresholds(folder: Path, stats: dict[str, Any]) -> list[float]:
     path = folder / "selected_thresholds.txt"
     if path.exists():
@@ -295,7 +288,7 @@ def _count_neuron_indices(path: Path) -> int | None:
     """Count the knowledge neurons listed in neuron_indices.json (dict by layer, or flat list)."""
     if not path.exists():
         return None
-    data = _read_json(path)
+    data = read_json(path, GateFileError, "download it again or delete it")
     if isinstance(data, dict):
         data = data.get("neuron_indices", data)
     if isinstance(data, dict):

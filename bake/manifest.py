@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ManifestMismatch
+from .json_files import read_json
 
 if TYPE_CHECKING:
     from .pipeline import BakePlan
@@ -62,7 +62,4 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestMismatch(f"{folder} has no {MANIFEST_NAME}; it was not baked by lambda-bake")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ManifestMismatch(f"{path} is not valid JSON ({e})") from e
+    return read_json(path, ManifestMismatch, "bake the folder again")
