@@ -22,16 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-
-BUILD = """
-import sys, torch
-from pathlib import Path
-from bake.demo_assets import QWEN3_0_6B, build_tiny_qwen3, seed_gate_logits, write_gate_folder
-root = Path(sys.argv[1])
-build_tiny_qwen3(root / "base", QWEN3_0_6B, dtype=torch.bfloat16)
-write_gate_folder(root / "gates" / "chat_energy", seed_gate_logits(28, 3072, seed=0), scale_mode="energy")
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inputs import REPO, ensure_inputs  # noqa: E402
 
 NAIVE = """
 import sys, torch
@@ -62,25 +54,21 @@ def measure(cmd: list[str]) -> dict[str, float]:
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def bake_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bake.cli", "bake", "--base", str(root / "base"), "--gates",
-            str(root / "gates" / "chat_energy"), "--off-fraction", "0.5", "--out", str(out), "--quiet",
-            "--overwrite", *extra]
+def bake_cmd(base: Path, gates: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bake.cli", "bake", "--base", str(base), "--gates", str(gates),
+            "--off-fraction", "0.5", "--out", str(out), "--quiet", "--overwrite", *extra]
 
 
 def run(workdir: Path, repeats: int) -> dict[str, Any]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "base" / "model.safetensors").exists():
-        print("building random-weight Qwen3-0.6B (bf16) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-c", BUILD, str(workdir)], cwd=REPO, check=True)
-    size = sum(p.stat().st_size for p in (workdir / "base").glob("*.safetensors"))
+    base, gates = ensure_inputs(workdir)
+    size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     jobs = {
-        "cp": lambda: ["cp", "-r", str(workdir / "base"), str(workdir / "cp-copy")],
-        "cp+sync": lambda: ["sh", "-c", f"cp -r {workdir / 'base'} {workdir / 'cp-copy'} && sync"],
-        "bake dense bf16": lambda: bake_cmd(workdir, workdir / "dense"),
-        "bake pruned bf16": lambda: bake_cmd(workdir, workdir / "pruned", "--layout", "pruned"),
-        "naive from_pretrained/save_pretrained": lambda: [sys.executable, "-c", NAIVE, str(workdir / "base"),
-                                                          str(workdir / "gates" / "chat_energy"),
+        "cp": lambda: ["cp", "-r", str(base), str(workdir / "cp-copy")],
+        "cp+sync": lambda: ["sh", "-c", f"cp -r {base} {workdir / 'cp-copy'} && sync"],
+        "python start + imports, no work": lambda: [sys.executable, "-c", "import bake.cli; bake.cli.build_parser()"],
+        "bake dense bf16": lambda: bake_cmd(base, gates, workdir / "dense"),
+        "bake pruned bf16": lambda: bake_cmd(base, gates, workdir / "pruned", "--layout", "pruned"),
+        "naive from_pretrained/save_pretrained": lambda: [sys.executable, "-c", NAIVE, str(base), str(gates),
                                                           str(workdir / "naive")],
     }
     results: dict[str, dict[str, float]] = {}
