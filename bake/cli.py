@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "bake.commands.bake_cmd",
     "bake.commands.inspect_cmd",
     "bake.commands.demo_cmd",
+    "export.commands",
 )
 
 

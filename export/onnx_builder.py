@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -120,9 +120,9 @@ def inv_freq(dims: Qwen3Dims) -> torch.Tensor:
 class WeightFile:
     """Streams initializers into one raw file; each becomes an external-data ``TensorProto``."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.file = open(self.path, "wb")
+    def __init__(self, file: BinaryIO, location: str):
+        self.file = file
+        self.location = location
         self.offset = 0
         self.initializers: list[TensorProto] = []
 
@@ -134,14 +134,11 @@ class WeightFile:
         self.file.write(data)
         proto = TensorProto(name=name, data_type=ONNX_DTYPES[t.dtype], dims=list(t.shape))
         proto.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.path.name), ("offset", self.offset), ("length", len(data))):
+        for key, value in (("location", self.location), ("offset", self.offset), ("length", len(data))):
             proto.external_data.add(key=key, value=str(value))
         self.offset += len(data)
         self.initializers.append(proto)
         return name
-
-    def close(self) -> None:
-        self.file.close()
 
 
 @dataclass
@@ -479,8 +476,6 @@ def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_pat
     if dtype not in ONNX_DTYPES:
         raise ExportError(f"dtype {dtype} cannot be exported; use float32 or float16")
     dims = qwen3_dims(config, reader)
-    weights = WeightFile(data_path)
-    try:
+    with open(data_path, "wb") as f:
+        weights = WeightFile(f, Path(data_path).name)
         return Qwen3GraphBuilder(reader, dims, weights, dtype=dtype, fused=fused).build(ragged, progress)
-    finally:
-        weights.close()
