@@ -164,6 +164,7 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         "num_key_value_heads": int(config.get("num_key_value_heads") or heads),
         "head_dim": int(config.get("head_dim") or int(config["hidden_size"]) // heads),
         "vocab_size": int(config["vocab_size"]),
+        "max_position_id": int(config.get("max_position_embeddings", 32768)) - 1 if fused else None,
         "config_intermediate_size": int(config["intermediate_size"]),
         "mlp_widths": widths,
         "inputs": tensors(model.graph.input),
@@ -171,7 +172,8 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         "notes": (
             "attention_mask covers past + new tokens (1 = real, 0 = padding, left padding allowed); "
             "position_ids count real tokens from 0; feed present.* back as past_key_values.* "
-            + ("(fused: more than one new token per call needs batch 1 or an empty past)" if fused else "")
+            + ("(fused: more than one new token per call needs batch 1 or an empty past; positions are limited "
+               "to max_position_id by the RoPE tables)" if fused else "")
         ).strip(),
     }
 

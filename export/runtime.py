@@ -104,6 +104,12 @@ class OnnxCausalLM:
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray,
              past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """One forward pass: logits [batch, new, vocab] on the host, the new KV cache on the device."""
+        limit = self.io.get("max_position_id")
+        if limit is not None and positions.max(initial=0) > limit:
+            raise ExportError(
+                f"position {int(positions.max())} is past this fused export's RoPE tables (max_position_id {limit}, "
+                "from max_position_embeddings); shorten the input or export without --fused (no position limit)"
+            )
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))

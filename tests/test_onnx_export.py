@@ -236,6 +236,14 @@ def test_external_data_missing_or_truncated_is_an_export_error(tiny, tmp_path):
         OnnxCausalLM(out, device="cpu")
 
 
+def test_fused_export_refuses_positions_past_its_rope_tables(tiny, tmp_path):
+    export_onnx(tiny, tmp_path / "onnx", fused=True, progress=False)
+    lm = OnnxCausalLM(tmp_path / "onnx", device="cpu")
+    ids = np.ones((1, 1), np.int64)
+    with pytest.raises(ExportError, match="max_position_id 511"):
+        lm.step(ids, np.ones((1, 513), np.int64), np.array([[512]]), lm.empty_past(1))
+
+
 def test_bad_inputs_are_export_errors(tiny, tmp_path):
     with pytest.raises(ExportError, match="bfloat16"):
         export_onnx(tiny, tmp_path / "a", dtype="bfloat16", progress=False)
