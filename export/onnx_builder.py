@@ -149,12 +149,11 @@ class _Graph:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     constants: list[TensorProto] = field(default_factory=list)
 
-    def op(self, op_type: str, inputs: Sequence[str], name: str, outputs: int = 1, domain: str = "",
-           **attrs: Any) -> str:
-        """Add a node with ``outputs`` outputs named ``name/out{k}``; return the first."""
-        outs = [f"{name}/out{k}" for k in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, domain=domain, **attrs))
-        return outs[0]
+    def op(self, op_type: str, inputs: Sequence[str], name: str, domain: str = "", **attrs: Any) -> str:
+        """Add a one-output node; its output is named ``name/out0``."""
+        out = f"{name}/out0"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, domain=domain, **attrs))
+        return out
 
     def op_to(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, domain: str = "",
               **attrs: Any) -> None:
