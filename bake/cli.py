@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "bake.commands.demo_cmd",
     "bake.commands.verify_cmd",
     "bake.commands.push_cmd",
+    "export.commands",
 )
 
 
