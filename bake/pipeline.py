@@ -128,12 +128,14 @@ def bake_checkpoint(
     options: BakeOptions = BakeOptions(),
     sources: dict[str, Any] | None = None,
     check: Callable[[Path], dict[str, Any]] | None = None,
+    extras: Callable[[Path], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Bake ``variant`` into ``base_dir`` and write a complete checkpoint to ``out_dir`` atomically.
 
     Returns the manifest (also written as ``bake_manifest.json``). ``sources`` records where base
     and gates came from (Hub ids, revisions) for the manifest; local paths are used otherwise.
-    ``check`` (e.g. the verifier) runs on the finished temporary folder before it is moved into
+    ``extras`` (e.g. the ONNX export) adds files to the temporary folder and returns their relative
+    names. ``check`` (e.g. the verifier) runs on the finished temporary folder before it is moved into
     place; its report is stored in the manifest and the card, and a failed check
     (``report["passed"]`` false) raises ``VerificationFailed`` with nothing written.
     """
@@ -146,6 +148,9 @@ def bake_checkpoint(
         files += ["config.json"] + carry_base_files(base.folder, tmp)
         manifest = build_manifest(plan, sources or {}, sorted(files + [MANIFEST_NAME, "README.md"]))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if extras is not None:
+            manifest["files"] = sorted(manifest["files"] + extras(tmp))
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if check is not None:
             manifest["verification"] = check(tmp)
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .base_model import read_config
@@ -170,6 +171,31 @@ def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) ->
     manifest = read_manifest(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=compute_dtype).eval()
     return TorchCandidate(f"checkpoint ({manifest['layout']})", manifest["dtype"], model)
+
+
+@dataclass
+class OnnxCandidate:
+    """An ONNX export run by ONNX Runtime (``export.runtime``), judged by its export dtype."""
+
+    name: str
+    dtype: str
+    model: Any  # export.runtime.OnnxCausalLM
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        arr = np.array([ids], dtype=np.int64)
+        return torch.from_numpy(self.model.logits(arr, np.ones_like(arr))[0].astype(np.float32))
+
+    def greedy(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        arr = np.array([ids], dtype=np.int64)
+        out = self.model.greedy(arr, np.ones_like(arr), max_new_tokens, eos_ids=set(), pad_id=0)
+        return [int(t) for t in out[0]]
+
+
+def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
+    from export.runtime import OnnxCausalLM
+
+    model = OnnxCausalLM(folder, device=device)
+    return OnnxCandidate(f"onnx ({model.io['layout']}, {model.device})", model.io["dtype"], model)
 
 
 def read_prompts_file(path: Path) -> list[Messages | str]:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bake.commands.common import add_output_args, say
+
 from .exporter import EXPORT_DTYPES, LAYOUTS, export_onnx
 
 EXPORT_EPILOG = """\
@@ -51,7 +53,7 @@ def register_export(sub: Any) -> None:
                    help="use ONNX Runtime's fused com.microsoft ops (GroupQueryAttention, "
                         "SkipSimplifiedLayerNormalization, RotaryEmbedding); default: portable standard ops")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    add_output_args(p)
     p.set_defaults(func=run_export)
 
 
@@ -59,17 +61,17 @@ def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
     report = export_onnx(args.model, args.out, dtype=args.dtype, layout=args.layout, fused=args.fused,
-                         device=args.device, overwrite=args.overwrite)
+                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)
         return 0
     widths = report["mlp_widths"]
-    print(f"exported {report['model']} -> {report['out']}")
-    print(f"  {report['dtype']}, layout {report['layout']}, {'fused' if report['fused'] else 'standard'} ops, "
-          f"{report['bytes'] / 1e6:.1f} MB{' (weights in model.onnx.data)' if report['external_data'] else ''}")
-    print(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
-          f"(per layer {min(widths)}..{max(widths)})")
-    print(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
+    say(f"exported {report['model']} -> {report['out']} in {report['seconds']:.1f} s")
+    say(f"  {report['dtype']}, layout {report['layout']}, {'fused' if report['fused'] else 'standard'} ops, "
+        f"{report['bytes'] / 1e6:.1f} MB{' (weights in model.onnx.data)' if report['external_data'] else ''}")
+    say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
+        f"(per layer {min(widths)}..{max(widths)})")
+    say(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
     return 0
 
 

@@ -8,6 +8,7 @@ limit), the model's ``config.json``, generation config, tokenizer files and chat
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from bake.atomic import atomic_output_dir
 from bake.base_model import open_base_model, read_config
 from bake.checkpoint_writer import carry_base_files
 from bake.errors import BaseModelError, ExportError
+from bake.manifest import MANIFEST_NAME
 
 from .onnx_builder import build_qwen3_model
 from .runtime import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, OnnxCausalLM, pick_device
@@ -102,6 +104,9 @@ def export_onnx(
         check_graph(tmp / MODEL_FILE)
         shutil.copy2(model_dir / "config.json", tmp / "config.json")
         carried = carry_base_files(model_dir, tmp)
+        if (model_dir / MANIFEST_NAME).is_file():  # provenance: verify --onnx reads the bake it came from
+            shutil.copy2(model_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
+            carried.append(MANIFEST_NAME)
         io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, device=device,
                       widths=built.mlp_widths, opset=built.opset,
                       external_bytes=built.weight_bytes if external else None)
@@ -125,6 +130,19 @@ def export_onnx(
         "bytes": size,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def export_into(model_dir: Path, subfolder: str = "onnx", **options: Any) -> dict[str, Any]:
+    """Export ``model_dir`` into its own ``subfolder`` (what ``bake --onnx`` does); return the report.
+
+    The export is built beside ``model_dir`` (an export may not be written inside its input) and
+    moved in when complete.
+    """
+    model_dir = Path(model_dir)
+    staging = model_dir.parent / f".{model_dir.name}.{subfolder}.tmp-{os.getpid()}"
+    report = export_onnx(model_dir, staging, overwrite=True, **options)
+    staging.rename(model_dir / subfolder)
+    return report | {"out": str(model_dir / subfolder)}
 
 
 def check_graph(path: Path) -> None:

@@ -129,3 +129,59 @@ def test_bake_verify_stores_report_and_failure_writes_nothing(tiny_base: Path, t
     assert "nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bad")] == []
+
+
+@pytest.mark.parametrize("variant", ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"])
+def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                   variant: str) -> None:
+    """Every selected threshold x {dense, pruned, ragged} x {torch, onnx} passes the float32 budget."""
+    from bake.verify import DEFAULT_PROMPTS, VerifyOptions, onnx_candidate, spec_from_manifest, torch_candidate, verify
+    from export.exporter import export_onnx
+
+    v = load_variant(tiny_gates, variant, num_layers=4, intermediate_size=128)
+    options = VerifyOptions(prompts=DEFAULT_PROMPTS[:3], greedy_tokens=4)
+    for k in range(1, 6):
+        settings = GateSettings(Cut("preset", k), "hard", v.scale_mode)
+        candidates, manifest = [], None
+        for layout in ("dense", "pruned"):
+            out = tmp_path / f"{k}-{layout}"
+            manifest = bake_checkpoint(tiny_base, v, settings, out, BakeOptions(layout=layout, pad_multiple=8,
+                                                                                progress=False))
+            candidates.append(torch_candidate(out))
+            export_onnx(out, tmp_path / f"{k}-{layout}-onnx", progress=False)
+            candidates.append(onnx_candidate(tmp_path / f"{k}-{layout}-onnx", device="cpu"))
+        export_onnx(tmp_path / f"{k}-dense", tmp_path / f"{k}-ragged-onnx", layout="ragged", progress=False)
+        candidates.append(onnx_candidate(tmp_path / f"{k}-ragged-onnx", device="cpu"))
+        report = verify(spec_from_manifest(manifest), candidates, options)
+        names = [c["name"] for c in report["candidates"]]
+        assert names == ["checkpoint (dense)", "onnx (as-is, cpu)", "checkpoint (pruned)", "onnx (as-is, cpu)",
+                         "onnx (ragged, cpu)"]
+        assert report["passed"], [c["failures"] for c in report["candidates"]]
+        assert max(c["max_rel_diff"] for c in report["candidates"]) <= 1e-4
+
+
+def test_bake_with_onnx_and_verify_in_one_run(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
+                 "--preset", "4", "--out", str(out), "--onnx", "--onnx-layout", "ragged", "--verify", "--quiet",
+                 "--greedy-tokens", "4"]) == 0
+    m = json.loads((out / "bake_manifest.json").read_text())
+    assert [c["name"] for c in m["verification"]["candidates"]] == ["checkpoint (dense)", "onnx (ragged, cpu)"]
+    assert m["verification"]["passed"]
+    io = json.loads((out / "onnx" / "onnx_io.json").read_text())
+    assert io["layout"] == "ragged" and io["mlp_widths"] == m["kept_per_layer"]
+    assert "onnx/model.onnx" in m["files"] and all((out / f).exists() for f in m["files"])
+    assert not list(tmp_path.glob(".o*"))  # no staging leftovers
+
+
+def test_verify_onnx_folder_alone_uses_its_manifest(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from export.exporter import export_onnx
+
+    v = load_variant(tiny_gates, "chat_mean", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 2), "hard", "mean"), tmp_path / "b",
+                    BakeOptions(layout="pruned", pad_multiple=8, progress=False))
+    export_onnx(tmp_path / "b", tmp_path / "x", dtype="float16", progress=False)
+    code, report, _ = verify_json(["--onnx", str(tmp_path / "x")], capsys)
+    (c,) = report["candidates"]
+    assert code == 0 and c["dtype"] == "float16" and c["top1_agreement"] >= 0.98 and c["mean_kl"] < 1e-3

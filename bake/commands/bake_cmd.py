@@ -12,7 +12,7 @@ from ..hub import add_hub_args, push_folder
 from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
 from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
-from ..verify import spec_from_manifest, torch_candidate, verify
+from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
 from .common import add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say, settings_from_args
 from .verify_cmd import add_budget_args, options_from_args
 
@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run `lambda-bake verify` on the result before moving it into place; the report goes "
                         "into the manifest and the model card, and a failure writes nothing (exit 3)")
     add_budget_args(p)
+    onnx = p.add_argument_group("ONNX export (into OUT/onnx)")
+    onnx.add_argument("--onnx", action="store_true", help="also export to ONNX with KV cache, in the same run")
+    onnx.add_argument("--onnx-dtype", choices=("float32", "float16"), default="float32", help="ONNX dtype")
+    onnx.add_argument("--onnx-layout", choices=("as-is", "ragged"), default="as-is",
+                      help="ragged: each layer keeps exactly its own neurons (the fastest ONNX graph)")
+    onnx.add_argument("--fused", action="store_true", help="use ONNX Runtime's fused ops (see export --help)")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME", help="upload the finished folder to this Hub repo")
     push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
@@ -71,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
         f"into {base.folder} -> {args.out}")
     check = verify_check(args) if args.verify else None
+    extras = onnx_step(args) if args.onnx else None
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
-                               sources=sources | {"scale_mode_source": scale_source}, check=check)
+                               sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
     if args.push_to:
         pushed = push_folder(args.out, args.push_to, private=args.private, revision=args.push_revision)
@@ -89,11 +96,28 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
 
     def check(folder: Path) -> dict[str, Any]:
         say("verifying the bake against the hooked reference ...")
-        report = verify(spec_from_manifest(read_manifest(folder)), [torch_candidate(folder)], options)
+        candidates = [torch_candidate(folder)]
+        if (folder / "onnx").is_dir():
+            candidates.append(onnx_candidate(folder / "onnx"))
+        report = verify(spec_from_manifest(read_manifest(folder)), candidates, options)
         say(format_table([CandidateResult.from_dict(c) for c in report["candidates"]]))
         return report
 
     return check
+
+
+def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
+    """Export the finished checkpoint into its onnx/ subfolder; return the added file names."""
+
+    def export(folder: Path) -> list[str]:
+        from export.exporter import export_into
+
+        say(f"exporting to ONNX ({args.onnx_dtype}, layout {args.onnx_layout}) ...")
+        report = export_into(folder, dtype=args.onnx_dtype, layout=args.onnx_layout, fused=args.fused,
+                             progress=not args.quiet)
+        return [f"onnx/{name}" for name in report["files"]]
+
+    return export
 
 
 def print_summary(m: dict, out: str) -> None:
