@@ -104,11 +104,18 @@ class CheckpointReader:
         return data
 
     def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor straight into its own buffer (one copy, no intermediate bytes object)."""
         info = self.tensors[name]
-        data = bytearray(self.read_bytes(name))
-        if not data:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if info.nbytes == 0:
+            return out
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            got = f.readinto(view)
+        if got != info.nbytes:
+            raise BaseModelError(f"{info.file}: tensor {name} is cut short; the file is truncated: download it again")
+        return out
 
 
 def read_header(file: Path) -> list[TensorInfo]:
