@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "bake.commands.inspect_cmd",
     "bake.commands.demo_cmd",
     "bake.commands.verify_cmd",
+    "bake.commands.hooked_cmd",
     "bake.commands.push_cmd",
     "export.commands",
 )

@@ -106,7 +106,7 @@ def qwen3_dims(config: dict[str, Any], reader: CheckpointReader) -> Qwen3Dims:
     )
 
 
-def kept_neurons(reader: CheckpointReader, layer: int) -> torch.Tensor:
+def live_neurons(reader: CheckpointReader, layer: int) -> torch.Tensor:
     """Indices of the MLP neurons whose down_proj column has a nonzero entry (the ragged layout keeps these)."""
     w = reader.tensor(LAYER.format(i=layer, part="mlp.down_proj.weight"))
     return torch.nonzero((w != 0).any(dim=0)).reshape(-1)
@@ -408,7 +408,7 @@ class Qwen3GraphBuilder:
         widths: list[int] = []
         pending: str | None = None  # fused: a branch output not yet added to the residual
         for i in range(d.num_layers):
-            keep = kept_neurons(self.reader, i) if ragged else None
+            keep = live_neurons(self.reader, i) if ragged else None
             widths.append(d.intermediate_size if keep is None else int(keep.numel()))
             norm_in = LAYER.format(i=i, part="input_layernorm.weight")
             norm_post = LAYER.format(i=i, part="post_attention_layernorm.weight")

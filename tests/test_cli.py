@@ -24,7 +24,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert {"bake", "inspect", "demo"} <= set(sub.choices)
+    assert {"bake", "inspect", "demo", "verify", "hooked", "export", "generate", "push"} <= set(sub.choices)
     for name in sub.choices:
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
@@ -102,3 +102,23 @@ def test_console_entry_point_exit_code(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
+
+
+def test_hooked_command_reply_equals_the_baked_checkpoint(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = ["--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy", "--preset", "3",
+            "--quiet"]
+    assert main(["hooked", *args, "--prompt", "What is 2+2?", "--max-new-tokens", "12", "--json"]) == 0
+    hooked = json.loads(capsys.readouterr().out)
+    assert hooked["off_fraction"] == 0.5
+    assert main(["bake", *args, "--out", str(tmp_path / "b")]) == 0
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "b"))
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False,
+                                   add_generation_prompt=True, enable_thinking=False)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    out = AutoModelForCausalLM.from_pretrained(str(tmp_path / "b")).generate(**ids, max_new_tokens=12,
+                                                                             do_sample=False)
+    assert hooked["reply"] == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(hooked["reply"]) > 0
