@@ -8,6 +8,7 @@ from typing import Any
 
 from ..cli import emit_json
 from ..hub import push_folder, upload_file_list
+from .common import add_output_args
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
                    help="default: names the variant, cut and layout from bake_manifest.json")
     p.add_argument("--allow-unbaked", action="store_true",
                    help="push a folder that lacks bake_manifest.json or config.json + safetensors weights")
-    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
