@@ -9,6 +9,7 @@ model on chat prompts.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
 
 def run_demo(
     workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned"),
-    greedy_tokens: int = 8, progress: bool = False,
+    greedy_tokens: int = 8, log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Bake ``variant`` at every selected threshold and layout; one row of metrics per bake."""
     if variant not in {v.name for v in SEED_VARIANTS}:
@@ -58,9 +59,11 @@ def run_demo(
             reference = TorchCandidate("hooked", "float32", load_hooked_model(base, scale))
             cache: dict[str, Any] = {}
             for layout in layouts:
+                if log:
+                    log(f"  preset {k} ({gv.selected_thresholds[k - 1]:.4f}): bake {layout}, load, compare")
                 out = root / "baked" / f"{variant}-p{k}-{layout}"
                 manifest = bake_checkpoint(base, gv, settings, out, BakeOptions(
-                    layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=progress, overwrite=True))
+                    layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=False, overwrite=True))
                 baked = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
                 r = compare(reference, TorchCandidate(layout, "float32", baked), prompts,
                             DEFAULT_BUDGETS["float32"], greedy_tokens, cache)

@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say(f"demo: building a tiny Qwen3 and the card's 4 variants, baking {args.variant} at each selected threshold")
-    rows = run_demo(args.workdir, args.variant, progress=not args.quiet)
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # one line per step below instead of a bar per file
+    rows = run_demo(args.workdir, args.variant, log=None if args.quiet else say)
     ok = all(r["passed"] for r in rows)
     if args.json:
         from ..cli import emit_json
