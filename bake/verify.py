@@ -192,10 +192,13 @@ class OnnxCandidate:
 
 
 def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
+    """An export folder as a candidate; a quantized export is judged by its weight type (int4, int8)."""
     from export.runtime import OnnxCausalLM
 
     model = OnnxCausalLM(folder, device=device)
-    return OnnxCandidate(f"onnx ({model.io['layout']}, {model.device})", model.io["dtype"], model)
+    quant = model.io.get("quantization")
+    dtype = quant["weights"] if quant else model.io["dtype"]
+    return OnnxCandidate(f"onnx ({model.io['layout']}, {model.device})", dtype, model)
 
 
 def read_prompts_file(path: Path) -> list[Messages | str]:

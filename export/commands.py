@@ -9,7 +9,7 @@ from typing import Any
 
 from bake.commands.common import add_output_args, say
 
-from .exporter import EXPORT_DTYPES, LAYOUTS, export_onnx
+from .exporter import EXPORT_DTYPES, LAYOUTS, QUANTIZATIONS, export_onnx
 
 EXPORT_EPILOG = """\
 layouts:
@@ -20,6 +20,7 @@ layouts:
 examples:
   lambda-bake export --model baked-chat-energy-50 --out baked-onnx
   lambda-bake export --model baked-chat-energy-50 --out baked-onnx-fp16 --dtype float16 --layout ragged
+  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-int4 --quantize int4 --layout ragged
 """
 
 
@@ -52,6 +53,10 @@ def register_export(sub: Any) -> None:
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=False,
                    help="use ONNX Runtime's fused com.microsoft ops (GroupQueryAttention, "
                         "SkipSimplifiedLayerNormalization, RotaryEmbedding); default: portable standard ops")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="weight-only quantization of every linear layer incl. lm_head (com.microsoft MatMulNBits, "
+                        "blockwise 32, asymmetric; float32 only): smaller and faster on CPU but not exact, so "
+                        "verify judges it by KL and top-1 (default none)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_output_args(p)
     p.set_defaults(func=run_export)
@@ -61,13 +66,15 @@ def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
     report = export_onnx(args.model, args.out, dtype=args.dtype, layout=args.layout, fused=args.fused,
-                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                         quantize=args.quantize, device=args.device, overwrite=args.overwrite,
+                         progress=not args.quiet)
     if args.json:
         emit_json(report)
         return 0
     widths = report["mlp_widths"]
     say(f"exported {report['model']} -> {report['out']} in {report['seconds']:.1f} s")
-    say(f"  {report['dtype']}, layout {report['layout']}, {'fused' if report['fused'] else 'standard'} ops, "
+    quantized = "" if report["quantize"] == "none" else f" with {report['quantize']} weights"
+    say(f"  {report['dtype']}{quantized}, layout {report['layout']}, {'fused' if report['fused'] else 'standard'} ops, "
         f"{report['bytes'] / 1e6:.1f} MB{' (weights in model.onnx.data)' if report['external_data'] else ''}")
     say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
         f"(per layer {min(widths)}..{max(widths)})")

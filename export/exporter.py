@@ -2,7 +2,8 @@
 
 The folder holds ``model.onnx`` (plus ``model.onnx.data`` when the weights pass 2 GB, the protobuf
 limit), the model's ``config.json``, generation config, tokenizer files and chat template, and
-``onnx_io.json``: graph inputs/outputs with dtypes and dims, per-layer MLP widths, layout, variant.
+``onnx_io.json``: graph inputs/outputs with dtypes and dims, per-layer MLP widths, layout, variant,
+and the weight quantization (null for an unquantized export).
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ from bake.errors import BaseModelError, ExportError
 from bake.manifest import MANIFEST_NAME
 
 from .onnx_builder import build_qwen3_model
+from .quantize import QUANT_BITS, QuantSpec, quant_spec
 from .runtime import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, OnnxCausalLM, pick_device
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights above which they go to model.onnx.data
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 LAYOUTS = ("as-is", "ragged")
 DEVICES = ("cpu", "cuda")
+QUANTIZATIONS = ("none", *QUANT_BITS)
 _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.INT64: "int64"}
 
 
-def check_export_options(dtype: str, layout: str, device: str) -> None:
+def check_export_options(dtype: str, layout: str, device: str, quantize: str = "none") -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
     if dtype == "bfloat16":
         raise ExportError(
@@ -54,6 +57,11 @@ def check_export_options(dtype: str, layout: str, device: str) -> None:
         raise ExportError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if device not in DEVICES:
         raise ExportError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if quant_spec(quantize) is not None and dtype != "float32":
+        raise ExportError(
+            f"--quantize {quantize} applies to float32 exports only (the quantized MatMulNBits layers take float32 "
+            f"activations and scales); drop --dtype {dtype} or use --quantize none"
+        )
     pick_device(device)
 
 
@@ -78,13 +86,19 @@ def export_onnx(
     dtype: str = "float32",
     layout: str = "as-is",
     fused: bool = False,
+    quantize: str = "none",
     device: str = "cpu",
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Export ``model_dir`` to ``out_dir`` and load it once on ``device``; return the report."""
-    check_export_options(dtype, layout, device)
+    """Export ``model_dir`` to ``out_dir`` and load it once on ``device``; return the report.
+
+    ``quantize`` 'int4'/'int8' stores every linear layer (lm_head included) as blockwise-quantized
+    MatMulNBits weights: smaller and faster, judged by verify on KL and top-1 rather than exactness.
+    """
+    check_export_options(dtype, layout, device, quantize)
+    quant = quant_spec(quantize)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config, reader = open_model_folder(model_dir)
     started = time.monotonic()
@@ -93,7 +107,8 @@ def export_onnx(
                    disable=not progress, file=sys.stderr)
         try:
             built = build_qwen3_model(reader, config, tmp / DATA_FILE, dtype=EXPORT_DTYPES[dtype],
-                                      ragged=layout == "ragged", fused=fused, progress=lambda _: bar.update())
+                                      ragged=layout == "ragged", fused=fused, quant=quant,
+                                      progress=lambda _: bar.update())
         finally:
             bar.close()
         external = built.weight_bytes > external_data_threshold
@@ -107,7 +122,7 @@ def export_onnx(
         if (model_dir / MANIFEST_NAME).is_file():  # provenance: verify --onnx reads the bake it came from
             shutil.copy2(model_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
             carried.append(MANIFEST_NAME)
-        io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, device=device,
+        io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, quant=quant, device=device,
                       widths=built.mlp_widths, opset=built.opset,
                       external_bytes=built.weight_bytes if external else None)
         (tmp / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
@@ -120,6 +135,7 @@ def export_onnx(
         "dtype": dtype,
         "layout": layout,
         "fused": fused,
+        "quantize": quantize,
         "device": device,
         "mlp_widths": built.mlp_widths,
         "config_intermediate_size": int(config["intermediate_size"]),
@@ -151,7 +167,8 @@ def check_graph(path: Path) -> None:
 
 
 def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layout: str, fused: bool,
-             device: str, widths: list[int], opset: int, external_bytes: int | None) -> dict[str, Any]:
+             quant: QuantSpec | None, device: str, widths: list[int], opset: int,
+             external_bytes: int | None) -> dict[str, Any]:
     """The content of onnx_io.json."""
 
     def tensors(values: Any) -> list[dict[str, Any]]:
@@ -162,6 +179,7 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         } for v in values]
 
     heads = int(config["num_attention_heads"])
+    contrib = [op for flag, op in ((fused, "GroupQueryAttention (attention_bias)"), (quant, "MatMulNBits")) if flag]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -172,10 +190,11 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         "dtype": dtype,
         "layout": layout,
         "fused_ops": fused,
+        "quantization": quant.describe() if quant is not None else None,
         "target_device": device,
         "opset": opset,
-        "requires": (f"ONNX Runtime with com.microsoft GroupQueryAttention (attention_bias), opset {opset}; "
-                     f"exported and checked with onnxruntime {ort.__version__}") if fused else f"ONNX opset {opset}",
+        "requires": (f"ONNX Runtime with com.microsoft {' and '.join(contrib)}, opset {opset}; "
+                     f"exported and checked with onnxruntime {ort.__version__}") if contrib else f"ONNX opset {opset}",
         "num_layers": int(config["num_hidden_layers"]),
         "hidden_size": int(config["hidden_size"]),
         "num_attention_heads": heads,

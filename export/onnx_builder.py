@@ -11,6 +11,10 @@ Two variants compute the same function:
 - fused: ONNX Runtime's com.microsoft kernels (SkipSimplifiedLayerNormalization, RotaryEmbedding,
   GroupQueryAttention) plus the standard RMSNormalization (opset 23); needs ONNX Runtime.
 
+``quant`` (int4/int8, ``export.quantize``) turns every linear layer, lm_head included, into
+com.microsoft ``MatMulNBits`` with blockwise-quantized weights: smaller and faster, no longer exact.
+With tied embeddings the Gather keeps the float embedding and lm_head gets its own quantized copy.
+
 ``ragged=True`` drops, per layer, every MLP neuron whose ``down_proj`` column is entirely zero: such
 a neuron adds exactly 0, so the graph is exact and each layer gets its own MLP width.
 """
@@ -30,10 +34,13 @@ from onnx import TensorProto, helper, numpy_helper
 from bake.errors import ExportError
 from bake.tensor_io import CheckpointReader, tensor_bytes
 
+from .quantize import QuantSpec, quantize_weight
+
 ONNX_DTYPES: dict[torch.dtype, int] = {
     torch.float32: TensorProto.FLOAT,
     torch.float16: TensorProto.FLOAT16,
     torch.bfloat16: TensorProto.BFLOAT16,
+    torch.uint8: TensorProto.UINT8,  # packed MatMulNBits weights and zero points
 }
 PLAIN_OPSET = 21
 FUSED_OPSET = 23  # RMSNormalization
@@ -192,12 +199,13 @@ class Qwen3GraphBuilder:
     """Emit the graph for one Qwen3 checkpoint; see the module docstring for the variants."""
 
     def __init__(self, reader: CheckpointReader, dims: Qwen3Dims, weights: WeightFile, *, dtype: torch.dtype,
-                 fused: bool):
+                 fused: bool, quant: QuantSpec | None = None):
         self.reader = reader
         self.dims = dims
         self.dtype = dtype
         self.onnx_dtype = ONNX_DTYPES[dtype]
         self.fused = fused
+        self.quant = quant
         self.g = _Graph(weights)
         self.k = _Constants(self.g, self._consts())
 
@@ -232,22 +240,42 @@ class Qwen3GraphBuilder:
             "vocab": np.array([d.vocab_size], np.int64),
         }
 
-    def _weight(self, name: str, transpose: bool = False, rows: torch.Tensor | None = None,
-                cols: torch.Tensor | None = None) -> str:
-        """Read one checkpoint tensor, optionally select rows/columns and transpose, store in the target dtype."""
+    def _read(self, name: str, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """One checkpoint tensor, optionally with only the given rows/columns."""
         t = self.reader.tensor(name)
         if rows is not None:
             t = t.index_select(0, rows)
         if cols is not None:
             t = t.index_select(1, cols)
-        t = t.to(self.dtype)
+        return t
+
+    def _weight(self, name: str, transpose: bool = False, rows: torch.Tensor | None = None,
+                cols: torch.Tensor | None = None) -> str:
+        """Read one checkpoint tensor, optionally select rows/columns and transpose, store in the target dtype."""
+        t = self._read(name, rows, cols).to(self.dtype)
         if transpose:
             t = t.t()
         return self.g.weights.add(name, t.contiguous())
 
+    def _matmul_nbits(self, x: str, w: torch.Tensor, prefix: str, output: str | None = None) -> str:
+        """``x @ w.T`` through MatMulNBits with ``w`` [N, K] quantized; ``output`` names the result if given."""
+        q = self.quant
+        packed = quantize_weight(w, q)
+        add = self.g.weights.add
+        inputs = [x, add(f"{prefix}.weight.quant", packed.b), add(f"{prefix}.weight.scales", packed.scales),
+                  add(f"{prefix}.weight.zero_points", packed.zero_points)]
+        out = output or f"{prefix}/MatMulNBits/out0"
+        self.g.op_to("MatMulNBits", inputs, [out], f"{prefix}/MatMulNBits", domain=MS_DOMAIN, K=w.shape[1],
+                     N=w.shape[0], bits=q.bits, block_size=q.block_size, accuracy_level=q.accuracy_level)
+        return out
+
     def _linear(self, x: str, prefix: str, **select: torch.Tensor) -> str:
-        """``x @ W.T (+ b)`` with W stored transposed as [in, out]."""
-        y = self.g.op("MatMul", [x, self._weight(f"{prefix}.weight", transpose=True, **select)], f"{prefix}/MatMul")
+        """``x @ W.T (+ b)``: W stored transposed as [in, out], or quantized for MatMulNBits."""
+        if self.quant is not None:
+            y = self._matmul_nbits(x, self._read(f"{prefix}.weight", **select), prefix)
+        else:
+            y = self.g.op("MatMul", [x, self._weight(f"{prefix}.weight", transpose=True, **select)],
+                          f"{prefix}/MatMul")
         if self.dims.attention_bias and ".self_attn." in prefix:
             y = self.g.op("Add", [y, self._weight(f"{prefix}.bias")], f"{prefix}/Add")
         return y
@@ -436,13 +464,22 @@ class Qwen3GraphBuilder:
             h, _ = self._skip_norm(pending, residual, "model.norm.weight", "final_norm")
         else:
             h = self._rms_norm(residual, "model.norm.weight", "final_norm")
-        head = embed if d.tied_embeddings else self._weight("lm_head.weight")
+        self._lm_head(h, embed_name, embed)
+        return BuildResult(self._model(), widths, g.weights.offset, FUSED_OPSET if self.fused else PLAIN_OPSET)
+
+    def _lm_head(self, h: str, embed_name: str, embed: str) -> None:
+        """logits = h @ W.T with W the (tied) embedding or lm_head.weight; quantized: a MatMulNBits of its own."""
+        g, d = self.g, self.dims
+        head_name = embed_name if d.tied_embeddings else "lm_head.weight"
+        if self.quant is not None:
+            self._matmul_nbits(h, self._read(head_name), "lm_head", output="logits")
+            return
+        head = embed if d.tied_embeddings else self._weight(head_name)
         flat = g.op("Gemm", [g.op("Reshape", [h, self.k["shape_2d"]], "lm_head/flat"), head], "lm_head/Gemm",
                     transB=1)
         out_shape = g.op("Concat", [g.op("Shape", ["input_ids"], "lm_head/ids_shape"), self.k["vocab"]],
                          "lm_head/shape", axis=0)
         g.op_to("Reshape", [flat, out_shape], ["logits"], "lm_head/Reshape")
-        return BuildResult(self._model(), widths, g.weights.offset, FUSED_OPSET if self.fused else PLAIN_OPSET)
 
     def _model(self) -> onnx.ModelProto:
         d, dt = self.dims, self.onnx_dtype
@@ -461,7 +498,7 @@ class Qwen3GraphBuilder:
         graph = helper.make_graph(self.g.nodes, "qwen3", inputs, outputs,
                                   initializer=self.g.constants + self.g.weights.initializers)
         opsets = [helper.make_opsetid("", FUSED_OPSET if self.fused else PLAIN_OPSET)]
-        if self.fused:
+        if self.fused or self.quant is not None:
             opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         model = helper.make_model(graph, opset_imports=opsets, producer_name="lambda-bake")
         model.ir_version = 10
@@ -469,7 +506,7 @@ class Qwen3GraphBuilder:
 
 
 def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_path: Path, *,
-                      dtype: torch.dtype, ragged: bool, fused: bool,
+                      dtype: torch.dtype, ragged: bool, fused: bool, quant: QuantSpec | None = None,
                       progress: Callable[[int], None] | None = None) -> BuildResult:
     """Build the graph; weights go to ``data_path`` (raw, external data). Returns the proto and facts."""
     if dtype not in ONNX_DTYPES:
@@ -477,4 +514,4 @@ def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_pat
     dims = qwen3_dims(config, reader)
     with open(data_path, "wb") as f:
         weights = WeightFile(f, Path(data_path).name)
-        return Qwen3GraphBuilder(reader, dims, weights, dtype=dtype, fused=fused).build(ragged, progress)
+        return Qwen3GraphBuilder(reader, dims, weights, dtype=dtype, fused=fused, quant=quant).build(ragged, progress)

@@ -3,10 +3,11 @@
 
 On the random-weight Qwen3-0.6B architecture (see bench_inputs.py), for each cut in --fractions:
 bake dense and pruned (bf16), export to ONNX (dense at the middle cut; pruned and ragged at every
-cut), then time prefill of a --prompt-len prompt and --new-tokens greedy decode steps through the
-KV cache, for every batch size in --batches. Tokens/s count batch x tokens; each figure is the best
-of --repeats runs. Each configuration is loaded, measured and freed in turn, in one process, so all
-figures come from the same run.
+cut; with --onnx-quantize also weight-quantized dense and ragged at the middle cut), then time
+prefill of a --prompt-len prompt and --new-tokens greedy decode steps through the KV cache, for
+every batch size in --batches. Tokens/s count batch x tokens; each figure is the best of --repeats
+runs. Each configuration is loaded, measured and freed in turn, in one process, so all figures come
+from the same run.
 
     python scripts/bench_onnx.py --workdir /tmp/lambda-bake-bench --json docs/bench_onnx.json
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import platform
@@ -46,7 +48,7 @@ def prompt_ids(batch: int, length: int, vocab: int) -> np.ndarray:
 
 def time_torch(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
     """Prefill and greedy decode through transformers' KV cache (eager attention)."""
-    cache_arg = "cache" if "cache" in model.forward.__code__.co_varnames else "past_key_values"
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     x = torch.from_numpy(ids)
     with torch.no_grad():
         start = time.perf_counter()
@@ -111,6 +113,8 @@ def main() -> None:
     ap.add_argument("--torch-dtypes", nargs="+", default=["bfloat16", "float32"])
     ap.add_argument("--fp16-dense", action=argparse.BooleanOptionalAction, default=True,
                     help="also export the middle cut's dense model in float16")
+    ap.add_argument("--onnx-quantize", choices=("none", "int4", "int8"), default="none",
+                    help="also export and time the middle cut's dense and ragged models with these weights")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base, gates = ensure_inputs(args.workdir)
@@ -130,19 +134,24 @@ def main() -> None:
             out = args.workdir / f"{layout}-{f}"
             m = bake_checkpoint(base, v, settings, out, BakeOptions(layout=layout, overwrite=True, progress=False))
             report["sizes"][f"{f}"] = m["sizes"]
-        plans = [("pruned", "as-is", f"pruned-{f}", "float32"), ("dense", "ragged", f"ragged-{f}", "float32")]
+        plans = [("pruned", "as-is", f"pruned-{f}", "float32", "none"),
+                 ("dense", "ragged", f"ragged-{f}", "float32", "none")]
         if f == mid:
-            plans.insert(0, ("dense", "as-is", f"dense-{f}", "float32"))
+            plans.insert(0, ("dense", "as-is", f"dense-{f}", "float32", "none"))
             if args.fp16_dense:
-                plans.insert(1, ("dense", "as-is", f"dense-fp16-{f}", "float16"))
-        for src, layout, name, dtype in plans:
+                plans.insert(1, ("dense", "as-is", f"dense-fp16-{f}", "float16", "none"))
+            if args.onnx_quantize != "none":
+                q = args.onnx_quantize
+                plans += [("dense", "as-is", f"dense-{q}-{f}", "float32", q),
+                          ("dense", "ragged", f"ragged-{q}-{f}", "float32", q)]
+        for src, layout, name, dtype, quantize in plans:
             start = time.perf_counter()
             export_onnx(args.workdir / f"{src}-{f}", args.workdir / f"onnx-{name}", layout=layout, dtype=dtype,
-                        overwrite=True, progress=False)
+                        quantize=quantize, overwrite=True, progress=False)
             report["exports"][name] = {"seconds": time.perf_counter() - start}
             print(f"export {name}: {report['exports'][name]['seconds']:.1f} s", file=sys.stderr, flush=True)
-            label = f"onnx {name.rsplit('-', 1)[0].replace('-', ' ')} @ {f} off"
-            onnx_runs.append((label, args.workdir / f"onnx-{name}"))
+            onnx_runs.append((f"onnx {name.removesuffix(f'-{f}').replace('-', ' ')} @ {f} off",
+                              args.workdir / f"onnx-{name}"))
     scale = compute_gates(v.logits, GateSettings(Cut("off_fraction", mid), "hard", v.scale_mode or "energy")).scale
     for dtype_name in args.torch_dtypes:
         dtype = getattr(torch, dtype_name)
@@ -190,14 +199,17 @@ def print_summary(report: dict[str, Any], mid: float, batches: list[int]) -> Non
     print("\nspeedup over ONNX dense (decode, batch 1) vs what the size reduction predicts:")
     sizes = report["sizes"]
     for name, r in report["runs"].items():
-        if not name.startswith(("onnx pruned", "onnx ragged")):
+        if not name.startswith(("onnx pruned", "onnx ragged", "onnx dense int")):
+            continue
+        speed = r["batch1"]["decode_tok_s"] / dense["batch1"]["decode_tok_s"]
+        if name.split(" @")[0].endswith(("int4", "int8")):  # smaller weights, same parameter count
+            print(f"  {name:<30} decode x{speed:.2f}   (weight-only quantized)")
             continue
         f = name.split("@ ")[1].split(" ")[0]
         layout = "pruned" if "pruned" in name else "ragged"
         s = sizes[f]
         params = s["dense"]["params"] / s[layout]["params"]
         flops = s["dense"]["mlp_flops_per_token"] / s[layout]["mlp_flops_per_token"]
-        speed = r["batch1"]["decode_tok_s"] / dense["batch1"]["decode_tok_s"]
         print(f"  {name:<30} decode x{speed:.2f}   params x{params:.2f}   MLP FLOPs x{flops:.2f}   "
               f"achieved {(speed - 1) / (params - 1):.0%} of the params-predicted gain")
 

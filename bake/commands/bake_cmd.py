@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import emit_json
+from ..errors import ExportError
 from ..hub import add_hub_args, push_folder
 from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
@@ -60,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument("--onnx-layout", choices=("as-is", "ragged"), default="as-is",
                       help="ragged: each layer keeps exactly its own neurons (the fastest ONNX graph)")
     onnx.add_argument("--fused", action="store_true", help="use ONNX Runtime's fused ops (see export --help)")
+    onnx.add_argument("--onnx-quantize", choices=("none", "int4", "int8"), default="none",
+                      help="weight-only quantization of the linear layers (MatMulNBits; float32 only): faster, "
+                           "not exact, so verify judges it by KL and top-1 (default none)")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME", help="upload the finished folder to this Hub repo")
     push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         f"into {base.folder} -> {args.out}")
     check = verify_check(args) if args.verify else None
     extras = onnx_step(args) if args.onnx else None
+    if args.onnx_quantize != "none" and not args.onnx:
+        raise ExportError("--onnx-quantize only applies to the ONNX export: add --onnx")
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
@@ -109,12 +115,15 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
 def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     """Export the finished checkpoint into its onnx/ subfolder; return the added file names."""
 
-    def export(folder: Path) -> list[str]:
-        from export.exporter import export_into
+    from export.exporter import check_export_options, export_into
 
-        say(f"exporting to ONNX ({args.onnx_dtype}, layout {args.onnx_layout}) ...")
+    check_export_options(args.onnx_dtype, args.onnx_layout, "cpu", args.onnx_quantize)  # before the bake, not after
+
+    def export(folder: Path) -> list[str]:
+        quantized = "" if args.onnx_quantize == "none" else f", {args.onnx_quantize} weights"
+        say(f"exporting to ONNX ({args.onnx_dtype}{quantized}, layout {args.onnx_layout}) ...")
         report = export_into(folder, dtype=args.onnx_dtype, layout=args.onnx_layout, fused=args.fused,
-                             progress=not args.quiet)
+                             quantize=args.onnx_quantize, progress=not args.quiet)
         return [f"onnx/{name}" for name in report["files"]]
 
     return export
