@@ -23,7 +23,7 @@ from .errors import BakeError, ManifestMismatch
 from .gate_math import Cut, GateSettings, compute_gates
 from .gates import load_variant
 from .hub import resolve_base, resolve_gates
-from .manifest import read_manifest
+from .manifest import MANIFEST_NAME, read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
 from .reference import load_hooked_model
 
@@ -165,12 +165,19 @@ def verify(
 
 
 def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) -> TorchCandidate:
-    """A baked checkpoint loaded with plain AutoModelForCausalLM; judged by its checkpoint dtype."""
+    """A checkpoint loaded with plain AutoModelForCausalLM; judged by its checkpoint dtype.
+
+    The bake manifest names the layout; a checkpoint without one (baked elsewhere) is still checked.
+    """
     from transformers import AutoModelForCausalLM
 
-    manifest = read_manifest(folder)
+    folder = Path(folder)
+    has_manifest = (folder / MANIFEST_NAME).is_file()
+    layout = read_manifest(folder)["layout"] if has_manifest else "no manifest"
+    config = read_config(folder)
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=compute_dtype).eval()
-    return TorchCandidate(f"checkpoint ({manifest['layout']})", manifest["dtype"], model)
+    return TorchCandidate(f"checkpoint ({layout})", dtype, model)
 
 
 @dataclass

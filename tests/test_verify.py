@@ -185,3 +185,24 @@ def test_verify_onnx_folder_alone_uses_its_manifest(tiny_base: Path, tiny_gates:
     code, report, _ = verify_json(["--onnx", str(tmp_path / "x")], capsys)
     (c,) = report["candidates"]
     assert code == 0 and c["dtype"] == "float16" and c["top1_agreement"] >= 0.98 and c["mean_kl"] < 1e-3
+
+
+def test_reference_overrides_and_no_manifest(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    v = load_variant(tiny_gates, "chat_mean", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 3), "soft-masked", "mean", "global"), tmp_path / "b",
+                    BakeOptions(progress=False))
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b")], capsys)
+    assert code == 0 and (report["reference"]["gate_mode"], report["reference"]["scale_scope"]) == (
+        "soft-masked", "global")
+    code, report, err = verify_json(["--baked", str(tmp_path / "b"), "--gate-mode", "hard"], capsys)
+    assert code == 3 and report["reference"]["gate_mode"] == "hard" and "max |logit diff|" in err
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b"), "--scale-mode", "energy"], capsys)
+    assert code == 3 and report["reference"]["scale_mode"] == "energy"
+    (tmp_path / "b" / "bake_manifest.json").unlink()  # a checkpoint baked elsewhere: the user names the reference
+    code, _, err = verify_json(["--baked", str(tmp_path / "b")], capsys)
+    assert code == 2 and "no bake manifest to take the reference from" in err
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b"), "--base", str(tiny_base), "--gates",
+                                   str(tiny_gates), "--variant", "chat_mean", "--preset", "3", "--gate-mode",
+                                   "soft-masked", "--scale-mode", "mean", "--scale-scope", "global"], capsys)
+    assert code == 0 and report["candidates"][0]["name"] == "checkpoint (no manifest)"

@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, help="ONNX export folder to check as well")
     p.add_argument("--base", type=Path, help="base model (default: from the bake manifest)")
     add_gate_args(p, gates_required=False)
+    p.set_defaults(gate_mode=None, scale_mode=None, scale_scope=None)  # None: take the manifest's
     p.add_argument("--ignore-manifest", action="store_true",
                    help="compare against the given gates even if the manifest records other ones")
     p.add_argument("--compute-dtype", choices=tuple(DTYPE_NAMES), default="float32",
@@ -77,20 +78,21 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
     """The manifest's reference with every argument the user gave put in its place."""
     if manifest is None:
         missing = [f for f in ("base", "gates") if getattr(args, f) is None]
-        if missing or cut_from_args(args).kind == "none" and args.gate_mode != "soft":
+        gate_mode = args.gate_mode or "hard"
+        if missing or cut_from_args(args).kind == "none" and gate_mode != "soft":
             raise BakeError("no bake manifest to take the reference from: give --base, --gates, the cut "
                             "(--threshold/--off-fraction/--preset) and --scale-mode")
-        if args.scale_mode == "auto":
+        if args.scale_mode in (None, "auto"):
             raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
         return ReferenceSpec(args.base, Path(args.gates), args.variant,
-                             GateSettings(cut_from_args(args), args.gate_mode, args.scale_mode, args.scale_scope))
+                             GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer"))
     spec = spec_from_manifest(manifest)
     st = spec.settings
     cut = cut_from_args(args) if cut_from_args(args).kind != "none" else st.cut
     settings = GateSettings(
-        cut, args.gate_mode if args.gate_mode != "hard" else st.gate_mode,
-        args.scale_mode if args.scale_mode != "auto" else st.scale_mode,
-        args.scale_scope if args.scale_scope != "layer" else st.scale_scope,
+        cut, args.gate_mode or st.gate_mode,
+        args.scale_mode if args.scale_mode not in (None, "auto") else st.scale_mode,
+        args.scale_scope or st.scale_scope,
     )
     return replace(
         spec, base=args.base or spec.base, gates=Path(args.gates) if args.gates else spec.gates,
