@@ -89,6 +89,9 @@ def run(workdir: Path, repeats: int) -> dict[str, Any]:
         "bake dense bf16, in-process call": lambda: [sys.executable, "-c", IN_PROCESS, str(base), str(gates),
                                                      str(workdir / "dense-lib")],
         "bake pruned bf16": lambda: bake_cmd(base, gates, workdir / "pruned", "--layout", "pruned"),
+        "export dense float32 ONNX (incl. checker + ORT load)": lambda: [
+            sys.executable, "-m", "bake.cli", "export", "--model", str(workdir / "dense"), "--out",
+            str(workdir / "dense-onnx"), "--overwrite", "--quiet"],
         "naive from_pretrained/save_pretrained": lambda: [sys.executable, "-c", NAIVE, str(base), str(gates),
                                                           str(workdir / "naive")],
     }
