@@ -13,7 +13,6 @@ huggingface_hub (all ``OSError`` subclasses) become ``HubError`` with the proble
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -39,6 +38,8 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .errors import BaseModelError, GateFileError, HubError
 from .gates import GATE_FILENAMES, list_variants
+from .json_files import read_json
+from .manifest import MANIFEST_NAME
 
 # Everything a bake reads from a base repo, at the repo root only.
 BASE_ALLOW_PATTERNS = [
@@ -59,7 +60,6 @@ BASE_ALLOW_PATTERNS = [
 BASE_OPTIONAL_PATTERNS = ["LICENSE*", "README.md"]
 # Subfolders (onnx/, original/, ...) hold other formats' copies of the weights; a bake never reads them.
 BASE_IGNORE_PATTERNS = ["*/*"]
-MANIFEST_NAME = "bake_manifest.json"
 CACHED_FOLDERS = "cached so far (the Hub cannot be reached; the repo may hold more)"
 _VARIANT_NAME = re.compile(r"^[\w.-]+$")
 
@@ -229,10 +229,7 @@ def check_push_folder(folder: Path, files: list[str], allow_unbaked: bool) -> di
     manifest_path = Path(folder) / MANIFEST_NAME
     manifest: dict[str, Any] | None = None
     if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise HubError(f"{manifest_path} is not valid JSON ({e}); bake the folder again") from e
+        manifest = read_json(manifest_path, HubError, "bake the folder again")
     if allow_unbaked:
         return manifest
     has_weights = any(f.endswith(".safetensors") and "/" not in f for f in files)
