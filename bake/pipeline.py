@@ -125,7 +125,7 @@ def bake_checkpoint(
     variant: GateVariant,
     settings: GateSettings,
     out_dir: Path,
-    options: BakeOptions = BakeOptions(),
+    options: BakeOptions | None = None,
     sources: dict[str, Any] | None = None,
     check: Callable[[Path], dict[str, Any]] | None = None,
     extras: Callable[[Path], list[str]] | None = None,
@@ -139,6 +139,7 @@ def bake_checkpoint(
     place; its report is stored in the manifest and the card, and a failed check
     (``report["passed"]`` false) raises ``VerificationFailed`` with nothing written.
     """
+    options = options or BakeOptions()
     base = open_base_model(base_dir)
     _check_gate_shape(base, variant)
     plan = plan_bake(base, variant, settings, options)

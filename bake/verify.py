@@ -130,11 +130,12 @@ def budget_for(dtype: str, overrides: dict[str, float]) -> Budget:
 def verify(
     spec: ReferenceSpec,
     candidates: Sequence[Any],
-    options: VerifyOptions = VerifyOptions(),
+    options: VerifyOptions | None = None,
 ) -> dict[str, Any]:
     """Run the hooked reference and every candidate; the report says per candidate what passed."""
     from transformers import AutoTokenizer
 
+    options = options or VerifyOptions()
     base = resolve_base(str(spec.base), spec.base_revision, progress=False)
     config = read_config(base)
     gates = resolve_gates(str(spec.gates), spec.variant, spec.gates_revision)

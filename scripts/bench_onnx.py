@@ -156,13 +156,13 @@ def main() -> None:
     for dtype_name in args.torch_dtypes:
         dtype = getattr(torch, dtype_name)
         report["runs"][f"torch hooked eager {dtype_name}"] = measure(
-            f"torch hooked eager {dtype_name}", lambda: load_hooked_model(base, scale, dtype), time_torch,
+            f"torch hooked eager {dtype_name}", lambda dtype=dtype: load_hooked_model(base, scale, dtype), time_torch,
             args.batches, args, vocab)
         report["runs"][f"torch baked dense {dtype_name}"] = measure(
-            f"torch baked dense {dtype_name}", lambda: _plain(args.workdir / f"dense-{mid}", dtype), time_torch,
+            f"torch baked dense {dtype_name}", lambda dtype=dtype: _plain(args.workdir / f"dense-{mid}", dtype), time_torch,
             args.batches, args, vocab)
     for name, folder in onnx_runs:
-        report["runs"][name] = measure(name, lambda: OnnxCausalLM(folder, device="cpu"), time_onnx,
+        report["runs"][name] = measure(name, lambda folder=folder: OnnxCausalLM(folder, device="cpu"), time_onnx,
                                        args.batches, args, vocab)
     print_summary(report, mid, args.batches)
     if args.json:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import hooked_logits, load_plain, logits, rel_diff
 from huggingface_hub import ModelCard
 
 from bake import __version__
@@ -17,7 +18,6 @@ from bake.gate_math import Cut, GateSettings, compute_gates
 from bake.gates import load_variant
 from bake.pipeline import BakeOptions, bake_checkpoint
 from bake.tensor_io import CheckpointReader
-from helpers import hooked_logits, load_plain, logits, rel_diff
 
 MODES = [
     (gate, scale, scope)
@@ -26,8 +26,8 @@ MODES = [
 ]
 
 
-def settings_for(gate: str, scale: str, scope: str, cut: Cut = Cut("preset", 3)) -> GateSettings:
-    return GateSettings(Cut("none") if gate == "soft" else cut, gate, scale, scope)
+def settings_for(gate: str, scale: str, scope: str, cut: Cut | None = None) -> GateSettings:
+    return GateSettings(Cut("none") if gate == "soft" else cut or Cut("preset", 3), gate, scale, scope)
 
 
 @pytest.mark.parametrize("gate,scale,scope", MODES)
@@ -90,8 +90,9 @@ def test_bf16_bake_top1_agreement(tmp_path: Path, tiny_gates: Path, variant: str
 
     Both models are run in float32 arithmetic, so what is measured is the bake, not bf16 matmuls.
     """
-    from bake.demo_assets import build_tiny_qwen3
     from conftest import TINY
+
+    from bake.demo_assets import build_tiny_qwen3
 
     base = build_tiny_qwen3(tmp_path / "base16", TINY, dtype=torch.bfloat16)
     v = load_variant(tiny_gates, variant, num_layers=4, intermediate_size=128)

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from bake.errors import CutError
-from bake.gate_math import (Cut, GateSettings, compute_gates, gate_mask, resolve_threshold, scale_from_mask,
-                            threshold_for_off_fraction)
+from bake.gate_math import (
+    Cut,
+    GateSettings,
+    compute_gates,
+    gate_mask,
+    resolve_threshold,
+    scale_from_mask,
+    threshold_for_off_fraction,
+)
 
 LAM = torch.tensor([[0.2, 0.4, 0.6, 0.8], [0.1, 0.3, 0.5, 0.9]])
 

@@ -14,7 +14,7 @@ from bake.demo_assets import seed_gate_logits, write_gate_folder
 from bake.errors import GateFileError
 from bake.gates import find_variant_folder, load_variant
 
-L, I = 3, 8
+L, I = 3, 8  # noqa: E741 - layers x neurons, as in SPEC.md
 LOGITS = seed_gate_logits(L, I, seed=3)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_plain, logits, rel_diff
 
 from bake.base_model import mlp_name
 from bake.demo_assets import SEED_VARIANTS, write_gate_folder
@@ -16,7 +17,6 @@ from bake.pipeline import BakeOptions, bake_checkpoint
 from bake.ragged import build_ragged_model
 from bake.reference import load_hooked_model
 from bake.tensor_io import CheckpointReader
-from helpers import load_plain, logits, rel_diff
 
 
 @pytest.mark.parametrize("variant", [v.name for v in SEED_VARIANTS])
