@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bake import __version__
 from bake.atomic import atomic_output_dir
-from bake.base_model import open_base_model, read_config
+from bake.base_model import open_base_model
 from bake.checkpoint_writer import carry_base_files
 from bake.errors import BaseModelError, ExportError
 from bake.manifest import MANIFEST_NAME
@@ -68,15 +68,10 @@ def check_export_options(dtype: str, layout: str, device: str, quantize: str = "
 def open_model_folder(folder: Path) -> tuple[dict[str, Any], Any]:
     """Config and lazy reader of a (baked) Qwen3 folder; problems become ExportError naming --model."""
     try:
-        config = read_config(folder)
-        if config.get("model_type") != "qwen3":
-            raise ExportError(
-                f"{folder} is a {config.get('model_type')!r} model; export supports Qwen3 dense checkpoints "
-                "(model_type 'qwen3') only: give --model a folder written by lambda-bake bake or a Qwen3 model"
-            )
-        return config, open_base_model(folder).reader
+        base = open_base_model(folder)
     except BaseModelError as e:
         raise ExportError(f"--model {folder}: {e}") from e
+    return base.config, base.reader
 
 
 def export_onnx(

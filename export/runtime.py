@@ -7,7 +7,6 @@ OrtValues on the device and fed back as the next step's ``past_key_values.*``. C
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bake.errors import ExportError
+from bake.json_files import read_json
 
 # The export folder format (written by export.exporter).
 MODEL_FILE = "model.onnx"
@@ -31,10 +31,7 @@ def read_export_folder(folder: Path) -> dict[str, Any]:
     io_path = folder / IO_FILE
     if not io_path.is_file():
         raise ExportError(f"{folder} is not a lambda-bake ONNX export (no {IO_FILE}); create one with lambda-bake export")
-    try:
-        io = json.loads(io_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{io_path} is not valid JSON ({e}); export again") from e
+    io = read_json(io_path, ExportError, "export again")
     if io.get("format") != FORMAT:
         raise ExportError(f"{io_path} does not describe a {FORMAT} export; export again with lambda-bake export")
     model = folder / io["model_file"]
@@ -162,7 +159,7 @@ class OnnxCausalLM:
         for name in ("generation_config.json", "config.json"):
             path = self.folder / name
             if path.is_file():
-                cfg = json.loads(path.read_text())
+                cfg = read_json(path, ExportError, "export again")
                 value = cfg.get("eos_token_id")
                 eos |= set(value if isinstance(value, list) else [] if value is None else [value])
                 pad = cfg.get("pad_token_id") if pad is None else pad
