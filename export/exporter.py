@@ -9,7 +9,6 @@ and the weight quantization (null for an unquantized export).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -78,54 +77,76 @@ def export_onnx(
     model_dir: Path,
     out_dir: Path,
     *,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Export ``model_dir`` to ``out_dir`` all or nothing, and load it once on the device; return the report.
+
+    ``options`` are those of ``write_export`` (dtype, layout, fused, quantize, device, progress, ...).
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(model_dir,)) as tmp:
+        report = write_export(model_dir, tmp, **options)
+    return report | {"out": str(out_dir.absolute())}
+
+
+def export_into(model_dir: Path, subfolder: str = "onnx", **options: Any) -> dict[str, Any]:
+    """Export ``model_dir`` into its own new ``subfolder`` (what ``bake --onnx`` does, inside the bake's
+    temporary folder, whose rename already makes the whole result all or nothing)."""
+    out = Path(model_dir) / subfolder
+    out.mkdir()
+    return write_export(Path(model_dir), out, **options)
+
+
+def write_export(
+    model_dir: Path,
+    out: Path,
+    *,
     dtype: str = "float32",
     layout: str = "as-is",
     fused: bool = False,
     quantize: str = "none",
     device: str = "cpu",
-    overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Export ``model_dir`` to ``out_dir`` and load it once on ``device``; return the report.
+    """Write the export of ``model_dir`` into the empty folder ``out`` and load it once on ``device``.
 
     ``quantize`` 'int4'/'int8' stores every linear layer (lm_head included) as blockwise-quantized
     MatMulNBits weights: smaller and faster, judged by verify on KL and top-1 rather than exactness.
     """
     check_export_options(dtype, layout, device, quantize)
     quant = quant_spec(quantize)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
     config, reader = open_model_folder(model_dir)
     started = time.monotonic()
-    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(model_dir,)) as tmp:
-        bar = tqdm(total=int(config["num_hidden_layers"]), desc="building ONNX graph", unit="layer",
-                   disable=not progress, file=sys.stderr)
-        try:
-            built = build_qwen3_model(reader, config, tmp / DATA_FILE, dtype=EXPORT_DTYPES[dtype],
-                                      ragged=layout == "ragged", fused=fused, quant=quant,
-                                      progress=lambda _: bar.update())
-        finally:
-            bar.close()
-        external = built.weight_bytes > external_data_threshold
-        if not external:  # small enough for one protobuf: pull the weights back into the graph
-            load_external_data_for_model(built.model, str(tmp))
-            (tmp / DATA_FILE).unlink()
-        onnx.save(built.model, str(tmp / MODEL_FILE))
-        check_graph(tmp / MODEL_FILE)
-        shutil.copy2(model_dir / "config.json", tmp / "config.json")
-        carried = carry_base_files(model_dir, tmp)
-        if (model_dir / MANIFEST_NAME).is_file():  # provenance: verify --onnx reads the bake it came from
-            shutil.copy2(model_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
-            carried.append(MANIFEST_NAME)
-        io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, quant=quant, device=device,
-                      widths=built.mlp_widths, opset=built.opset,
-                      external_bytes=built.weight_bytes if external else None)
-        (tmp / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
-        smoke_test(tmp, device)
-        files = sorted(p.name for p in tmp.iterdir())
-        size = sum(p.stat().st_size for p in tmp.iterdir())
+    bar = tqdm(total=int(config["num_hidden_layers"]), desc="building ONNX graph", unit="layer",
+               disable=not progress, file=sys.stderr)
+    try:
+        built = build_qwen3_model(reader, config, out / DATA_FILE, dtype=EXPORT_DTYPES[dtype],
+                                  ragged=layout == "ragged", fused=fused, quant=quant,
+                                  progress=lambda _: bar.update())
+    finally:
+        bar.close()
+    external = built.weight_bytes > external_data_threshold
+    if not external:  # small enough for one protobuf: pull the weights back into the graph
+        load_external_data_for_model(built.model, str(out))
+        (out / DATA_FILE).unlink()
+    onnx.save(built.model, str(out / MODEL_FILE))
+    check_graph(out / MODEL_FILE)
+    shutil.copy2(model_dir / "config.json", out / "config.json")
+    carried = carry_base_files(model_dir, out)
+    if (model_dir / MANIFEST_NAME).is_file():  # provenance: verify --onnx reads the bake it came from
+        shutil.copy2(model_dir / MANIFEST_NAME, out / MANIFEST_NAME)
+        carried.append(MANIFEST_NAME)
+    io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, quant=quant, device=device,
+                  widths=built.mlp_widths, opset=built.opset,
+                  external_bytes=built.weight_bytes if external else None)
+    (out / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
+    smoke_test(out, device)
+    files = sorted(p.name for p in out.iterdir())
+    size = sum(p.stat().st_size for p in out.iterdir())
     return {
-        "out": str(out_dir.absolute()),
+        "out": str(out.absolute()),
         "model": str(model_dir.absolute()),
         "dtype": dtype,
         "layout": layout,
@@ -141,19 +162,6 @@ def export_onnx(
         "bytes": size,
         "seconds": round(time.monotonic() - started, 2),
     }
-
-
-def export_into(model_dir: Path, subfolder: str = "onnx", **options: Any) -> dict[str, Any]:
-    """Export ``model_dir`` into its own ``subfolder`` (what ``bake --onnx`` does); return the report.
-
-    The export is built beside ``model_dir`` (an export may not be written inside its input) and
-    moved in when complete.
-    """
-    model_dir = Path(model_dir)
-    staging = model_dir.parent / f".{model_dir.name}.{subfolder}.tmp-{os.getpid()}"
-    report = export_onnx(model_dir, staging, overwrite=True, **options)
-    staging.rename(model_dir / subfolder)
-    return report | {"out": str(model_dir / subfolder)}
 
 
 def check_graph(path: Path) -> None:
