@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .base_model import read_config
@@ -190,13 +189,10 @@ class OnnxCandidate:
     model: Any  # export.runtime.OnnxCausalLM
 
     def logits(self, ids: list[int]) -> torch.Tensor:
-        arr = np.array([ids], dtype=np.int64)
-        return torch.from_numpy(self.model.logits(arr, np.ones_like(arr))[0].astype(np.float32))
+        return torch.from_numpy(self.model.logits(ids))
 
     def greedy(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        arr = np.array([ids], dtype=np.int64)
-        out = self.model.greedy(arr, np.ones_like(arr), max_new_tokens, eos_ids=set(), pad_id=0)
-        return [int(t) for t in out[0]]
+        return [int(t) for t in self.model.greedy([ids], max_new_tokens, eos_ids=set(), pad_id=0)[0]]
 
 
 def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
@@ -206,7 +202,8 @@ def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
     model = OnnxCausalLM(folder, device=device)
     quant = model.io.get("quantization")
     dtype = quant["weights"] if quant else model.io["dtype"]
-    return OnnxCandidate(f"onnx ({model.io['layout']}, {model.device})", dtype, model)
+    target = model.io.get("target", "portable")
+    return OnnxCandidate(f"onnx ({target} graph, {model.io['layout']}, on {model.device})", dtype, model)
 
 
 def read_prompts_file(path: Path) -> list[Messages | str]:

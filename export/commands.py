@@ -9,18 +9,32 @@ from typing import Any
 
 from bake.commands.common import add_output_args, say
 
-from .exporter import EXPORT_DTYPES, LAYOUTS, QUANTIZATIONS, export_onnx
+from .options import DEVICES, DTYPES, ENGINES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
 EXPORT_EPILOG = """\
+targets (the graph):
+  portable  standard ONNX ops (opset 21): any ONNX runtime and execution provider, no position limit;
+            logits at every position, position_ids input, KV cache concatenated each step
+  cpu       ONNX Runtime's fused kernels, the graph onnxruntime-genai runs fastest: GroupQueryAttention
+            with rotary inside and the KV cache written in place (one buffer per layer shared by
+            past/present), skip + RMSNorm fused, packed QKV and gate/up projections, logits of the
+            last token only; right-padded batches
+  cuda      the cpu graph with the q/k RMSNorm fused into GroupQueryAttention (a CUDA-only kernel);
+            needs --dtype float16; every node runs on the CUDA execution provider, so onnxruntime-genai
+            can capture it as a CUDA graph (--cuda-graph)
+
 layouts:
   as-is   the checkpoint's shapes (dense: full width with zero columns; pruned: the padded width)
   ragged  per layer, drop every MLP neuron whose down_proj column is all zero (it adds exactly 0),
           so each layer keeps exactly its own width; works from a dense or a pruned bake
 
+Every export folder holds genai_config.json, so onnxruntime-genai runs it as it is.
+
 examples:
   lambda-bake export --model baked-chat-energy-50 --out baked-onnx
-  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-fp16 --dtype float16 --layout ragged
-  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-int4 --quantize int4 --layout ragged
+  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-cpu --target cpu --layout ragged
+  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-gpu --target cuda --dtype float16 --layout ragged
+  lambda-bake export --model baked-chat-energy-50 --out baked-onnx-int4 --target cpu --quantize int4 --layout ragged
 """
 
 
@@ -30,33 +44,43 @@ def register(sub: Any) -> None:
     register_generate(sub)
 
 
+def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The export's graph options; ``prefix`` 'onnx-' names them for bake --onnx."""
+    d = GRAPH_DEFAULTS
+    p.add_argument(f"--{prefix}target", default=d["target"], choices=TARGETS,
+                   help="graph to build: portable (standard ops), cpu or cuda (ONNX Runtime's fused kernels, "
+                        "in-place KV cache, the onnxruntime-genai graph); default portable")
+    p.add_argument(f"--{prefix}dtype", default=d["dtype"], choices=[*DTYPES, "bfloat16"],
+                   help="weight and activation dtype (default float32; --target cuda needs float16; bfloat16 is "
+                        "refused: no ONNX Runtime CPU kernels)")
+    p.add_argument(f"--{prefix}layout", default=d["layout"], choices=LAYOUTS, help="MLP widths in the graph (default as-is)")
+    p.add_argument(f"--{prefix}quantize", default=d["quantize"], choices=QUANTIZATIONS,
+                   help="weight-only quantization of every linear layer incl. lm_head (com.microsoft MatMulNBits, "
+                        "blockwise 32, asymmetric): smaller and faster, but not exact, so verify judges it by KL "
+                        "and top-1 (default none)")
+    p.add_argument(f"--{prefix}cuda-graph", action="store_true", default=d["cuda_graph"],
+                   help="--target cuda: turn on CUDA-graph capture in genai_config.json")
+
+
 def register_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="export a baked Qwen3 folder to ONNX with KV cache",
         description=(
-            "Build an ONNX graph (inputs input_ids, attention_mask, position_ids, past_key_values.*; outputs "
-            "logits, present.*) directly from the checkpoint's tensors, check it with onnx.checker and strict "
-            "shape inference, load it once in ONNX Runtime, and write the folder atomically with the "
-            "tokenizer, chat template and onnx_io.json. Weights over 2 GB go to model.onnx.data."
+            "Build an ONNX graph with KV cache directly from the checkpoint's tensors, check it with "
+            "onnx.checker and strict shape inference, load it once in ONNX Runtime, and write the folder "
+            "atomically with the tokenizer, chat template, genai_config.json and onnx_io.json. Weights over "
+            "2 GB go to model.onnx.data."
         ),
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, type=Path, help="baked (or base) Qwen3 model folder")
     p.add_argument("--out", required=True, type=Path, help="export folder to create")
-    p.add_argument("--dtype", default="float32", choices=[*EXPORT_DTYPES, "bfloat16"],
-                   help="weight and activation dtype (default float32; bfloat16 is refused: no ORT CPU kernels)")
-    p.add_argument("--layout", default="as-is", choices=LAYOUTS, help="MLP widths in the graph (default as-is)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="execution provider the export is checked on after writing (default cpu)")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=False,
-                   help="use ONNX Runtime's fused com.microsoft ops (GroupQueryAttention, "
-                        "SkipSimplifiedLayerNormalization, RotaryEmbedding); default: portable standard ops")
-    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                   help="weight-only quantization of every linear layer incl. lm_head (com.microsoft MatMulNBits, "
-                        "blockwise 32, asymmetric; float32 only): smaller and faster on CPU but not exact, so "
-                        "verify judges it by KL and top-1 (default none)")
+    add_graph_args(p)
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="execution provider the export is loaded and run on after writing (default auto: CUDA when "
+                        "onnxruntime-gpu has it, else CPU; a cuda-target export is only loaded on a CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_output_args(p)
     p.set_defaults(func=run_export)
@@ -65,19 +89,21 @@ def register_export(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
-    report = export_onnx(args.model, args.out, dtype=args.dtype, layout=args.layout, fused=args.fused,
-                         quantize=args.quantize, device=args.device, overwrite=args.overwrite,
-                         progress=not args.quiet)
+    from .exporter import export_onnx
+
+    report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
+                         quantize=args.quantize, cuda_graph=args.cuda_graph, device=args.device,
+                         overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)
         return 0
     widths = report["mlp_widths"]
     say(f"exported {report['model']} -> {report['out']} in {report['seconds']:.1f} s")
     quantized = "" if report["quantize"] == "none" else f" with {report['quantize']} weights"
-    say(f"  {report['dtype']}{quantized}, layout {report['layout']}, {'fused' if report['fused'] else 'standard'} ops, "
+    say(f"  target {report['target']}, {report['dtype']}{quantized}, layout {report['layout']}, "
         f"{report['bytes'] / 1e6:.1f} MB{' (weights in model.onnx.data)' if report['external_data'] else ''}")
     say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
-        f"(per layer {min(widths)}..{max(widths)})")
+        f"(per layer {min(widths)}..{max(widths)}); checked on {report['checked_on']}")
     say(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
     return 0
 
@@ -85,11 +111,12 @@ def run_export(args: argparse.Namespace) -> int:
 def register_generate(sub: Any) -> None:
     p = sub.add_parser(
         "generate",
-        help="chat with an ONNX export (greedy decoding under ONNX Runtime)",
+        help="chat with an ONNX export (greedy decoding, streamed)",
         description=(
             "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
-            "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, and print "
-            "the reply. Uses CUDA when onnxruntime-gpu provides it, else the CPU."
+            "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, printing "
+            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed and faster "
+            "(CUDA; the cpu/cuda graphs on the CPU), else in lambda-bake's own ONNX Runtime loop."
         ),
     )
     p.add_argument("--onnx", required=True, type=Path, help="folder written by lambda-bake export")
@@ -97,6 +124,12 @@ def register_generate(sub: Any) -> None:
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: the "
+                        "faster one that is installed)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime (default: one per core)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="onnxruntime-genai on CUDA: capture the decoding step as a CUDA graph (default on)")
     p.set_defaults(func=run_generate)
 
 
@@ -108,11 +141,16 @@ def _positive_int(text: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .runtime import OnnxCausalLM
+    from .chat import ChatTokenizer
+    from .engines import describe, open_engine, stream_reply
 
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
-    lm = OnnxCausalLM(args.onnx, device=args.device)
-    print(f"running {args.onnx} on {lm.device}", file=sys.stderr)
-    print(lm.generate(messages, max_new_tokens=args.max_new_tokens))
+    lm = open_engine(args.onnx, args.engine, args.device, args.threads, args.cuda_graph)
+    chat = ChatTokenizer(args.onnx)
+    say(f"running {args.onnx} with {describe(lm)}")
+    for piece in stream_reply(lm, chat, messages, args.max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0

@@ -1,9 +1,10 @@
 """Write an ONNX export folder, all or nothing.
 
 The folder holds ``model.onnx`` (plus ``model.onnx.data`` when the weights pass 2 GB, the protobuf
-limit), the model's ``config.json``, generation config, tokenizer files and chat template, and
-``onnx_io.json``: graph inputs/outputs with dtypes and dims, per-layer MLP widths, layout, variant,
-and the weight quantization (null for an unquantized export).
+limit), the model's ``config.json``, generation config, tokenizer files and chat template,
+``genai_config.json`` (so onnxruntime-genai runs the folder as it is) and ``onnx_io.json``: graph
+inputs/outputs with dtypes and dims, target, KV-cache convention, per-layer MLP widths, layout,
+variant, and the weight quantization (null for an unquantized export).
 """
 
 from __future__ import annotations
@@ -27,22 +28,23 @@ from bake.atomic import atomic_output_dir
 from bake.base_model import open_base_model
 from bake.checkpoint_writer import carry_base_files
 from bake.errors import BaseModelError, ExportError
+from bake.json_files import read_json
 from bake.manifest import MANIFEST_NAME
 
+from .genai_config import GENAI_FILE, genai_config
 from .onnx_builder import build_qwen3_model
-from .quantize import QUANT_BITS, QuantSpec, quant_spec
-from .runtime import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, OnnxCausalLM, pick_device
+from .options import DEVICES, LAYOUTS, TARGETS
+from .quantize import QuantSpec, quant_spec
+from .runtime import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, OnnxCausalLM, pick_device, session_options
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights above which they go to model.onnx.data
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-LAYOUTS = ("as-is", "ragged")
-DEVICES = ("cpu", "cuda")
-QUANTIZATIONS = ("none", *QUANT_BITS)
 _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.INT64: "int64"}
 
 
-def check_export_options(dtype: str, layout: str, device: str, quantize: str = "none") -> None:
+def check_export_options(dtype: str, layout: str, device: str = "auto", quantize: str = "none",
+                         target: str = "portable") -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
     if dtype == "bfloat16":
         raise ExportError(
@@ -54,14 +56,18 @@ def check_export_options(dtype: str, layout: str, device: str, quantize: str = "
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if device not in DEVICES:
         raise ExportError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if quant_spec(quantize) is not None and dtype != "float32":
+    if target == "cuda" and dtype != "float16":
         raise ExportError(
-            f"--quantize {quantize} applies to float32 exports only (the quantized MatMulNBits layers take float32 "
-            f"activations and scales); drop --dtype {dtype} or use --quantize none"
+            f"--target cuda needs --dtype float16: ONNX Runtime's CUDA GroupQueryAttention computes in float16 "
+            f"(or bfloat16) only, so a {dtype} graph could not run there; add --dtype float16, or use --target cpu"
         )
-    pick_device(device)
+    quant_spec(quantize, target)
+    if device != "auto":
+        pick_device(device)
 
 
 def open_model_folder(folder: Path) -> tuple[dict[str, Any], Any]:
@@ -80,9 +86,9 @@ def export_onnx(
     overwrite: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
-    """Export ``model_dir`` to ``out_dir`` all or nothing, and load it once on the device; return the report.
+    """Export ``model_dir`` to ``out_dir`` all or nothing, and load it once; return the report.
 
-    ``options`` are those of ``write_export`` (dtype, layout, fused, quantize, device, progress, ...).
+    ``options`` are those of ``write_export`` (target, dtype, layout, quantize, device, progress, ...).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(model_dir,)) as tmp:
@@ -102,29 +108,31 @@ def write_export(
     model_dir: Path,
     out: Path,
     *,
+    target: str = "portable",
     dtype: str = "float32",
     layout: str = "as-is",
-    fused: bool = False,
     quantize: str = "none",
-    device: str = "cpu",
+    device: str = "auto",
+    cuda_graph: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the export of ``model_dir`` into the empty folder ``out`` and load it once on ``device``.
 
-    ``quantize`` 'int4'/'int8' stores every linear layer (lm_head included) as blockwise-quantized
-    MatMulNBits weights: smaller and faster, judged by verify on KL and top-1 rather than exactness.
+    ``target`` picks the graph (``export.onnx_builder``); ``quantize`` 'int4'/'int8' stores every linear
+    layer (lm_head included) as blockwise-quantized MatMulNBits weights: smaller and faster, judged by
+    verify on KL and top-1 rather than exactness. ``cuda_graph`` turns on CUDA-graph capture in
+    genai_config.json (``cuda`` target).
     """
-    check_export_options(dtype, layout, device, quantize)
-    quant = quant_spec(quantize)
+    check_export_options(dtype, layout, device, quantize, target)
+    quant = quant_spec(quantize, target)
     config, reader = open_model_folder(model_dir)
     started = time.monotonic()
     bar = tqdm(total=int(config["num_hidden_layers"]), desc="building ONNX graph", unit="layer",
                disable=not progress, file=sys.stderr)
     try:
-        built = build_qwen3_model(reader, config, out / DATA_FILE, dtype=EXPORT_DTYPES[dtype],
-                                  ragged=layout == "ragged", fused=fused, quant=quant,
-                                  progress=lambda _: bar.update())
+        built = build_qwen3_model(reader, config, out / DATA_FILE, dtype=EXPORT_DTYPES[dtype], target=target,
+                                  ragged=layout == "ragged", quant=quant, progress=lambda _: bar.update())
     finally:
         bar.close()
     external = built.weight_bytes > external_data_threshold
@@ -138,21 +146,24 @@ def write_export(
     if (model_dir / MANIFEST_NAME).is_file():  # provenance: verify --onnx reads the bake it came from
         shutil.copy2(model_dir / MANIFEST_NAME, out / MANIFEST_NAME)
         carried.append(MANIFEST_NAME)
-    io = describe(built.model, config, dtype=dtype, layout=layout, fused=fused, quant=quant, device=device,
+    io = describe(built.model, config, target=target, dtype=dtype, layout=layout, quant=quant,
                   widths=built.mlp_widths, opset=built.opset,
                   external_bytes=built.weight_bytes if external else None)
     (out / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
-    smoke_test(out, device)
+    generation = read_json(out / "generation_config.json", ExportError, "copy it from the base model") \
+        if (out / "generation_config.json").is_file() else {}
+    (out / GENAI_FILE).write_text(json.dumps(genai_config(config, generation, io, cuda_graph), indent=2) + "\n")
+    checked_on = smoke_test(out, device, target)
     files = sorted(p.name for p in out.iterdir())
     size = sum(p.stat().st_size for p in out.iterdir())
     return {
         "out": str(out.absolute()),
         "model": str(model_dir.absolute()),
+        "target": target,
         "dtype": dtype,
         "layout": layout,
-        "fused": fused,
         "quantize": quantize,
-        "device": device,
+        "checked_on": checked_on,
         "mlp_widths": built.mlp_widths,
         "config_intermediate_size": int(config["intermediate_size"]),
         "mlp_neurons": sum(built.mlp_widths),
@@ -169,9 +180,8 @@ def check_graph(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layout: str, fused: bool,
-             quant: QuantSpec | None, device: str, widths: list[int], opset: int,
-             external_bytes: int | None) -> dict[str, Any]:
+def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dtype: str, layout: str,
+             quant: QuantSpec | None, widths: list[int], opset: int, external_bytes: int | None) -> dict[str, Any]:
     """The content of onnx_io.json."""
 
     def tensors(values: Any) -> list[dict[str, Any]]:
@@ -182,7 +192,8 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         } for v in values]
 
     heads = int(config["num_attention_heads"])
-    contrib = [op for flag, op in ((fused, "GroupQueryAttention (attention_bias)"), (quant, "MatMulNBits")) if flag]
+    portable = target == "portable"
+    contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -190,38 +201,54 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, dtype: str, layo
         "model_file": MODEL_FILE,
         "external_data_file": DATA_FILE if external_bytes is not None else None,
         "external_data_bytes": external_bytes,
+        "target": target,
+        "kv_cache": "concat" if portable else "shared-buffer",
+        "logits": "all" if portable else "last",
         "dtype": dtype,
         "layout": layout,
-        "fused_ops": fused,
         "quantization": quant.describe() if quant is not None else None,
-        "target_device": device,
         "opset": opset,
-        "requires": (f"ONNX Runtime with com.microsoft {' and '.join(contrib)}, opset {opset}; "
-                     f"exported and checked with onnxruntime {ort.__version__}") if contrib else f"ONNX opset {opset}",
+        "requires": (f"ONNX Runtime with com.microsoft {', '.join(contrib)}, opset {opset}; exported and checked "
+                     f"with onnxruntime {ort.__version__}") if contrib else f"ONNX opset {opset}",
         "num_layers": int(config["num_hidden_layers"]),
         "hidden_size": int(config["hidden_size"]),
         "num_attention_heads": heads,
         "num_key_value_heads": int(config.get("num_key_value_heads") or heads),
         "head_dim": int(config.get("head_dim") or int(config["hidden_size"]) // heads),
         "vocab_size": int(config["vocab_size"]),
-        "max_position_id": int(config.get("max_position_embeddings", 32768)) - 1 if fused else None,
+        "max_position_id": None if portable else int(config.get("max_position_embeddings", 32768)) - 1,
         "config_intermediate_size": int(config["intermediate_size"]),
         "mlp_widths": widths,
         "inputs": tensors(model.graph.input),
         "outputs": tensors(model.graph.output),
         "notes": (
-            "attention_mask covers past + new tokens (1 = real, 0 = padding, left padding allowed); "
-            "position_ids count real tokens from 0; feed present.* back as past_key_values.* "
-            + ("(fused: more than one new token per call needs batch 1 or an empty past; positions are limited "
-               "to max_position_id by the RoPE tables)" if fused else "")
-        ).strip(),
+            "attention_mask covers past + new tokens (1 = real, 0 = padding, any padding); position_ids count "
+            "real tokens from 0; feed present.* back as past_key_values.*; logits for every position"
+            if portable else
+            "prompts right-padded; attention_mask [batch, total] with sum(row) = that row's tokens so far "
+            "(past + new), width = sequence length on the first call; bind one buffer [batch, kv_heads, "
+            "capacity, head_dim] per layer as both past_key_values.* and present.* (written in place); logits "
+            "of each row's last real token; positions up to max_position_id (RoPE tables)"
+        ),
     }
 
 
-def smoke_test(folder: Path, device: str) -> None:
-    """Load the fresh export on ``device`` and run a 4-token prompt: it must give finite logits."""
+def smoke_test(folder: Path, device: str, target: str) -> str:
+    """Load the fresh export in ONNX Runtime and run a 4-token prompt (finite logits); return where.
+
+    A ``cuda`` graph on a machine without CUDA is only loaded (graph, types and kernels resolved on
+    the CPU provider): its fused q/k norm has no CPU kernel.
+    """
+    device = pick_device(device)
+    if target == "cuda" and device == "cpu":
+        try:
+            ort.InferenceSession(str(folder / MODEL_FILE), session_options(), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime cannot load the exported model: {e}") from e
+        return "cpu (loaded only: the fused q/k norm of the cuda target runs on CUDA)"
     lm = OnnxCausalLM(folder, device=device)
-    ids = np.arange(4, dtype=np.int64)[None, :] % lm.io["vocab_size"]
-    logits = lm.logits(ids, np.ones_like(ids))
+    ids = np.arange(4, dtype=np.int64) % lm.io["vocab_size"]
+    logits = lm.logits(ids)
     if not np.isfinite(logits).all():
         raise ExportError(f"the exported model gives non-finite logits on {device}; the export is not usable")
+    return device

@@ -5,7 +5,7 @@ a float32 scale and an unsigned zero point, and each weight a ``bits``-bit code 
 ``W ~ (code - zero_point) * scale``. The op's inputs are then:
 
 - B: uint8 [N, n_blocks, block_size * bits / 8], codes packed along K, low bits first;
-- scales: float32 [N, n_blocks];
+- scales: [N, n_blocks], computed in float32 and stored in the activation dtype (float32 or float16);
 - zero_points: uint8 [N, ceil(n_blocks * bits / 8)], packed like B.
 
 K is padded up to a whole block with codes equal to the zero point (they dequantize to 0).
@@ -20,7 +20,7 @@ import torch
 
 from bake.errors import ExportError
 
-QUANT_BITS = {"int4": 4, "int8": 8}
+QUANT_BITS = {"int4": 4, "int8": 8}  # the names of export.options.QUANTIZATIONS
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class QuantSpec:
 
     bits: int
     block_size: int = 32
-    accuracy_level: int = 4  # MatMulNBits: 4 = quantize A to int8 and use integer dot products (fastest on CPU)
+    accuracy_level: int = 4  # MatMulNBits: 4 = quantize A to int8 and use integer dot products (fastest on CPU);
+    # 0 = compute in the activation dtype (what the CUDA kernels do)
 
     @property
     def name(self) -> str:
@@ -38,16 +39,17 @@ class QuantSpec:
     def describe(self) -> dict[str, object]:
         return {"weights": self.name, "bits": self.bits, "block_size": self.block_size,
                 "accuracy_level": self.accuracy_level, "symmetric": False, "op": "com.microsoft.MatMulNBits",
-                "layers": "q/k/v/o projections, MLP gate/up/down and lm_head; embeddings and norms stay float32"}
+                "layers": "q/k/v/o projections, MLP gate/up/down and lm_head; embeddings and norms stay in the "
+                          "export dtype"}
 
 
-def quant_spec(name: str) -> QuantSpec | None:
-    """'none' -> None, 'int4'/'int8' -> the spec; anything else is an ExportError."""
+def quant_spec(name: str, target: str = "portable") -> QuantSpec | None:
+    """'none' -> None, 'int4'/'int8' -> the spec for ``target`` (int8 activations on CPU, none on CUDA)."""
     if name == "none":
         return None
     if name not in QUANT_BITS:
         raise ExportError(f"unknown quantization {name!r}; choose none, {', '.join(QUANT_BITS)}")
-    return QuantSpec(QUANT_BITS[name])
+    return QuantSpec(QUANT_BITS[name], accuracy_level=0 if target == "cuda" else 4)
 
 
 @dataclass
@@ -55,7 +57,7 @@ class PackedWeight:
     """The three MatMulNBits weight inputs for one [N, K] weight."""
 
     b: torch.Tensor  # uint8 [N, n_blocks, blob_size]
-    scales: torch.Tensor  # float32 [N, n_blocks]
+    scales: torch.Tensor  # [N, n_blocks], in the requested scale dtype
     zero_points: torch.Tensor  # uint8 [N, ceil(n_blocks * bits / 8)]
 
 
@@ -71,18 +73,28 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (groups << shifts).sum(-1).to(torch.uint8)
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec, rows_per_chunk: int = 8192) -> PackedWeight:
+def quantize_weight(w: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float32,
+                    rows_per_chunk: int = 8192) -> PackedWeight:
     """Asymmetric blockwise quantization of ``w`` [N, K], computed in float32 ``rows_per_chunk`` rows at a time.
 
     Per block: the range [min(w, 0), max(w, 0)] maps onto codes 0 .. 2**bits - 1, so 0 is exact
-    (zeroed neurons stay exactly 0) and the zero point is an integer code.
+    (zeroed neurons stay exactly 0) and the zero point is an integer code. Scales are stored in
+    ``scale_dtype``; a float16 scale is rounded up (never down, so the block's range still fits) and
+    the codes are computed with the stored scale, so every weight stays within half a step of it.
     """
-    parts = [_quantize_rows(rows, spec) for rows in w.split(rows_per_chunk)]
+    parts = [_quantize_rows(rows, spec, scale_dtype) for rows in w.split(rows_per_chunk)]
     return PackedWeight(torch.cat([p.b for p in parts]), torch.cat([p.scales for p in parts]),
                         torch.cat([p.zero_points for p in parts]))
 
 
-def _quantize_rows(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
+def _round_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (float32, >= 0) in ``dtype``, rounded to the nearest value not below it."""
+    y = x.to(dtype)
+    low = y.to(torch.float32) < x
+    return torch.where(low, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+
+
+def _quantize_rows(w: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype) -> PackedWeight:
     n, k = w.shape
     bs, qmax = spec.block_size, (1 << spec.bits) - 1
     blocks = -(-k // bs)
@@ -92,8 +104,9 @@ def _quantize_rows(w: torch.Tensor, spec: QuantSpec) -> PackedWeight:
     x = x.reshape(n, blocks, bs)
     lo = x.amin(-1).clamp_max(0.0)
     hi = x.amax(-1).clamp_min(0.0)
-    scale = (hi - lo) / qmax
+    stored = _round_up((hi - lo) / qmax, scale_dtype)
+    scale = stored.to(torch.float32)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     zp = (-lo * inv).round().clamp(0, qmax)
     codes = (x * inv[..., None] + zp[..., None]).round().clamp(0, qmax).to(torch.uint8)
-    return PackedWeight(_pack(codes, spec.bits), scale, _pack(zp.to(torch.uint8), spec.bits))
+    return PackedWeight(_pack(codes, spec.bits), stored, _pack(zp.to(torch.uint8), spec.bits))

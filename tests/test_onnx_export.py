@@ -1,8 +1,9 @@
-"""ONNX export: ORT logits and greedy tokens match transformers on the same checkpoint.
+"""ONNX export: ORT logits and greedy tokens match transformers on the same checkpoint, for every target.
 
 Tiny random Qwen3 models are built at test time (no network). Emulated bakes: ``dense`` (some
 down_proj columns zeroed, one layer entirely) and ``pruned`` (smaller intermediate_size padded with
-all-zero neurons).
+all-zero neurons). The ``cuda`` target's fused q/k norm has no CPU kernel; its graph is checked to be
+the ``cpu`` graph with exactly that fusion, and the ``cpu`` graph is checked numerically.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from bake.checkpoint_writer import carry_base_files
 from bake.demo_assets import build_tiny_qwen3
 from bake.errors import ExportError
 from export.commands import register
-from export.exporter import export_onnx
-from export.runtime import OnnxCausalLM, position_ids
+from export.exporter import export_onnx, open_model_folder
+from export.onnx_builder import build_qwen3_model
+from export.runtime import OnnxCausalLM
 
 REL_TOL = 1e-4
 DENSE_ZEROED = (40, 0, 128, 100)  # down_proj columns zeroed per layer (intermediate 128)
 PRUNED_KEPT = (80, 96, 50, 70)  # real neurons per layer, padded to intermediate 96
+TARGETS = ("portable", "cpu")  # the targets that run on ONNX Runtime's CPU provider
 
 
 def load_hf(folder: Path):
@@ -50,44 +53,45 @@ def save_variant(src: Path, dst: Path, edit, **config_changes) -> Path:
     return dst
 
 
-def prompts(vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Batch 2, 9 tokens, the second row left-padded by 4."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, size=(2, 9)).astype(np.int64)
-    mask = np.ones_like(ids)
-    mask[1, :4] = 0
-    ids[1, :4] = 0
-    return ids, mask
+def prompt(vocab: int, length: int = 11, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(5, vocab, size=length).tolist()
 
 
-def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def hf_logits(model, ids: list[int]) -> np.ndarray:
     with torch.no_grad():
-        return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                     position_ids=torch.from_numpy(position_ids(mask))).logits.numpy()
+        return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def rel_diff(got: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
-    valid = mask.astype(bool)
-    return float(np.abs(got.astype(np.float32) - ref)[valid].max() / np.abs(ref[valid]).max())
+def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    """transformers' generate(do_sample=False) with eos not special: exactly ``n`` tokens."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
 
 
-def cached_logits(lm: OnnxCausalLM, ids: np.ndarray, mask: np.ndarray, prefill: int = 3) -> np.ndarray:
-    """Prefill ``prefill`` tokens, then feed one token at a time through the KV cache."""
-    pos = position_ids(mask)
-    logits, past = lm.step(ids[:, :prefill], mask[:, :prefill], pos[:, :prefill], lm.empty_past(len(ids)))
-    out = [logits]
-    for t in range(prefill, ids.shape[1]):
-        logits, past = lm.step(ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], past)
-        out.append(logits)
-    return np.concatenate(out, axis=1)
+def rel_diff(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float32) - ref).max() / np.abs(ref).max())
 
 
 def assert_matches(folder: Path, hf_model, vocab: int) -> None:
-    ids, mask = prompts(vocab)
-    ref = hf_logits(hf_model, ids, mask)
+    """Logits at every position of two prompts (through the whole-prompt pass and, for the last-token
+    graphs, one-token steps through the cache) and greedy tokens of a right-padded batch."""
     lm = OnnxCausalLM(folder, device="cpu")
-    assert rel_diff(lm.logits(ids, mask), ref, mask) <= REL_TOL
-    assert rel_diff(cached_logits(lm, ids, mask), ref, mask) <= REL_TOL
+    prompts = [prompt(vocab, 11, seed=0), prompt(vocab, 6, seed=1)]
+    for ids in prompts:
+        assert rel_diff(lm.logits(ids), hf_logits(hf_model, ids)) <= REL_TOL
+    got = lm.greedy(prompts, 8, eos_ids=set(), pad_id=0)
+    assert [row.tolist() for row in got] == [hf_greedy(hf_model, ids, 8) for ids in prompts]
+
+
+def cached_logits(lm: OnnxCausalLM, ids: list[int], prefill: int = 3) -> np.ndarray:
+    """Portable graph: prefill ``prefill`` tokens, then one token at a time through the concatenated cache."""
+    cache = lm.new_cache(1, len(ids))
+    out = [lm.forward(np.array([ids[:prefill]]), np.array([prefill]), cache)[0]]
+    for t in range(prefill, len(ids)):
+        out.append(lm.forward(np.array([[ids[t]]]), np.array([1]), cache)[0])
+    return np.concatenate(out)
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +136,25 @@ def pruned_bake(tiny, tmp_path_factory) -> Path:
     return save_variant(tiny, tmp_path_factory.mktemp("pruned") / "model", prune, intermediate_size=96)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_float32_matches_transformers_full_and_through_kv_cache(tiny, tiny_hf, vocab, tmp_path, fused):
+@pytest.mark.parametrize("target", TARGETS)
+def test_float32_matches_transformers(tiny, tiny_hf, vocab, tmp_path, target):
     out = tmp_path / "onnx"
-    report = export_onnx(tiny, out, fused=fused, progress=False)
-    assert report["mlp_widths"] == [128] * 4 and not report["external_data"]
+    report = export_onnx(tiny, out, target=target, progress=False)
+    assert report["mlp_widths"] == [128] * 4 and not report["external_data"] and report["checked_on"] == "cpu"
     assert_matches(out, tiny_hf, vocab)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_ragged_export_of_dense_bake_drops_zero_columns(dense_bake, vocab, tmp_path, fused):
+def test_portable_graph_matches_through_the_concatenated_cache(tiny, tiny_hf, vocab, tmp_path):
+    export_onnx(tiny, tmp_path / "onnx", progress=False)
+    ids = prompt(vocab, 12)
+    got = cached_logits(OnnxCausalLM(tmp_path / "onnx", device="cpu"), ids)
+    assert rel_diff(got, hf_logits(tiny_hf, ids)) <= REL_TOL
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ragged_export_of_dense_bake_drops_zero_columns(dense_bake, vocab, tmp_path, target):
     out = tmp_path / "onnx"
-    report = export_onnx(dense_bake, out, layout="ragged", fused=fused, progress=False)
+    report = export_onnx(dense_bake, out, layout="ragged", target=target, progress=False)
     widths = [128 - n for n in DENSE_ZEROED]
     assert report["mlp_widths"] == widths
     assert json.loads((out / "onnx_io.json").read_text())["mlp_widths"] == widths
@@ -151,75 +162,100 @@ def test_ragged_export_of_dense_bake_drops_zero_columns(dense_bake, vocab, tmp_p
     for i, w in enumerate(widths):
         down = f"model.layers.{i}.mlp.down_proj.weight"
         assert shapes.get(down) == ([w, 64] if w else None)  # stored transposed; an empty layer has no MLP
+        if target == "cpu":  # gate and up rows packed into one projection
+            assert shapes.get(f"model.layers.{i}.mlp.gate_up_proj.weight") == ([64, 2 * w] if w else None)
     assert_matches(out, load_hf(dense_bake), vocab)
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("layout", ["as-is", "ragged"])
-def test_pruned_bake_matches(pruned_bake, vocab, tmp_path, layout):
+def test_pruned_bake_matches(pruned_bake, vocab, tmp_path, layout, target):
     out = tmp_path / "onnx"
-    report = export_onnx(pruned_bake, out, layout=layout, progress=False)
+    report = export_onnx(pruned_bake, out, layout=layout, target=target, progress=False)
     assert report["mlp_widths"] == ([96] * 4 if layout == "as-is" else list(PRUNED_KEPT))
     assert_matches(out, load_hf(pruned_bake), vocab)
 
 
-def test_greedy_generation_equals_transformers_generate(tiny, tiny_hf, vocab, tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_float16_export_agrees_on_top1(tiny, tiny_hf, vocab, tmp_path, target):
     out = tmp_path / "onnx"
-    export_onnx(tiny, out, progress=False)
+    export_onnx(tiny, out, dtype="float16", target=target, progress=False)
     lm = OnnxCausalLM(out, device="cpu")
-    eos, pad = lm.special_ids()
-    ids, mask = prompts(vocab, seed=3)
-    ids[1, :4] = pad
-    with torch.no_grad():
-        ref = tiny_hf.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                               max_new_tokens=32, do_sample=False)[:, ids.shape[1]:].numpy()
-    got = lm.greedy(ids, mask, 32, eos, pad)
-    assert got.shape == ref.shape and got.shape[1] > 1
-    np.testing.assert_array_equal(got, ref)
-
-    messages = [{"role": "user", "content": "What is two plus two?"}]
-    tok = lm.tokenizer
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    prompt = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        new = tiny_hf.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32,
-                               do_sample=False)[0, prompt.shape[1]:].tolist()
-    expected = tok.decode([t for t in new if t not in eos], skip_special_tokens=True)
-    assert lm.generate(messages, max_new_tokens=32) == expected
+    agree = [lm.logits(ids).argmax(-1) == hf_logits(tiny_hf, ids).argmax(-1)
+             for ids in (prompt(vocab, 64, seed=s) for s in range(3))]
+    assert np.concatenate(agree).mean() >= 0.99
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_float16_export_agrees_on_top1(tiny, tiny_hf, vocab, tmp_path, fused):
+def graph_dims(values) -> dict[str, list]:
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+
+@pytest.mark.parametrize(("target", "dtype"), [("portable", "float32"), ("cpu", "float32"), ("cuda", "float16")])
+def test_checker_shape_inference_and_io(tiny, vocab, tmp_path, target, dtype):
     out = tmp_path / "onnx"
-    export_onnx(tiny, out, dtype="float16", fused=fused, progress=False)
-    rng = np.random.default_rng(4)
-    ids = rng.integers(5, vocab, size=(4, 64)).astype(np.int64)
-    mask = np.ones_like(ids)
-    lm = OnnxCausalLM(out, device="cpu")
-    got = cached_logits(lm, ids, mask, prefill=32)
-    assert got.dtype == np.float16
-    agree = (got.argmax(-1) == hf_logits(tiny_hf, ids, mask).argmax(-1)).mean()
-    assert agree >= 0.99
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_checker_and_shape_inference_pass(tiny, tmp_path, fused):
-    out = tmp_path / "onnx"
-    export_onnx(tiny, out, fused=fused, progress=False)
+    export_onnx(tiny, out, target=target, dtype=dtype, progress=False)
     path = str(out / "model.onnx")
     onnx.checker.check_model(path, full_check=True)
     onnx.shape_inference.infer_shapes_path(path, str(tmp_path / "inferred.onnx"), check_type=True, strict_mode=True)
     graph = onnx.load(path, load_external_data=False).graph
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
-    assert dims["input_ids"] == ["batch", "sequence"]
-    assert dims["attention_mask"] == ["batch", "total_sequence"]
-    assert dims["past_key_values.3.value"] == ["batch", 2, "past_sequence", 16]
-    outs = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.output}
-    assert outs["logits"] == ["batch", "sequence", vocab_of(out)]
+    ins, outs = graph_dims(graph.input), graph_dims(graph.output)
+    assert ins["input_ids"] == ["batch", "sequence"] and ins["attention_mask"] == ["batch", "total_sequence"]
+    assert ins["past_key_values.3.value"] == ["batch", 2, "past_sequence", 16]
     assert outs["present.0.key"] == ["batch", 2, "total_sequence", 16]
+    io = json.loads((out / "onnx_io.json").read_text())
+    assert io["target"] == target and io["dtype"] == dtype
+    if target == "portable":
+        assert "position_ids" in ins and outs["logits"] == ["batch", "sequence", vocab]
+        assert (io["kv_cache"], io["logits"], io["max_position_id"]) == ("concat", "all", None)
+    else:
+        assert "position_ids" not in ins and outs["logits"] == ["batch", 1, vocab]
+        assert (io["kv_cache"], io["logits"], io["max_position_id"]) == ("shared-buffer", "last", 511)
+        assert graph.output[0].type.tensor_type.elem_type == graph.input[2].type.tensor_type.elem_type  # model dtype
 
 
-def vocab_of(folder: Path) -> int:
-    return json.loads((folder / "onnx_io.json").read_text())["vocab_size"]
+# The ops of the cuda graph; each has a CUDA kernel in onnxruntime-gpu (and is what onnxruntime-genai's
+# builder emits for Qwen3 on CUDA, plus the last-token gather). Anything else would be placed on the CPU.
+CUDA_OPS = {"Gather", "ReduceSum", "Sub", "Cast", "Shape", "RMSNormalization", "MatMul", "Split",
+            "GroupQueryAttention", "SkipSimplifiedLayerNormalization", "Sigmoid", "Mul", "ConstantOfShape", "Min",
+            "Unsqueeze", "GatherND", "Gemm", "MatMulNBits"}
+
+
+def build(model: Path, folder: Path, **kwargs) -> onnx.ModelProto:
+    """The float16 ragged graph (weights external, in ``folder``/w.data)."""
+    folder.mkdir()
+    config, reader = open_model_folder(model)
+    return build_qwen3_model(reader, config, folder / "w.data", dtype=torch.float16, ragged=True, **kwargs).model
+
+
+def test_cuda_graph_is_the_cpu_graph_with_the_qk_norm_fused_into_attention(dense_bake, tmp_path):
+    cuda = build(dense_bake, tmp_path / "a", target="cuda")
+    unfused = build(dense_bake, tmp_path / "b", target="cuda", fuse_qk_norm=False)
+    cpu = build(dense_bake, tmp_path / "c", target="cpu")
+    assert (tmp_path / "b" / "w.data").read_bytes() == (tmp_path / "c" / "w.data").read_bytes()
+    assert unfused.graph == cpu.graph  # the cuda graph minus the fusion is the graph tested numerically on CPU
+    assert {n.op_type for n in cuda.graph.node} <= CUDA_OPS
+    gqa = [n for n in cuda.graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == 4
+    for i, node in enumerate(gqa):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["do_rotary"] == 1 and attrs["qk_norm_epsilon"] == pytest.approx(1e-6)
+        assert list(node.input[-2:]) == [f"model.layers.{i}.self_attn.q_norm.weight",
+                                         f"model.layers.{i}.self_attn.k_norm.weight"]
+    # exactly the per-head norm nodes (Reshape, RMSNormalization, Reshape for q and k) are gone
+    removed = {n.name for n in cpu.graph.node} - {n.name for n in cuda.graph.node}
+    assert len(removed) == 4 * 2 * 3 and all("_norm/" in n for n in removed)
+    host_side = [n.op_type for n in cuda.graph.node if n.op_type == "Shape"]
+    assert len(host_side) == 2  # total_sequence_length (a host input of GQA) and ConstantOfShape's shape
+
+
+def test_cuda_target_needs_float16_and_loads_on_cpu(tiny, tmp_path):
+    with pytest.raises(ExportError, match="--target cuda needs --dtype float16"):
+        export_onnx(tiny, tmp_path / "a", target="cuda", progress=False)
+    report = export_onnx(tiny, tmp_path / "b", target="cuda", dtype="float16", progress=False)
+    assert report["checked_on"].startswith("cpu (loaded only")
+    with pytest.raises(ExportError, match="runs only on CUDA"):
+        OnnxCausalLM(tmp_path / "b", device="cpu")
+    assert not (tmp_path / "a").exists()
 
 
 def test_external_data_missing_or_truncated_is_an_export_error(tiny, tmp_path):
@@ -236,17 +272,34 @@ def test_external_data_missing_or_truncated_is_an_export_error(tiny, tmp_path):
         OnnxCausalLM(out, device="cpu")
 
 
-def test_fused_export_refuses_positions_past_its_rope_tables(tiny, tmp_path):
-    export_onnx(tiny, tmp_path / "onnx", fused=True, progress=False)
+def test_ort_graph_refuses_positions_past_its_rope_tables(tiny, tmp_path):
+    export_onnx(tiny, tmp_path / "onnx", target="cpu", progress=False)
     lm = OnnxCausalLM(tmp_path / "onnx", device="cpu")
-    ids = np.ones((1, 1), np.int64)
-    with pytest.raises(ExportError, match="max_position_id 511"):
-        lm.step(ids, np.ones((1, 513), np.int64), np.array([[512]]), lm.empty_past(1))
+    cache = lm.new_cache(1, 600)
+    lm.forward(np.ones((1, 512), np.int64), np.array([512]), cache)  # positions 0..511: the whole table
+    with pytest.raises(ExportError, match="position 512 is past this export's RoPE tables"):
+        lm.forward(np.ones((1, 1), np.int64), np.array([1]), cache)
+    with pytest.raises(ExportError, match="do not fit the KV cache of 4"):
+        lm.forward(np.ones((1, 5), np.int64), np.array([5]), lm.new_cache(1, 4))
+
+
+def test_ort_targets_refuse_head_dim_not_a_multiple_of_16(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=8)
+    Qwen3ForCausalLM(config).save_pretrained(str(tmp_path / "model"))
+    with pytest.raises(ExportError, match="head_dim 8 is not a multiple of 16.*--target portable"):
+        export_onnx(tmp_path / "model", tmp_path / "onnx", target="cpu", progress=False)
+    assert not (tmp_path / "onnx").exists()
+    assert export_onnx(tmp_path / "model", tmp_path / "onnx", progress=False)["target"] == "portable"
 
 
 def test_bad_inputs_are_export_errors(tiny, tmp_path):
     with pytest.raises(ExportError, match="bfloat16"):
         export_onnx(tiny, tmp_path / "a", dtype="bfloat16", progress=False)
+    with pytest.raises(ExportError, match="unknown target"):
+        export_onnx(tiny, tmp_path / "a", target="tpu", progress=False)
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
@@ -257,11 +310,12 @@ def test_bad_inputs_are_export_errors(tiny, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_attention_bias_and_untied_lm_head(tmp_path):
+@pytest.mark.parametrize("target", TARGETS)
+def test_attention_bias_and_untied_lm_head(tmp_path, target):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=8, attention_bias=True,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, attention_bias=True,
                          tie_word_embeddings=False, initializer_range=0.1, max_position_embeddings=64)
     torch.manual_seed(5)
     model = Qwen3ForCausalLM(config).eval()
@@ -270,7 +324,7 @@ def test_attention_bias_and_untied_lm_head(tmp_path):
             if name.endswith(".bias"):
                 p.normal_(0, 0.1)
     model.save_pretrained(str(tmp_path / "model"))
-    export_onnx(tmp_path / "model", tmp_path / "onnx", fused=True, progress=False)
+    export_onnx(tmp_path / "model", tmp_path / "onnx", target=target, progress=False)
     assert_matches(tmp_path / "onnx", load_hf(tmp_path / "model"), 96)
 
 
@@ -278,11 +332,14 @@ def test_cli_export_json_and_generate(tiny, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="lambda-bake")
     register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "onnx"
-    args = parser.parse_args(["export", "--model", str(tiny), "--out", str(out), "--layout", "ragged", "--json"])
+    args = parser.parse_args(["export", "--model", str(tiny), "--out", str(out), "--layout", "ragged",
+                              "--target", "cpu", "--json"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["layout"] == "ragged" and "model.onnx" in report["files"]
-    args = parser.parse_args(["generate", "--onnx", str(out), "--prompt", "What is two plus two?",
-                              "--max-new-tokens", "4"])
-    assert args.func(args) == 0
-    assert capsys.readouterr().out.endswith("\n")
+    assert report["layout"] == "ragged" and report["target"] == "cpu"
+    assert {"model.onnx", "genai_config.json", "onnx_io.json", "tokenizer.json"} <= set(report["files"])
+    for engine in ("ort", "genai"):
+        args = parser.parse_args(["generate", "--onnx", str(out), "--prompt", "What is two plus two?",
+                                  "--max-new-tokens", "4", "--engine", engine])
+        assert args.func(args) == 0
+        assert capsys.readouterr().out.endswith("\n")

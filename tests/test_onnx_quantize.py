@@ -23,9 +23,10 @@ from bake.gate_math import Cut, GateSettings
 from bake.gates import load_variant
 from bake.pipeline import BakeOptions, bake_checkpoint
 from export.exporter import export_onnx, open_model_folder
-from export.onnx_builder import build_qwen3_model, live_neurons
+from export.graph_base import live_neurons
+from export.onnx_builder import build_qwen3_model
 from export.quantize import PackedWeight, QuantSpec, quantize_weight
-from export.runtime import OnnxCausalLM, position_ids
+from export.runtime import OnnxCausalLM
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -38,7 +39,7 @@ def dequantize(p: PackedWeight, k: int, spec: QuantSpec) -> np.ndarray:
             return packed.astype(np.float32)
         return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1).astype(np.float32)
 
-    b, scales = p.b.numpy(), p.scales.numpy()
+    b, scales = p.b.numpy(), p.scales.numpy().astype(np.float32)
     n, blocks = scales.shape
     assert b.shape == (n, blocks, spec.block_size * spec.bits // 8) and b.dtype == np.uint8
     assert p.zero_points.shape == (n, -(-blocks * spec.bits // 8))
@@ -79,6 +80,23 @@ def test_packing_matches_numpy_dequantization(bits: int, k: int) -> None:
     a = np.random.default_rng(0).standard_normal((5, k)).astype(np.float32)
     y = single_node(p, n, k, spec).run(None, {"A": a})[0]
     np.testing.assert_allclose(y, a @ deq.T, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float16_scales_are_rounded_up_and_codes_use_them(bits: int) -> None:
+    """For float16 activations the stored scale is the float32 one rounded up to float16, and every weight
+    stays within half a step of the stored scale (the block's range still fits)."""
+    n, k = 16, 96
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.05
+    w[:, 5] = 0.0
+    spec = QuantSpec(bits, accuracy_level=0)
+    p16 = quantize_weight(w, spec, scale_dtype=torch.float16)
+    p32 = quantize_weight(w, spec)
+    assert p16.scales.dtype == torch.float16
+    assert torch.all(p16.scales.float() >= p32.scales) and torch.all(p16.scales.float() <= p32.scales * (1 + 2 ** -9))
+    deq = dequantize(p16, k, spec)
+    step = p16.scales.float().numpy().repeat(spec.block_size, axis=1)[:, :k]
+    assert np.all(np.abs(deq - w.numpy()) <= step / 2 + 1e-7) and np.all(deq[:, 5] == 0)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -153,53 +171,51 @@ def zeroed(src: Path, dst: Path) -> Path:
     return dst
 
 
-def run_graph(path: Path, ids: np.ndarray, io: dict) -> np.ndarray:
-    """Logits of one prompt from an empty cache, with a plain session (no onnx_io.json needed)."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    mask = np.ones_like(ids)
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
-    empty = np.zeros((len(ids), io["num_key_value_heads"], 0, io["head_dim"]), np.float32)
-    feeds |= {f"past_key_values.{i}.{p}": empty for i in range(io["num_layers"]) for p in ("key", "value")}
-    return sess.run(["logits"], feeds)[0]
-
-
-@pytest.mark.parametrize("fused", [False, True])
-def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Path, tmp_path: Path,
-                                                                   fused: bool) -> None:
+@pytest.mark.parametrize(("target", "matmuls_per_layer"), [("portable", 7), ("cpu", 4)])  # cpu: packed qkv, gate/up
+def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Path, tmp_path: Path, target: str,
+                                                                   matmuls_per_layer: int) -> None:
     spec = QuantSpec(4, accuracy_level=0)
     dense = zeroed(tiny_base, tmp_path / "dense")
+    ref_dir = Path(export_onnx(dequantized_checkpoint(dense, tmp_path / "deq", spec), tmp_path / "deq-onnx",
+                               layout="ragged", target=target, progress=False)["out"])
     config, reader = open_model_folder(dense)
-    built = build_qwen3_model(reader, config, tmp_path / "q.data", dtype=torch.float32, ragged=True, fused=fused,
-                              quant=spec)
+    (tmp_path / "q").mkdir()
+    built = build_qwen3_model(reader, config, tmp_path / "q" / "q.data", dtype=torch.float32, ragged=True,
+                              target=target, quant=spec)
     assert built.mlp_widths == [88, 128, 28, 1]
     weights = {t.name for t in built.model.graph.initializer}
     float_matmuls = [n.name for n in built.model.graph.node
                      if n.op_type in ("MatMul", "Gemm") and weights.intersection(n.input)]
     assert not float_matmuls  # attention's activation x activation MatMuls remain, no weight is float
-    assert sum(n.op_type == "MatMulNBits" for n in built.model.graph.node) == 7 * 4 + 1
-    onnx.save(built.model, str(tmp_path / "q.onnx"))
-    onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
-    ref_dir = export_onnx(dequantized_checkpoint(dense, tmp_path / "deq", spec), tmp_path / "deq-onnx",
-                          layout="ragged", fused=fused, progress=False)["out"]
-    ref = OnnxCausalLM(Path(ref_dir), device="cpu")
-    ids = np.random.default_rng(3).integers(5, ref.io["vocab_size"], size=(1, 12)).astype(np.int64)
-    expected = ref.logits(ids, np.ones_like(ids))
-    got = run_graph(tmp_path / "q.onnx", ids, ref.io)
+    assert sum(n.op_type == "MatMulNBits" for n in built.model.graph.node) == matmuls_per_layer * 4 + 1
+    onnx.save(built.model, str(tmp_path / "q" / "model.onnx"))
+    onnx.checker.check_model(str(tmp_path / "q" / "model.onnx"), full_check=True)
+    (tmp_path / "q" / "onnx_io.json").write_bytes((ref_dir / "onnx_io.json").read_bytes())  # same inputs/outputs
+    ids = np.random.default_rng(3).integers(5, 300, size=12).tolist()
+    expected = OnnxCausalLM(ref_dir, device="cpu").logits(ids)
+    got = OnnxCausalLM(tmp_path / "q", device="cpu").logits(ids)
     assert float(np.abs(got - expected).max() / np.abs(expected).max()) < 1e-5
 
 
-@pytest.mark.parametrize(("quantize", "layout"), [("int4", "as-is"), ("int4", "ragged"), ("int8", "ragged")])
+@pytest.mark.parametrize(("quantize", "layout", "target", "dtype"), [
+    ("int4", "as-is", "portable", "float32"), ("int4", "ragged", "portable", "float32"),
+    ("int8", "ragged", "portable", "float32"), ("int4", "ragged", "cpu", "float32"),
+    ("int4", "ragged", "cpu", "float16"), ("int8", "as-is", "cpu", "float16")])
 def test_quantized_export_passes_its_verify_budget(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
-                                                   quantize: str, layout: str) -> None:
+                                                   quantize: str, layout: str, target: str, dtype: str) -> None:
     from bake.verify import VerifyOptions, onnx_candidate, spec_from_manifest, verify
 
     v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
     manifest = bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 4), "hard", "energy"), tmp_path / "b",
                                BakeOptions(progress=False))
-    report = export_onnx(tmp_path / "b", tmp_path / "x", quantize=quantize, layout=layout, progress=False)
+    report = export_onnx(tmp_path / "b", tmp_path / "x", quantize=quantize, layout=layout, target=target,
+                         dtype=dtype, progress=False)
     assert report["quantize"] == quantize
     io = json.loads((tmp_path / "x" / "onnx_io.json").read_text())
-    assert io["dtype"] == "float32" and "MatMulNBits" in io["requires"]
+    assert io["dtype"] == dtype and "MatMulNBits" in io["requires"]
+    scales = [t for t in onnx.load(str(tmp_path / "x" / "model.onnx")).graph.initializer
+              if t.name.endswith(".weight.scales")]
+    assert scales and {t.data_type for t in scales} == {TensorProto.FLOAT if dtype == "float32" else TensorProto.FLOAT16}
     assert io["quantization"] == QuantSpec(int(quantize[3:])).describe()
     assert io["quantization"]["bits"] == int(quantize[3:]) and io["quantization"]["block_size"] == 32
     onnx.checker.check_model(str(tmp_path / "x" / "model.onnx"), full_check=True)
@@ -217,9 +233,16 @@ def test_quantized_export_is_smaller(tiny_base: Path, tmp_path: Path) -> None:
     assert sizes["int4"] < 0.5 * sizes["none"]
 
 
-def test_refuses_quantized_float16(tiny_base: Path, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="float32 exports only"):
-        export_onnx(tiny_base, tmp_path / "x", dtype="float16", quantize="int4", progress=False)
+def test_cuda_quantized_graph_computes_in_float16_without_int8_activations(tiny_base: Path, tmp_path: Path) -> None:
+    export_onnx(tiny_base, tmp_path / "x", target="cuda", dtype="float16", quantize="int4", progress=False)
+    graph = onnx.load(str(tmp_path / "x" / "model.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 4 * 4 + 1
+    assert all("accuracy_level" not in {a.name for a in n.attribute} for n in nbits)  # CUDA: float16 compute
+    assert json.loads((tmp_path / "x" / "onnx_io.json").read_text())["quantization"]["accuracy_level"] == 0
+
+
+def test_refuses_unknown_quantization(tiny_base: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="unknown quantization"):
         export_onnx(tiny_base, tmp_path / "x", quantize="int3", progress=False)
     assert not (tmp_path / "x").exists()
@@ -234,9 +257,9 @@ def test_cli_quantize_options(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
             "--preset", "4", "--quiet"]
     assert main([*bake, "--out", str(tmp_path / "a"), "--onnx-quantize", "int4"]) != 0
     assert "add --onnx" in capsys.readouterr().err
-    assert main([*bake, "--out", str(tmp_path / "b"), "--onnx", "--onnx-dtype", "float16",
+    assert main([*bake, "--out", str(tmp_path / "b"), "--onnx", "--onnx-target", "cuda",
                  "--onnx-quantize", "int4"]) != 0
-    assert "float32 exports only" in capsys.readouterr().err
+    assert "--target cuda needs --dtype float16" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert main([*bake, "--out", str(tmp_path / "c"), "--onnx", "--onnx-quantize", "int8"]) == 0
     assert json.loads((tmp_path / "c" / "onnx" / "onnx_io.json").read_text())["quantization"]["weights"] == "int8"

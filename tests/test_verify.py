@@ -134,7 +134,8 @@ def test_bake_verify_stores_report_and_failure_writes_nothing(tiny_base: Path, t
 @pytest.mark.parametrize("variant", ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"])
 def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                                    variant: str) -> None:
-    """Every selected threshold x {dense, pruned, ragged} x {torch, onnx} passes the float32 budget."""
+    """Every selected threshold x {dense, pruned, ragged} x {torch, onnx portable/cpu graph} passes the float32
+    budget."""
     from bake.verify import DEFAULT_PROMPTS, VerifyOptions, onnx_candidate, spec_from_manifest, torch_candidate, verify
     from export.exporter import export_onnx
 
@@ -143,19 +144,22 @@ def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: P
     for k in range(1, 6):
         settings = GateSettings(Cut("preset", k), "hard", v.scale_mode)
         candidates, manifest = [], None
-        for layout in ("dense", "pruned"):
+        for layout, target in (("dense", "portable"), ("pruned", "cpu")):
             out = tmp_path / f"{k}-{layout}"
             manifest = bake_checkpoint(tiny_base, v, settings, out, BakeOptions(layout=layout, pad_multiple=8,
                                                                                 progress=False))
             candidates.append(torch_candidate(out))
-            export_onnx(out, tmp_path / f"{k}-{layout}-onnx", progress=False)
+            export_onnx(out, tmp_path / f"{k}-{layout}-onnx", target=target, progress=False)
             candidates.append(onnx_candidate(tmp_path / f"{k}-{layout}-onnx", device="cpu"))
-        export_onnx(tmp_path / f"{k}-dense", tmp_path / f"{k}-ragged-onnx", layout="ragged", progress=False)
-        candidates.append(onnx_candidate(tmp_path / f"{k}-ragged-onnx", device="cpu"))
+        for target in ("portable", "cpu"):
+            export_onnx(tmp_path / f"{k}-dense", tmp_path / f"{k}-ragged-{target}", target=target, layout="ragged",
+                        progress=False)
+            candidates.append(onnx_candidate(tmp_path / f"{k}-ragged-{target}", device="cpu"))
         report = verify(spec_from_manifest(manifest), candidates, options)
         names = [c["name"] for c in report["candidates"]]
-        assert names == ["checkpoint (dense)", "onnx (as-is, cpu)", "checkpoint (pruned)", "onnx (as-is, cpu)",
-                         "onnx (ragged, cpu)"]
+        assert names == ["checkpoint (dense)", "onnx (portable graph, as-is, on cpu)", "checkpoint (pruned)",
+                         "onnx (cpu graph, as-is, on cpu)", "onnx (portable graph, ragged, on cpu)",
+                         "onnx (cpu graph, ragged, on cpu)"]
         assert report["passed"], [c["failures"] for c in report["candidates"]]
         assert max(c["max_rel_diff"] for c in report["candidates"]) <= 1e-4
 
@@ -163,13 +167,16 @@ def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: P
 def test_bake_with_onnx_and_verify_in_one_run(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     assert main(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
-                 "--preset", "4", "--out", str(out), "--onnx", "--onnx-layout", "ragged", "--verify", "--quiet",
+                 "--preset", "4", "--out", str(out), "--onnx", "--onnx-layout", "ragged", "--onnx-target", "cpu",
+                 "--verify", "--quiet",
                  "--greedy-tokens", "4"]) == 0
     m = json.loads((out / "bake_manifest.json").read_text())
-    assert [c["name"] for c in m["verification"]["candidates"]] == ["checkpoint (dense)", "onnx (ragged, cpu)"]
+    assert [c["name"] for c in m["verification"]["candidates"]] == ["checkpoint (dense)",
+                                                                    "onnx (cpu graph, ragged, on cpu)"]
     assert m["verification"]["passed"]
     io = json.loads((out / "onnx" / "onnx_io.json").read_text())
-    assert io["layout"] == "ragged" and io["mlp_widths"] == m["kept_per_layer"]
+    assert io["layout"] == "ragged" and io["target"] == "cpu" and io["mlp_widths"] == m["kept_per_layer"]
+    assert (out / "onnx" / "genai_config.json").is_file() and "onnx/genai_config.json" in m["files"]
     assert "onnx/model.onnx" in m["files"] and all((out / f).exists() for f in m["files"])
     assert not list(tmp_path.glob(".o*"))  # no staging leftovers
 

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from export.commands import add_graph_args
+from export.options import GRAPH_DEFAULTS
+
 from ..cli import emit_json
 from ..errors import ExportError
 from ..hub import add_hub_args, push_folder
@@ -56,14 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "into the manifest and the model card, and a failure writes nothing (exit 3)")
     add_budget_args(p)
     onnx = p.add_argument_group("ONNX export (into OUT/onnx)")
-    onnx.add_argument("--onnx", action="store_true", help="also export to ONNX with KV cache, in the same run")
-    onnx.add_argument("--onnx-dtype", choices=("float32", "float16"), default="float32", help="ONNX dtype")
-    onnx.add_argument("--onnx-layout", choices=("as-is", "ragged"), default="as-is",
-                      help="ragged: each layer keeps exactly its own neurons (the fastest ONNX graph)")
-    onnx.add_argument("--fused", action="store_true", help="use ONNX Runtime's fused ops (see export --help)")
-    onnx.add_argument("--onnx-quantize", choices=("none", "int4", "int8"), default="none",
-                      help="weight-only quantization of the linear layers (MatMulNBits; float32 only): faster, "
-                           "not exact, so verify judges it by KL and top-1 (default none)")
+    onnx.add_argument("--onnx", action="store_true",
+                      help="also export to ONNX with KV cache, in the same run (options as for export; see "
+                           "lambda-bake export --help)")
+    add_graph_args(onnx, prefix="onnx-")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME", help="upload the finished folder to this Hub repo")
     push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
@@ -82,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         f"into {base.folder} -> {args.out}")
     check = verify_check(args) if args.verify else None
     extras = onnx_step(args) if args.onnx else None
-    if args.onnx_quantize != "none" and not args.onnx:
-        raise ExportError("--onnx-quantize only applies to the ONNX export: add --onnx")
+    given = [f"--onnx-{n.replace('_', '-')}" for n, default in GRAPH_DEFAULTS.items()
+             if getattr(args, f"onnx_{n}") != default]
+    if given and not args.onnx:
+        raise ExportError(f"{', '.join(given)} only apply to the ONNX export: add --onnx")
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
@@ -117,13 +118,15 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
 
     from export.exporter import check_export_options, export_into
 
-    check_export_options(args.onnx_dtype, args.onnx_layout, "cpu", args.onnx_quantize)  # before the bake, not after
+    options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
+    check_export_options(options["dtype"], options["layout"], "auto", options["quantize"],
+                         options["target"])  # before the bake, not after
 
     def export(folder: Path) -> list[str]:
-        quantized = "" if args.onnx_quantize == "none" else f", {args.onnx_quantize} weights"
-        say(f"exporting to ONNX ({args.onnx_dtype}{quantized}, layout {args.onnx_layout}) ...")
-        report = export_into(folder, dtype=args.onnx_dtype, layout=args.onnx_layout, fused=args.fused,
-                             quantize=args.onnx_quantize, progress=not args.quiet)
+        quantized = "" if options["quantize"] == "none" else f", {options['quantize']} weights"
+        say(f"exporting to ONNX (target {options['target']}, {options['dtype']}{quantized}, "
+            f"layout {options['layout']}) ...")
+        report = export_into(folder, **options, progress=not args.quiet)
         return [f"onnx/{name}" for name in report["files"]]
 
     return export

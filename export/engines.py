@@ -1,0 +1,58 @@
+"""Pick the generation loop for an export and stream a chat reply through it.
+
+Two loops run an export: onnxruntime-genai's C++ loop (``genai_runtime``, when installed) and
+lambda-bake's own Python loop over ONNX Runtime (``runtime``). ``auto`` takes onnxruntime-genai
+where it is the faster one: on CUDA always (its loop keeps everything on the GPU and can capture
+CUDA graphs), and on the CPU for the ONNX Runtime graphs (targets cpu/cuda); the portable graph
+decodes faster in our loop on the CPU (docs/BENCHMARKS.md), so there it stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bake.errors import ExportError
+
+from . import genai_runtime
+from .chat import ChatTokenizer, Messages
+from .options import ENGINES
+from .runtime import OnnxCausalLM, pick_device, read_export_folder
+
+
+def choose_engine(folder: Path, engine: str, device: str) -> str:
+    """'genai' or 'ort' for ``engine`` ('auto' decides as the module docstring says)."""
+    if engine not in ENGINES:
+        raise ExportError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "genai" and not genai_runtime.available():
+        raise ExportError("--engine genai: onnxruntime-genai is not installed; pip install onnxruntime-genai "
+                          "(onnxruntime-genai-cuda on a GPU), or use --engine ort")
+    if engine != "auto":
+        return engine
+    if not genai_runtime.available():
+        return "ort"
+    if pick_device(device) == "cuda":
+        return "genai" if genai_runtime.cuda_available() else "ort"
+    return "ort" if read_export_folder(folder)["target"] == "portable" else "genai"
+
+
+def open_engine(folder: Path, engine: str = "auto", device: str = "auto", threads: int | None = None,
+                cuda_graph: bool = True) -> Any:
+    """The loaded model behind ``engine``: a ``GenaiLM`` or an ``OnnxCausalLM`` (both have ``stream``)."""
+    if choose_engine(folder, engine, device) == "genai":
+        return genai_runtime.GenaiLM(folder, device=device, threads=threads, cuda_graph=cuda_graph)
+    return OnnxCausalLM(folder, device=device, threads=threads)
+
+
+def describe(lm: Any) -> str:
+    """One line for stderr: which loop runs the export, and where."""
+    loop = "onnxruntime-genai" if isinstance(lm, genai_runtime.GenaiLM) else "lambda-bake's ONNX Runtime loop"
+    return f"{loop} on {lm.device}"
+
+
+def stream_reply(lm: Any, chat: ChatTokenizer, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+    """The greedy reply to ``messages`` as text pieces, printed as the tokens arrive, up to the end of turn."""
+    eos = chat.eos_ids()
+    tokens = (int(step[0]) for step in lm.stream([chat.prompt_ids(messages)], max_new_tokens, eos, min(eos)))
+    return chat.stream_text(tokens, stop=eos)
