@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Export time and generation speed: hooked PyTorch, baked PyTorch, and ONNX Runtime dense/pruned/ragged.
+"""Generation speed of our ONNX exports against other people's tools, in one run on one machine.
 
-On the random-weight Qwen3-0.6B architecture (see bench_inputs.py), for each cut in --fractions:
-bake dense and pruned (bf16), export to ONNX (dense at the middle cut; pruned and ragged at every
-cut; with --onnx-quantize also weight-quantized dense and ragged at the middle cut), then time
-prefill of a --prompt-len prompt and --new-tokens greedy decode steps through the KV cache, for
-every batch size in --batches. Tokens/s count batch x tokens; each figure is the best of --repeats
-runs. Each configuration is loaded, measured and freed in turn, in one process, so all figures come
-from the same run.
+On the random-weight Qwen3-0.6B architecture (see bench_inputs.py): bake dense and pruned (bf16)
+at each cut in --fractions, export them for each --targets graph (dense as-is at the middle cut,
+ragged at every cut), and time prefill of a --prompt-len prompt plus --new-tokens greedy decode
+steps, for every batch size in --batches, under each --engines loop:
 
-    python scripts/bench_onnx.py --workdir /tmp/lambda-bake-bench --json docs/bench_onnx.json
+- ``ort``: lambda-bake's own loop over ONNX Runtime (export/runtime.py, IO binding);
+- ``genai``: onnxruntime-genai's C++ loop (the export's genai_config.json as written);
+
+and, as yardsticks, onnxruntime-genai's own model builder's graph of the same dense bake
+(``python -m onnxruntime_genai.models.builder -i BAKE -o OUT -p fp32|fp16|int4 -e cpu|cuda``) run by
+onnxruntime-genai, and transformers' eager PyTorch (hooked reference and baked checkpoint). On CUDA
+(--device cuda), genai runs are repeated with CUDA-graph capture (--cuda-graph).
+
+Tokens/s count batch x tokens. Configurations are measured in --rounds rounds, each loading every
+configuration in turn (so a neighbour's load hits all alike); each figure is the best round.
+
+    python scripts/bench_onnx.py --workdir /tmp/bench --targets portable cpu --engines ort genai --builder \\
+        --json docs/bench/bench_onnx.json
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ import inspect
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,14 +47,22 @@ from bake.gates import load_variant  # noqa: E402
 from bake.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
 from bake.reference import load_hooked_model  # noqa: E402
 from export.exporter import export_onnx  # noqa: E402
-from export.runtime import OnnxCausalLM, position_ids  # noqa: E402
+from export.runtime import OnnxCausalLM  # noqa: E402
 
 Timing = dict[str, float]
+BUILDER_PRECISION = {("float32", "none"): "fp32", ("float16", "none"): "fp16", ("float32", "int4"): "int4",
+                     ("float16", "int4"): "int4"}
 
 
 def prompt_ids(batch: int, length: int, vocab: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(10, vocab, size=(batch, length), dtype=np.int64)
+
+
+def rates(shape: tuple[int, ...], new_tokens: int, prefill: float, decode: float) -> Timing:
+    batch, length = shape
+    return {"prefill_s": prefill, "prefill_tok_s": batch * length / prefill,
+            "decode_s": decode, "decode_tok_s": batch * new_tokens / decode}
 
 
 def time_torch(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
@@ -63,58 +82,91 @@ def time_torch(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
     return rates(ids.shape, new_tokens, prefill, decode)
 
 
-def time_onnx(lm: OnnxCausalLM, ids: np.ndarray, new_tokens: int) -> Timing:
-    """Prefill and greedy decode through the ONNX graph's KV cache (IO binding)."""
-    mask = np.ones_like(ids)
+def time_ort(lm: OnnxCausalLM, ids: np.ndarray, new_tokens: int) -> Timing:
+    """Prefill and greedy decode in lambda-bake's loop (IO binding, cache on the device)."""
+    batch, length = ids.shape
+    cache = lm.new_cache(batch, length + new_tokens)
+    valid, ones = np.full(batch, length), np.ones(batch, np.int64)
     start = time.perf_counter()
-    logits, past = lm.step(ids, mask, position_ids(mask), lm.empty_past(len(ids)))
+    logits = lm.last_rows(lm.forward(ids, valid, cache), valid)
     prefill = time.perf_counter() - start
-    pos = position_ids(mask)[:, -1:]
     start = time.perf_counter()
     for _ in range(new_tokens):
-        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], axis=1)
-        pos = pos + 1
-        logits, past = lm.step(token, mask, pos, past)
+        token = logits.argmax(-1)[:, None].astype(np.int64)
+        logits = lm.last_rows(lm.forward(token, ones, cache), ones)
     decode = time.perf_counter() - start
     return rates(ids.shape, new_tokens, prefill, decode)
 
 
-def rates(shape: tuple[int, ...], new_tokens: int, prefill: float, decode: float) -> Timing:
-    batch, length = shape
-    return {"prefill_s": prefill, "prefill_tok_s": batch * length / prefill,
-            "decode_s": decode, "decode_tok_s": batch * new_tokens / decode}
+def load_genai(folder: Path, device: str, cuda_graph: bool) -> Any:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    if device == "cuda":
+        config.append_provider("cuda")
+        config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
+    return og.Model(config)
 
 
-def measure(name: str, load: Callable[[], Any], run: Callable[[Any, np.ndarray, int], Timing],
-            batches: list[int], args: argparse.Namespace, vocab: int) -> dict[str, Any]:
+def time_genai(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
+    """Prefill (append_tokens) and greedy decode (generate_next_token) in onnxruntime-genai's loop."""
+    import onnxruntime_genai as og
+
+    batch, length = ids.shape
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=length + new_tokens, min_length=length + new_tokens, do_sample=False,
+                              batch_size=batch)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(ids.astype(np.int32))
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        generator.generate_next_token()
+    decode = time.perf_counter() - start
+    return rates(ids.shape, new_tokens, prefill, decode)
+
+
+def measure_once(load: Callable[[], Any], run: Callable[[Any, np.ndarray, int], Timing], batches: list[int],
+                 args: argparse.Namespace, vocab: int) -> dict[str, Timing]:
     model = load()
-    out: dict[str, Any] = {}
     run(model, prompt_ids(1, 8, vocab), 2)  # warm-up: first-run allocations and kernel selection
-    for b in batches:
-        tries = [run(model, prompt_ids(b, args.prompt_len, vocab), args.new_tokens) for _ in range(args.repeats)]
-        t = {k: (min if k.endswith("_s") and not k.endswith("tok_s") else max)(x[k] for x in tries) for k in tries[0]}
-        out[f"batch{b}"] = t
-        print(f"{name:<34} batch {b}: prefill {t['prefill_tok_s']:8.1f} tok/s  decode {t['decode_tok_s']:7.2f} tok/s",
-              file=sys.stderr, flush=True)
+    out = {f"batch{b}": run(model, prompt_ids(b, args.prompt_len, vocab), args.new_tokens) for b in batches}
     del model
     gc.collect()
+    return out
+
+
+def best(rounds: list[dict[str, Timing]]) -> dict[str, Timing]:
+    """Per batch size, the round with the fastest decode."""
+    return {b: max((r[b] for r in rounds), key=lambda t: t["decode_tok_s"]) for b in rounds[0]}
+
+
+def builder_export(bake: Path, out: Path, precision: str, device: str) -> Path:
+    """onnxruntime-genai's model builder on our bake (its own graph, genai_config.json and tokenizer)."""
+    if not (out / "genai_config.json").exists():
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(bake), "-o", str(out),
+                        "-p", precision, "-e", device], check=True, stdout=subprocess.DEVNULL)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lambda-bake-bench"))
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per configuration; the best is kept")
-    ap.add_argument("--torch-dtypes", nargs="+", default=["bfloat16", "float32"])
-    ap.add_argument("--fp16-dense", action=argparse.BooleanOptionalAction, default=True,
-                    help="also export the middle cut's dense model in float16")
-    ap.add_argument("--onnx-quantize", choices=("none", "int4", "int8"), default="none",
-                    help="also export and time the middle cut's dense and ragged models with these weights")
+    ap.add_argument("--rounds", type=int, default=2, help="measurement rounds; the best is kept")
+    ap.add_argument("--targets", nargs="+", default=["portable", "cpu"], help="export targets (graphs) to time")
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="export dtype")
+    ap.add_argument("--quantize", choices=("none", "int4", "int8"), default="none", help="export weights")
+    ap.add_argument("--engines", nargs="+", choices=("ort", "genai"), default=["ort", "genai"])
+    ap.add_argument("--builder", action="store_true", help="also onnxruntime-genai's builder graph of the dense bake")
+    ap.add_argument("--cuda-graph", action="store_true", help="--device cuda: also genai runs with CUDA graphs")
+    ap.add_argument("--torch-dtypes", nargs="*", default=["bfloat16"], help="transformers eager runs (none: skip)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base, gates = ensure_inputs(args.workdir)
@@ -122,49 +174,59 @@ def main() -> None:
     vocab = json.loads((base / "config.json").read_text())["vocab_size"]
     mid = sorted(args.fractions)[len(args.fractions) // 2]
     report: dict[str, Any] = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "settings": vars(args) | {"workdir": str(args.workdir), "json": None}, "exports": {}, "runs": {},
         "sizes": {},
     }
-    onnx_runs: list[tuple[str, Path]] = []
+    configs: dict[str, tuple[Callable[[], Any], Callable[..., Timing]]] = {}
+    suffix = f"{args.dtype}{'' if args.quantize == 'none' else ' ' + args.quantize}"
     for f in args.fractions:
         settings = GateSettings(Cut("off_fraction", f), "hard", v.scale_mode or "energy")
-        for layout in ("dense", "pruned"):
-            out = args.workdir / f"{layout}-{f}"
-            m = bake_checkpoint(base, v, settings, out, BakeOptions(layout=layout, overwrite=True, progress=False))
-            report["sizes"][f"{f}"] = m["sizes"]
-        plans = [("pruned", "as-is", f"pruned-{f}", "float32", "none"),
-                 ("dense", "ragged", f"ragged-{f}", "float32", "none")]
-        if f == mid:
-            plans.insert(0, ("dense", "as-is", f"dense-{f}", "float32", "none"))
-            if args.fp16_dense:
-                plans.insert(1, ("dense", "as-is", f"dense-fp16-{f}", "float16", "none"))
-            if args.onnx_quantize != "none":
-                q = args.onnx_quantize
-                plans += [("dense", "as-is", f"dense-{q}-{f}", "float32", q),
-                          ("dense", "ragged", f"ragged-{q}-{f}", "float32", q)]
-        for src, layout, name, dtype, quantize in plans:
-            start = time.perf_counter()
-            export_onnx(args.workdir / f"{src}-{f}", args.workdir / f"onnx-{name}", layout=layout, dtype=dtype,
-                        quantize=quantize, overwrite=True, progress=False)
-            report["exports"][name] = {"seconds": time.perf_counter() - start}
-            print(f"export {name}: {report['exports'][name]['seconds']:.1f} s", file=sys.stderr, flush=True)
-            onnx_runs.append((f"onnx {name.removesuffix(f'-{f}').replace('-', ' ')} @ {f} off",
-                              args.workdir / f"onnx-{name}"))
+        bake = args.workdir / f"dense-{f}"
+        report["sizes"][f"{f}"] = bake_checkpoint(base, v, settings, bake, BakeOptions(overwrite=True,
+                                                                                      progress=False))["sizes"]
+        for target in args.targets:
+            for layout in (("as-is", "ragged") if f == mid else ("ragged",)):
+                name = f"{target} {'dense' if layout == 'as-is' else 'ragged'} {suffix} @ {f} off"
+                folder = args.workdir / f"onnx-{target}-{layout}-{args.dtype}-{args.quantize}-{f}"
+                start = time.perf_counter()
+                export_onnx(bake, folder, target=target, layout=layout, dtype=args.dtype, quantize=args.quantize,
+                            device=args.device, overwrite=True, progress=False)
+                report["exports"][name] = {"seconds": time.perf_counter() - start}
+                for engine in args.engines:
+                    if engine == "ort":
+                        configs[f"ours/ort-loop {name}"] = (
+                            lambda folder=folder: OnnxCausalLM(folder, device=args.device), time_ort)
+                    for graph in (False, True) if engine == "genai" and args.cuda_graph else (False,):
+                        if engine == "genai":
+                            label = f"ours/genai{'+cudagraph' if graph else ''} {name}"
+                            configs[label] = (lambda folder=folder, graph=graph: load_genai(folder, args.device, graph),
+                                              time_genai)
+    if args.builder:
+        precision = BUILDER_PRECISION[(args.dtype, args.quantize)]
+        start = time.perf_counter()
+        folder = builder_export(args.workdir / f"dense-{mid}", args.workdir / f"builder-{precision}-{args.device}",
+                                precision, args.device)
+        report["exports"]["builder"] = {"seconds": time.perf_counter() - start}
+        for graph in (False, True) if args.cuda_graph else (False,):
+            configs[f"builder/genai{'+cudagraph' if graph else ''} dense {precision} @ {mid} off"] = (
+                lambda folder=folder, graph=graph: load_genai(folder, args.device, graph), time_genai)
     scale = compute_gates(v.logits, GateSettings(Cut("off_fraction", mid), "hard", v.scale_mode or "energy")).scale
     for dtype_name in args.torch_dtypes:
         dtype = getattr(torch, dtype_name)
-        report["runs"][f"torch hooked eager {dtype_name}"] = measure(
-            f"torch hooked eager {dtype_name}", lambda dtype=dtype: load_hooked_model(base, scale, dtype), time_torch,
-            args.batches, args, vocab)
-        report["runs"][f"torch baked dense {dtype_name}"] = measure(
-            f"torch baked dense {dtype_name}", lambda dtype=dtype: _plain(args.workdir / f"dense-{mid}", dtype), time_torch,
-            args.batches, args, vocab)
-    for name, folder in onnx_runs:
-        report["runs"][name] = measure(name, lambda folder=folder: OnnxCausalLM(folder, device="cpu"), time_onnx,
-                                       args.batches, args, vocab)
-    print_summary(report, mid, args.batches)
+        configs[f"torch hooked eager {dtype_name}"] = (
+            lambda dtype=dtype: load_hooked_model(base, scale, dtype).to(args.device), time_torch)
+        configs[f"torch baked dense {dtype_name}"] = (
+            lambda dtype=dtype: _plain(args.workdir / f"dense-{mid}", dtype).to(args.device), time_torch)
+    rounds: dict[str, list[dict[str, Timing]]] = {name: [] for name in configs}
+    for r in range(args.rounds):
+        for name, (load, run) in configs.items():
+            rounds[name].append(measure_once(load, run, args.batches, args, vocab))
+            cells = "  ".join(f"b{b} decode {rounds[name][-1][f'batch{b}']['decode_tok_s']:8.2f}" for b in args.batches)
+            print(f"round {r + 1} {name:<58} {cells}", file=sys.stderr, flush=True)
+    report["runs"] = {name: best(rs) for name, rs in rounds.items()}
+    report["all_rounds"] = rounds
+    print_summary(report, args.batches)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -175,43 +237,21 @@ def _plain(folder: Path, dtype: torch.dtype) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
 
 
-def print_summary(report: dict[str, Any], mid: float, batches: list[int]) -> None:
-    print(f"\n{'configuration':<34} " + " ".join(f"{'b' + str(b) + ' prefill':>12} {'b' + str(b) + ' decode':>11}"
+def print_summary(report: dict[str, Any], batches: list[int]) -> None:
+    runs = report["runs"]
+    print(f"\n{'configuration':<60} " + " ".join(f"{'b' + str(b) + ' prefill':>12} {'b' + str(b) + ' decode':>11}"
                                                   for b in batches))
-    for name, r in report["runs"].items():
+    for name, r in runs.items():
         cells = [f"{r[f'batch{b}']['prefill_tok_s']:12.1f} {r[f'batch{b}']['decode_tok_s']:11.2f}" for b in batches]
-        print(f"{name:<34} " + " ".join(cells))
-    hooked = {k: v for k, v in report["runs"].items() if k.startswith("torch hooked")}
-    if hooked:
-        print("\nONNX decode speed over the hooked PyTorch eager model (batch 1 / batch 8):")
-        for name, r in report["runs"].items():
-            if not name.startswith("onnx"):
-                continue
-            parts = []
-            for hooked_name, h in hooked.items():
-                ratio = "/".join(f"x{r[f'batch{b}']['decode_tok_s'] / h[f'batch{b}']['decode_tok_s']:.2f}"
-                                 for b in batches)
-                parts.append(f"{hooked_name.split()[-1]} {ratio}")
-            print(f"  {name:<30} vs " + ", ".join(parts))
-    dense = report["runs"].get(f"onnx dense @ {mid} off")
-    if dense is None:
-        return
-    print("\nspeedup over ONNX dense (decode, batch 1) vs what the size reduction predicts:")
-    sizes = report["sizes"]
-    for name, r in report["runs"].items():
-        if not name.startswith(("onnx pruned", "onnx ragged", "onnx dense int")):
-            continue
-        speed = r["batch1"]["decode_tok_s"] / dense["batch1"]["decode_tok_s"]
-        if name.split(" @")[0].endswith(("int4", "int8")):  # smaller weights, same parameter count
-            print(f"  {name:<30} decode x{speed:.2f}   (weight-only quantized)")
-            continue
-        f = name.split("@ ")[1].split(" ")[0]
-        layout = "pruned" if "pruned" in name else "ragged"
-        s = sizes[f]
-        params = s["dense"]["params"] / s[layout]["params"]
-        flops = s["dense"]["mlp_flops_per_token"] / s[layout]["mlp_flops_per_token"]
-        print(f"  {name:<30} decode x{speed:.2f}   params x{params:.2f}   MLP FLOPs x{flops:.2f}   "
-              f"achieved {(speed - 1) / (params - 1):.0%} of the params-predicted gain")
+        print(f"{name:<60} " + " ".join(cells))
+    yardsticks = [n for n in runs if n.startswith(("builder/genai ", "torch baked"))]
+    for ref in yardsticks:
+        print(f"\ndecode speed over {ref} ({' / '.join(f'batch {b}' for b in batches)}):")
+        for name, r in runs.items():
+            if name.startswith("ours/"):
+                ratios = " / ".join(f"x{r[f'batch{b}']['decode_tok_s'] / runs[ref][f'batch{b}']['decode_tok_s']:.2f}"
+                                    for b in batches)
+                print(f"  {name:<58} {ratios}")
 
 
 if __name__ == "__main__":
