@@ -6,17 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import plots
 from ..base_model import open_base_model
 from ..gate_report import inspect_report
 from ..gates import ALL_VARIANTS, load_variant, variant_folders
 from ..pipeline import DEFAULT_PAD_MULTIPLE
 from .common import add_output_args, say
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Show a gate variant: neuron count, sigmoid statistics, scale mode, and for every selected
 threshold the off-fraction it really gives, the off count per layer and what a pruned bake would
 keep (kept width per layer, padded common width). With a folder of variants and no --variant (or
 --variant all), every variant is shown.
+
+--plot FILE.png|FILE.svg draws the same numbers as one figure: a column per variant with the share
+of neurons switched off per layer at each threshold, the per-layer lambda quantiles, and the kept
+neurons per layer against the pruned layout's padded width. It needs matplotlib:
+{plots.INSTALL_HINT}.
 
 Flat gate files need the layer count: give --base (recommended) or --num-layers (default 28,
 Qwen3-0.6B).
@@ -33,17 +39,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,
                    help="extra thresholds to evaluate besides the selected ones")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a figure (.png or .svg)")
+    p.add_argument("--plot-size", type=_size, metavar="WxH",
+                   help="figure size in pixels (default: 120 + 420 per variant, at least 800, by 1300)")
     add_output_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        plots.plot_format(args.plot)  # refuse a bad --plot before the work
+        plots.require_matplotlib()
     shape: dict[str, int | None] = {"num_layers": args.num_layers, "intermediate_size": None}
     if args.base:
         base = open_base_model(Path(args.base))
         shape = {"num_layers": base.num_layers, "intermediate_size": base.intermediate_size}
     folders = variant_folders(Path(args.gates), args.variant or ALL_VARIANTS)
     report = inspect_report([load_variant(f, **shape) for f in folders], args.pad_multiple, args.thresholds or [])
+    if args.plot:
+        write_plot(report, args.plot, args.plot_size)
     if args.json:
         from ..cli import emit_json
 
@@ -52,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         for r in report["variants"]:
             print_report(r)
     return 0
+
+
+def write_plot(report: dict[str, Any], path: Path, size: tuple[int, int] | None) -> None:
+    """Draw the inspect report (the dict --json prints) to ``path``."""
+    size = size or plots.inspect_size(report)
+    plots.write_figure(plots.inspect_figure(report, size), path)
+    say(f"figure: {path} ({size[0]}x{size[1]} px)")
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -69,3 +90,9 @@ def print_report(r: dict[str, Any]) -> None:
         say(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
         say(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
 
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return plots.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
