@@ -41,6 +41,10 @@ class ManifestMismatch(BakeError):
     """A baked folder's manifest does not match the gates or base given on the command line."""
 
 
+class PlotError(BakeError):
+    """A figure cannot be written as asked (file type, folder, or the [plot] extra not installed)."""
+
+
 class HubError(BakeError):
     """A Hub repo could not be resolved or uploaded (offline, not cached, no token, ...)."""
 

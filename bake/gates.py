@@ -22,6 +22,7 @@ from .errors import GateFileError
 from .json_files import read_json
 
 GATE_FILENAMES = ("lambda_logits.pt", "lambda_logits.safetensors")
+ALL_VARIANTS = "all"  # --variant all: every variant in a folder of variants
 _LAYER_KEY = re.compile(r"layers?[._](\d+)")
 
 
@@ -83,6 +84,15 @@ def find_variant_folder(gates: Path, variant: str | None = None) -> Path:
     if variant not in names:
         raise GateFileError(f"unknown variant {variant!r} in {gates}; the variants there are: {', '.join(names)}")
     return gates / variant
+
+
+def variant_folders(gates: Path, variant: str | None) -> list[Path]:
+    """The variant folders ``--gates``/``--variant`` name; ``--variant all`` is every variant under ``gates``."""
+    if variant != ALL_VARIANTS:
+        return [find_variant_folder(gates, variant)]
+    gates = Path(gates)
+    names = list_variants(gates) if gates.is_dir() and _find_gate_file(gates) is None else []
+    return [gates / name for name in names] or [find_variant_folder(gates)]
 
 
 def load_variant(

@@ -25,5 +25,11 @@ def layout_sizes(
         "pruned": entry(layers * padded) | {"intermediate_size": padded},
         "ragged": entry(kept) | {"widths": list(kept_per_layer)},
     }
-    out["pruned_padding_overhead"] = (layers * padded - kept) / kept if kept else None
+    out["pruned_padding_overhead"] = padding_overhead(kept_per_layer, padded)
     return out
+
+
+def padding_overhead(kept_per_layer: list[int], padded: int) -> float | None:
+    """Zero neurons the pruned layout adds, as a share of the neurons kept (None when none is kept)."""
+    kept = sum(kept_per_layer)
+    return (len(kept_per_layer) * padded - kept) / kept if kept else None

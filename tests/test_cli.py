@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bake.cli import build_parser, main
+from bake.demo_assets import write_gate_folder
 from bake.gates import load_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +86,31 @@ def test_inspect_json_gives_real_off_fractions_and_pruned_widths(tiny_gates: Pat
         assert row["kept_per_layer"] == kept
         assert row["off_fraction"] == pytest.approx(float((lam < t).float().mean()))
         assert row["pruned_width"] == -(-max(kept) // 8) * 8
+        assert row["off_share_per_layer"] == [(128 - k) / 128 for k in kept]
+        assert row["padding_neurons"] == 4 * row["pruned_width"] - sum(kept)
+        assert row["padding_overhead"] == pytest.approx(row["padding_neurons"] / sum(kept))
     assert [round(row["off_fraction"], 2) for row in r["thresholds"]] == [0.05, 0.25, 0.5, 0.75, 0.95]
+    assert r["lambda_quantiles"]["levels"] == [0.05, 0.25, 0.5, 0.75, 0.95]
+    expected = np.quantile(lam.numpy(), [0.05, 0.25, 0.5, 0.75, 0.95], axis=1).T  # [layer, level]
+    assert np.allclose(r["lambda_quantiles"]["per_layer"], expected, rtol=1e-6, atol=0)
+
+
+def test_inspect_variant_all_is_every_variant_and_a_name_is_one(tiny_gates: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def variants(gates: Path, extra: list[str]) -> list[str]:
+        code, out, err = run_cli(["inspect", "--gates", str(gates), "--num-layers", "4", "--json", *extra], capsys)
+        assert code == 0, err
+        return [v["variant"] for v in json.loads(out)["variants"]]
+
+    every = ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"]
+    assert variants(tiny_gates, ["--variant", "all"]) == every
+    assert variants(tiny_gates, []) == every
+    assert variants(tiny_gates, ["--variant", "chat_mean"]) == ["chat_mean"]
+    assert variants(tiny_gates / "chat_energy", ["--variant", "all"]) == ["chat_energy"]
+    only = write_gate_folder(tmp_path / "one" / "chat_mean", torch.zeros(4, 128), scale_mode="mean").parent
+    assert variants(only, ["--variant", "all"]) == ["chat_mean"]
+    code, _, err = run_cli(["inspect", "--gates", str(tmp_path), "--variant", "all"], capsys)
+    assert code == 2 and f"no gate file in {tmp_path}" in err
 
 
 def test_demo_runs_offline_and_every_bake_matches(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,18 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import plots
 from ..base_model import open_base_model
-from ..fold import padded_width
-from ..gate_math import Cut, GateSettings, compute_gates, gate_values
-from ..gates import GateVariant, find_variant_folder, list_variants, load_variant
+from ..gate_report import inspect_report
+from ..gates import ALL_VARIANTS, load_variant, variant_folders
 from ..pipeline import DEFAULT_PAD_MULTIPLE
 from .common import add_output_args, say
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Show a gate variant: neuron count, sigmoid statistics, scale mode, and for every selected
 threshold the off-fraction it really gives, the off count per layer and what a pruned bake would
-keep (kept width per layer, padded common width). With a folder of variants and no --variant,
-every variant is shown.
+keep (kept width per layer, padded common width). With a folder of variants and no --variant (or
+--variant all), every variant is shown.
+
+--plot FILE.png|FILE.svg draws the same numbers as one figure: a column per variant with the share
+of neurons switched off per layer at each threshold, the per-layer lambda quantiles, and the kept
+neurons per layer against the pruned layout's padded width. It needs matplotlib:
+{plots.INSTALL_HINT}.
 
 Flat gate files need the layer count: give --base (recommended) or --num-layers (default 28,
 Qwen3-0.6B).
@@ -28,59 +33,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show gate statistics and what each threshold gives",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gates", required=True, help="gate variant folder, or a folder holding several variants")
-    p.add_argument("--variant", help="variant subfolder (default: all of them)")
+    p.add_argument("--variant", help=f"variant subfolder, or '{ALL_VARIANTS}' (the default): every variant")
     p.add_argument("--base", help="base model folder, to check the gate shape against it")
     p.add_argument("--num-layers", type=int, default=28, help="layer count for flat gate files without --base")
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,
                    help="extra thresholds to evaluate besides the selected ones")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a figure (.png or .svg)")
+    p.add_argument("--plot-size", type=_size, metavar="WxH",
+                   help="figure size in pixels (default: 120 + 420 per variant, at least 800, by 1300)")
     add_output_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    gates = Path(args.gates)
+    if args.plot:
+        plots.plot_format(args.plot)  # refuse a bad --plot before the work
+        plots.require_matplotlib()
     shape: dict[str, int | None] = {"num_layers": args.num_layers, "intermediate_size": None}
     if args.base:
         base = open_base_model(Path(args.base))
         shape = {"num_layers": base.num_layers, "intermediate_size": base.intermediate_size}
-    if args.variant is None and gates.is_dir() and len(list_variants(gates)) > 1:
-        folders = [gates / name for name in list_variants(gates)]
-    else:
-        folders = [find_variant_folder(gates, args.variant)]
-    reports = [describe_variant(load_variant(f, **shape), args.pad_multiple, args.thresholds or []) for f in folders]
+    folders = variant_folders(Path(args.gates), args.variant or ALL_VARIANTS)
+    report = inspect_report([load_variant(f, **shape) for f in folders], args.pad_multiple, args.thresholds or [])
+    if args.plot:
+        write_plot(report, args.plot, args.plot_size)
     if args.json:
         from ..cli import emit_json
 
-        emit_json({"variants": reports})
+        emit_json(report)
     else:
-        for r in reports:
+        for r in report["variants"]:
             print_report(r)
     return 0
 
 
-def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float]) -> dict[str, Any]:
-    """Statistics and, per threshold, the achieved off-fraction and pruned widths."""
-    lam = gate_values(v.logits)
-    rows = []
-    candidates = [(f"preset {i + 1}", t) for i, t in enumerate(v.selected_thresholds)]
-    candidates += [(f"threshold {t:g}", t) for t in extra]
-    for label, t in candidates:
-        g = compute_gates(v.logits, GateSettings(Cut("threshold", t), "hard", "none"))
-        kept = g.kept_per_layer
-        rows.append({
-            "label": label, "threshold": t, "off_fraction": g.off_fraction, "off_per_layer": g.off_per_layer,
-            "kept_per_layer": kept, "pruned_width": padded_width(kept, pad_multiple),
-        })
-    return {
-        "variant": v.name, "gate_file": str(v.gate_file), "sha256": v.sha256,
-        "num_layers": v.num_layers, "intermediate_size": v.intermediate_size, "num_neurons": int(lam.numel()),
-        "sigmoid_mean": float(lam.mean()), "sigmoid_std": float(lam.std()),
-        "sigmoid_min": float(lam.min()), "sigmoid_max": float(lam.max()),
-        "scale_mode": v.scale_mode, "scale_mode_source": v.scale_mode_source,
-        "knowledge_neurons_listed": v.knowledge_neurons, "below_0_5": int((lam < 0.5).sum()),
-        "pad_multiple": pad_multiple, "thresholds": rows,
-    }
+def write_plot(report: dict[str, Any], path: Path, size: tuple[int, int] | None) -> None:
+    """Draw the inspect report (the dict --json prints) to ``path``."""
+    size = size or plots.inspect_size(report)
+    plots.write_figure(plots.inspect_figure(report, size), path)
+    say(f"figure: {path} ({size[0]}x{size[1]} px)")
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -97,3 +89,10 @@ def print_report(r: dict[str, Any]) -> None:
             f"pruned width {row['pruned_width']} (pad {r['pad_multiple']})")
         say(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
         say(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return plots.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
