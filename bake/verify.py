@@ -197,6 +197,9 @@ class OnnxCandidate:
 
 def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
     """An export folder as a candidate; a quantized export is judged by its weight type (int4, int8)."""
+    from export.install import require_onnxruntime
+
+    require_onnxruntime()
     from export.runtime import OnnxCausalLM
 
     model = OnnxCausalLM(folder, device=device)

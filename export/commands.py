@@ -89,6 +89,9 @@ def register_export(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
+    from .install import require_onnxruntime
+
+    require_onnxruntime()
     from .exporter import export_onnx
 
     report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
@@ -141,6 +144,9 @@ def _positive_int(text: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .install import require_onnxruntime
+
+    require_onnxruntime()
     from .chat import ChatTokenizer
     from .engines import describe, open_engine, stream_reply
 

@@ -17,6 +17,7 @@ from bake.errors import ExportError
 
 from . import genai_runtime
 from .chat import ChatTokenizer, Messages
+from .install import CPU_INSTALL, GPU_INSTALL
 from .options import ENGINES
 from .runtime import OnnxCausalLM, pick_device, read_export_folder
 
@@ -26,8 +27,8 @@ def choose_engine(folder: Path, engine: str, device: str) -> str:
     if engine not in ENGINES:
         raise ExportError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "genai" and not genai_runtime.available():
-        raise ExportError("--engine genai: onnxruntime-genai is not installed; pip install onnxruntime-genai "
-                          "(onnxruntime-genai-cuda on a GPU), or use --engine ort")
+        raise ExportError(f"--engine genai: onnxruntime-genai is not installed; {CPU_INSTALL} ({GPU_INSTALL} on a "
+                          "GPU), or use --engine ort")
     if engine != "auto":
         return engine
     if not genai_runtime.available():

@@ -17,6 +17,7 @@ import numpy as np
 from bake.errors import ExportError
 
 from .genai_config import GENAI_FILE
+from .install import GPU_INSTALL, mixed_install_hint
 from .runtime import pick_device, read_export_folder
 
 
@@ -44,8 +45,8 @@ class GenaiLM:
                               "(it writes one into every export), or run with --engine ort")
         self.device = pick_device(device)
         if self.device == "cuda" and not cuda_available():
-            raise ExportError("onnxruntime-genai here is the CPU package; install onnxruntime-genai-cuda "
-                              "(pip install 'lambda-bake[gpu]') or use --device cpu")
+            raise ExportError(f"onnxruntime-genai here is the CPU package; {GPU_INSTALL} or use --device cpu."
+                              f"{mixed_install_hint()}")
         if self.io["target"] == "cuda" and self.device == "cpu":
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; "
                               "run it on a GPU, or export again with --target cpu for the CPU")

@@ -25,6 +25,8 @@ import onnxruntime as ort
 from bake.errors import ExportError
 from bake.json_files import read_json
 
+from .install import GPU_INSTALL, mixed_install_hint
+
 # The export folder format (written by export.exporter).
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -68,8 +70,8 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda else "cpu"
     if device == "cuda" and not has_cuda:
-        raise ExportError("--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
-                          "(pip install 'lambda-bake[gpu]') or use --device cpu")
+        raise ExportError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider; {GPU_INSTALL} or use "
+                          f"--device cpu.{mixed_install_hint()}")
     if device not in ("cpu", "cuda"):
         raise ExportError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return device

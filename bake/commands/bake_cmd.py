@@ -116,6 +116,9 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
 def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     """Export the finished checkpoint into its onnx/ subfolder; return the added file names."""
 
+    from export.install import require_onnxruntime
+
+    require_onnxruntime()
     from export.exporter import check_export_options, export_into
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
