@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.commands.common import add_output_args, say
+from bake.paths import EXPORT_FOLDER, MODEL_FOLDER, path_arg
 
 from .exporter import EXPORT_DTYPES, LAYOUTS, QUANTIZATIONS, export_onnx
 
@@ -43,7 +44,8 @@ def register_export(sub: Any) -> None:
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, type=Path, help="baked (or base) Qwen3 model folder")
+    p.add_argument("--model", required=True, type=path_arg("folder", MODEL_FOLDER),
+                   help="baked (or base) Qwen3 model folder")
     p.add_argument("--out", required=True, type=Path, help="export folder to create")
     p.add_argument("--dtype", default="float32", choices=[*EXPORT_DTYPES, "bfloat16"],
                    help="weight and activation dtype (default float32; bfloat16 is refused: no ORT CPU kernels)")
@@ -92,7 +94,7 @@ def register_generate(sub: Any) -> None:
             "the reply. Uses CUDA when onnxruntime-gpu provides it, else the CPU."
         ),
     )
-    p.add_argument("--onnx", required=True, type=Path, help="folder written by lambda-bake export")
+    p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER), help="folder written by lambda-bake export")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")

@@ -43,7 +43,7 @@ def copy_base(tiny_base: Path, tmp_path: Path) -> Path:
     ("truncated", "download it again"),
     ("nan", "NaN or infinite"),
     ("pickle", "refused to load"),
-    ("empty", "no gate file in"),
+    ("no gate file", "no gate file in"),
 ])
 def test_bad_gate_files_exit_2_and_write_nothing(tiny_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  case: str, message: str) -> None:
@@ -51,8 +51,9 @@ def test_bad_gate_files_exit_2_and_write_nothing(tiny_base: Path, tmp_path: Path
     logits = seed_gate_logits(4, 128, seed=1)
     if case == "count":
         write_gate_folder(folder, seed_gate_logits(5, 128, seed=1), scale_mode="mean")
-    elif case == "empty":
+    elif case == "no gate file":
         folder.mkdir()
+        (folder / "gate_stats.json").write_text("{}")
     else:
         write_gate_folder(folder, logits, scale_mode="mean")
         pt = folder / "lambda_logits.pt"

@@ -14,7 +14,15 @@ from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
 from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
 from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
-from .common import add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say, settings_from_args
+from .common import (
+    BASE_ARG,
+    add_gate_args,
+    add_output_args,
+    format_layer_counts,
+    load_base_and_gates,
+    say,
+    settings_from_args,
+)
 from .verify_cmd import add_budget_args, options_from_args
 
 DESCRIPTION = """\
@@ -35,7 +43,7 @@ example:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bake", help="fold gates into a base model and write a checkpoint",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
+    p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
     add_hub_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
