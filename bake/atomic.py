@@ -131,8 +131,9 @@ def repair(dest: Path) -> None:
     """Undo what an interrupted run for ``dest`` left behind (call with its lock held): put back a
     previous output it had set aside if the new one never arrived, and remove its temporary folders."""
     pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(tmp|old)-\d+$")
-    leftovers = [p for p in dest.parent.iterdir() if pattern.match(p.name)]
-    set_aside = sorted((p for p in leftovers if ".old-" in p.name), key=lambda p: p.stat().st_mtime_ns)
+    found = [(p, m.group(1)) for p in dest.parent.iterdir() if (m := pattern.match(p.name))]
+    leftovers = [p for p, _ in found]
+    set_aside = sorted((p for p, kind in found if kind == "old"), key=lambda p: p.stat().st_mtime_ns)
     if set_aside and not dest.exists():
         set_aside[-1].rename(dest)
         leftovers.remove(set_aside[-1])
@@ -150,11 +151,12 @@ def commit(tmp: Path, dest: Path, overwrite: bool) -> None:
         if e.errno not in (*NOT_EMPTY, errno.ENOTDIR):
             raise
         if dest.is_symlink() or not dest.is_dir():
-            raise OutputError(f"a file {dest} appeared while this run was writing; it was left untouched and this "
-                              "run wrote nothing. Choose another --out") from None
+            raise OutputError(f"a file appeared at {dest} while this run was writing; it was left untouched and "
+                              "this run wrote nothing. Choose another --out") from None
         if not overwrite:
-            raise OutputError(f"output folder {dest} appeared while this run was writing; it was left untouched and "
-                              "this run wrote nothing. Pass --overwrite to replace it, or choose another --out") from None
+            raise OutputError(f"another output appeared at {dest} while this run was writing; it was left untouched "
+                              "and this run wrote nothing. Pass --overwrite to replace it, or choose another --out"
+                              ) from None
     if exchange(tmp, dest):
         shutil.rmtree(tmp)  # now the previous output
         return

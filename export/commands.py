@@ -46,7 +46,8 @@ def register_export(sub: Any) -> None:
     )
     p.add_argument("--model", required=True, type=path_arg("folder", MODEL_FOLDER),
                    help="baked (or base) Qwen3 model folder")
-    p.add_argument("--out", required=True, type=Path, help="export folder to create")
+    p.add_argument("--out", required=True, type=Path,
+                   help="export folder: new, empty, or an earlier export to replace with --overwrite")
     p.add_argument("--dtype", default="float32", choices=[*EXPORT_DTYPES, "bfloat16"],
                    help="weight and activation dtype (default float32; bfloat16 is refused: no ORT CPU kernels)")
     p.add_argument("--layout", default="as-is", choices=LAYOUTS, help="MLP widths in the graph (default as-is)")

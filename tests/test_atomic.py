@@ -70,8 +70,8 @@ def another_program_writes(dest: Path) -> None:
     (dest / "theirs.txt").write_text("another output")
 
 
-APPEARED = ("error: output folder {out} appeared while this run was writing; it was left untouched and this run "
-            "wrote nothing. Pass --overwrite to replace it, or choose another --out")
+APPEARED = ("error: another output appeared at {out} while this run was writing; it was left untouched and this "
+            "run wrote nothing. Pass --overwrite to replace it, or choose another --out")
 LOCKED = "error: {out} is being written by another run (pid {pid}); wait for it to finish, or choose another --out"
 
 
@@ -125,6 +125,30 @@ def test_unsupported_exchange_falls_back_to_two_renames(tmp_path: Path, monkeypa
 
 
 # --------------------------------------------------------------------------- races (bake, export, sweep)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_that_appeared_is_never_replaced(tmp_path: Path, overwrite: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "out"
+    hold_commit(monkeypatch, lambda d: d.write_text("someone's file"))
+    with pytest.raises(OutputError) as e:
+        with atomic_output_dir(dest, overwrite=overwrite) as tmp:
+            (tmp / "ours.txt").write_text("new")
+    assert str(e.value) == (f"a file appeared at {dest} while this run was writing; it was left untouched and "
+                            "this run wrote nothing. Choose another --out")
+    assert listing(tmp_path) == ["out"] and dest.read_text() == "someone's file"
+
+
+def test_an_empty_out_filled_during_the_run_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()  # empty: accepted as --out without --overwrite
+    hold_commit(monkeypatch, lambda d: (d / "theirs.txt").write_text("another output"))
+    with pytest.raises(OutputError) as e:
+        with atomic_output_dir(dest) as tmp:
+            (tmp / "ours.txt").write_text("new")
+    assert "error: " + str(e.value) == APPEARED.format(out=dest)
+    assert listing(tmp_path) == ["out"] and listing(dest) == ["theirs.txt"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -312,6 +336,27 @@ def test_lock_is_released_and_removed_when_the_run_fails(tmp_path: Path) -> None
                     os.close(fd)
             raise RuntimeError("simulated")
     assert listing(tmp_path) == []
+
+
+def test_lock_file_replaced_under_a_waiting_run_is_locked_afresh(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder before us removes its lock file after we opened it: the lock must be on the new file."""
+    lock = tmp_path / ".out.lock"
+    real_flock = fcntl.flock
+    opened: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        opened.append(os.fstat(fd).st_ino)
+        if len(opened) == 1:  # the previous run releases (removes its file) and a third one creates a new file
+            lock.unlink()
+            lock.write_text("")
+        real_flock(fd, op)
+
+    monkeypatch.setattr(atomic.fcntl, "flock", flock)
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "ours.txt").write_text("new")
+        assert len(opened) == 2 and opened[1] == lock.stat().st_ino != opened[0]
+    assert listing(tmp_path) == ["out"]
 
 
 # --------------------------------------------------------------------------- a kill between the two renames

@@ -248,7 +248,8 @@ def test_killed_bake_leaves_destination_untouched_and_rerun_succeeds(tiny_base: 
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]  # destination untouched
     assert main(args) == 0
     assert not (out / "previous.txt").exists() and (out / "bake_manifest.json").exists()
-    assert not tmp_dir.exists()  # the killed run's leftovers are cleaned by the rerun
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []  # the killed run's temporary
+    # folder (and, after SIGKILL, its lock file) are cleaned up by the rerun
 
 
 def test_internal_error_exits_1(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
