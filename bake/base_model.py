@@ -10,6 +10,7 @@ import torch
 
 from .errors import BaseModelError
 from .json_files import read_json
+from .paths import MODEL_FOLDER, require
 from .tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
@@ -48,9 +49,7 @@ def mlp_name(layer: int, proj: str) -> str:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    if not Path(folder).is_dir():
-        raise BaseModelError(f"base model folder {folder} does not exist; give --base a local folder or a Hub id")
+    path = require(folder, "folder", MODEL_FOLDER, BaseModelError) / "config.json"
     if not path.is_file():
         raise BaseModelError(f"{folder} has no config.json; it is not a Hugging Face model folder")
     return read_json(path, BaseModelError, "download it again")

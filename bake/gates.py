@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from .errors import GateFileError
 from .json_files import read_json
+from .paths import GATE_FILE_SUFFIXES, GATES_PATH, require
 
 GATE_FILENAMES = ("lambda_logits.pt", "lambda_logits.safetensors")
 ALL_VARIANTS = "all"  # --variant all: every variant in a folder of variants
@@ -57,9 +58,7 @@ def list_variants(root: Path) -> list[str]:
 
 def find_variant_folder(gates: Path, variant: str | None = None) -> Path:
     """Resolve ``--gates`` (a variant folder, or a folder of variants) and ``--variant`` to one folder."""
-    gates = Path(gates)
-    if not gates.exists():
-        raise GateFileError(f"gate path {gates} does not exist; point --gates at a variant folder")
+    gates = require(gates, "folder", GATES_PATH, GateFileError, accept_files=GATE_FILE_SUFFIXES)
     if gates.is_file():
         if variant:
             raise GateFileError(f"--gates {gates} is a file; --variant only applies to a folder of variants")

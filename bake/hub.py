@@ -40,6 +40,7 @@ from .errors import BaseModelError, GateFileError, HubError
 from .gates import GATE_FILENAMES, list_variants
 from .json_files import read_json
 from .manifest import MANIFEST_NAME
+from .paths import BAKED_FOLDER, require
 
 # Everything a bake reads from a base repo, at the repo root only.
 BASE_ALLOW_PATTERNS = [
@@ -218,8 +219,7 @@ def push_folder(
 
 def upload_file_list(folder: Path) -> list[str]:
     """The files ``upload_folder`` sends from ``folder`` (relative POSIX paths, sorted)."""
-    if not Path(folder).is_dir():
-        raise HubError(f"{folder} is not a folder; give push the output folder of a bake")
+    require(folder, "folder", BAKED_FOLDER, HubError)
     paths = sorted(p.relative_to(folder).as_posix() for p in Path(folder).glob("**/*") if p.is_file())
     return list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
 
@@ -277,12 +277,19 @@ def _local_path(ref: str, revision: str | None, *, what: str, error: type[Except
         if revision:
             raise error(f"{ref} is a local {what} path; a revision applies only to Hub repo ids: drop it")
         return path
+    if not is_repo_id(ref):
+        raise error(f"{what} path {ref} does not exist (and it is not a Hub repo id like owner/name); "
+                    "check the path")
+    return None
+
+
+def is_repo_id(ref: str) -> bool:
+    """Whether ``ref`` has the form of a Hub repo id (owner/name or name)."""
     try:
         validate_repo_id(ref)
     except HFValidationError:
-        raise error(f"{what} path {ref} does not exist (and it is not a Hub repo id like owner/name); "
-                    "check the path") from None
-    return None
+        return False
+    return True
 
 
 def _variants_in(files: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from .gates import load_variant
 from .hub import resolve_base, resolve_gates
 from .manifest import MANIFEST_NAME, read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
+from .paths import PROMPTS_FILE, require
 from .reference import load_hooked_model
 
 Messages = list[dict[str, str]]
@@ -212,7 +213,7 @@ def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
 def read_prompts_file(path: Path) -> list[Messages | str]:
     """JSONL: each line a list of messages, an object with "messages", or a string; other lines are plain text."""
     prompts: list[Messages | str] = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(require(path, "file", PROMPTS_FILE).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:

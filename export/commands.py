@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.commands.common import add_output_args, say
+from bake.paths import EXPORT_FOLDER, MODEL_FOLDER, path_arg
 
 from .options import DEVICES, DTYPES, ENGINES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
@@ -75,8 +76,10 @@ def register_export(sub: Any) -> None:
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, type=Path, help="baked (or base) Qwen3 model folder")
-    p.add_argument("--out", required=True, type=Path, help="export folder to create")
+    p.add_argument("--model", required=True, type=path_arg("folder", MODEL_FOLDER),
+                   help="baked (or base) Qwen3 model folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="export folder: new, empty, or an earlier export to replace with --overwrite")
     add_graph_args(p)
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="execution provider the export is loaded and run on after writing (default auto: CUDA when "
@@ -122,7 +125,8 @@ def register_generate(sub: Any) -> None:
             "(CUDA; the cpu/cuda graphs on the CPU), else in lambda-bake's own ONNX Runtime loop."
         ),
     )
-    p.add_argument("--onnx", required=True, type=Path, help="folder written by lambda-bake export")
+    p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER),
+                   help="folder written by lambda-bake export")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from bake.errors import ExportError
 from bake.json_files import read_json
+from bake.paths import EXPORT_FOLDER, require
 
 from .install import GPU_INSTALL, mixed_install_hint
 
@@ -38,7 +39,7 @@ NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 def read_export_folder(folder: Path) -> dict[str, Any]:
     """Check that ``folder`` is a complete export (onnx_io.json, model, external data); return onnx_io."""
-    folder = Path(folder)
+    folder = require(folder, "folder", EXPORT_FOLDER, ExportError)
     io_path = folder / IO_FILE
     if not io_path.is_file():
         raise ExportError(f"{folder} is not a lambda-bake ONNX export (no {IO_FILE}); create one with lambda-bake export")

@@ -68,16 +68,23 @@ def rates(shape: tuple[int, ...], new_tokens: int, prefill: float, decode: float
 def time_torch(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
     """Prefill and greedy decode through transformers' KV cache (eager attention)."""
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    x = torch.from_numpy(ids)
+    x = torch.from_numpy(ids).to(next(model.parameters()).device)
+
+    def sync() -> None:
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
     with torch.no_grad():
         start = time.perf_counter()
         out = model(x, use_cache=True)
+        sync()
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(new_tokens):
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             cache = out.cache if cache_arg == "cache" else out.past_key_values
             out = model(token, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        sync()
         decode = time.perf_counter() - start
     return rates(ids.shape, new_tokens, prefill, decode)
 

@@ -134,10 +134,16 @@ def test_truncated_gate_file_says_download_again(tmp_path: Path, name: str) -> N
 
 def test_folder_lookup_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(GateFileError, match="no gate file in .*empty"):
+    with pytest.raises(GateFileError, match="empty is an empty folder; expected a gate variant folder"):
         find_variant_folder(tmp_path / "empty")
-    with pytest.raises(GateFileError, match="does not exist"):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("no gates here")
+    with pytest.raises(GateFileError, match="no gate file in .*other"):
+        find_variant_folder(tmp_path / "other")
+    with pytest.raises(GateFileError, match="nope does not exist; expected a gate variant folder"):
         find_variant_folder(tmp_path / "nope")
+    with pytest.raises(GateFileError, match=r"notes.txt is a file, not a folder; expected a gate variant folder"):
+        find_variant_folder(tmp_path / "other" / "notes.txt")
     for name in ("chat_mean", "chat_energy"):
         write_gate_folder(tmp_path / "root" / name, LOGITS, scale_mode=None)
     with pytest.raises(GateFileError, match="several variants; pick one with --variant: chat_energy, chat_mean"):

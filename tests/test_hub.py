@@ -276,6 +276,16 @@ def test_resolve_gates_offline_not_cached(offline_cache: Path) -> None:
         hub.resolve_gates(GATES_ID, "chat_*")
 
 
+def test_cli_takes_a_missing_owner_name_path_as_a_hub_id(seed_gates: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from bake.cli import main
+
+    code = main(["bake", "--base", "someone/missing-model", "--gates", str(seed_gates), "--variant", "chat_mean",
+                 "--preset", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    assert "'someone/missing-model' is not a local path, so it was taken as a Hub repo id" in capsys.readouterr().err
+
+
 def test_hub_revision_args() -> None:
     parser = argparse.ArgumentParser()
     hub.add_hub_args(parser)
@@ -419,7 +429,7 @@ def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path)
     (baked / "model.safetensors").unlink()
     with pytest.raises(HubError, match="not a model folder"):
         hub.push_folder(baked, "me/x", api=api)
-    with pytest.raises(HubError, match="is not a folder"):
+    with pytest.raises(HubError, match="nowhere does not exist; expected a baked model folder"):
         hub.push_folder(tmp_path / "nowhere", "me/x", api=api)
     with pytest.raises(HubError, match="not a Hub repo id"):
         hub.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)

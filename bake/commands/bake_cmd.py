@@ -17,7 +17,15 @@ from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
 from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
 from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
-from .common import add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say, settings_from_args
+from .common import (
+    BASE_ARG,
+    add_gate_args,
+    add_output_args,
+    format_layer_counts,
+    load_base_and_gates,
+    say,
+    settings_from_args,
+)
 from .verify_cmd import add_budget_args, options_from_args
 
 DESCRIPTION = """\
@@ -27,7 +35,9 @@ AutoModelForCausalLM.from_pretrained and needs no hooks.
 
 The cut is given by exactly one of --threshold, --off-fraction or --preset (not with
 --gate-mode soft). The achieved off-fraction is always reported. The output folder is written
-to a temporary sibling and moved into place only when complete.
+to a temporary sibling and moved into place only when complete; a second run aimed at the same
+folder meanwhile fails at once, and an output that appears there meanwhile is never replaced
+without --overwrite.
 
 example:
   lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant chat_energy_optA \\
@@ -38,10 +48,11 @@ example:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bake", help="fold gates into a base model and write a checkpoint",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
+    p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
     add_hub_args(p)
-    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: new, empty, or an earlier output to replace with --overwrite")
     p.add_argument("--layout", choices=LAYOUTS, default="dense",
                    help="dense: same shapes, off columns zero; pruned: off neurons removed, layers padded "
                         "to a common width")

@@ -12,11 +12,16 @@ from ..errors import CutError
 from ..gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from ..gates import GateVariant, load_variant
 from ..hub import resolve_base, resolve_gates
+from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
+
+# argparse types of --base and --gates where a Hub repo id is accepted too.
+BASE_ARG = path_arg("folder", MODEL_FOLDER, hub=True)
+GATES_ARG = path_arg("folder", GATES_PATH, hub=True, accept_files=GATE_FILE_SUFFIXES)
 
 
 def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True) -> None:
     """--gates/--variant, the cut, and the gate/scale modes."""
-    p.add_argument("--gates", required=gates_required,
+    p.add_argument("--gates", required=gates_required, type=GATES_ARG,
                    help="gate variant folder, a folder holding several variants, or a Hub repo id")
     p.add_argument("--variant", help="variant subfolder to use when --gates holds several (e.g. chat_energy_optA)")
     cut = p.add_mutually_exclusive_group()

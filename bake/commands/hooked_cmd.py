@@ -6,7 +6,7 @@ import argparse
 
 from ..gate_math import compute_gates
 from ..reference import load_hooked_model
-from .common import add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
+from .common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
 
 DESCRIPTION = """\
 Run the gates the way they were trained and published: the unmodified base model with a forward
@@ -19,7 +19,7 @@ the reply. Use it to see what a bake must reproduce; `lambda-bake verify` compar
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("hooked", help="generate with the hooked reference model (no bake)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
+    p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on the reply length")

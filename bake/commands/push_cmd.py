@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..cli import emit_json
 from ..hub import push_folder, upload_file_list
+from ..paths import BAKED_FOLDER, path_arg
 from .common import add_output_args
 
 
@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
             "the repo and the branch if needed. The token comes from HF_TOKEN or `hf auth login`."
         ),
     )
-    p.add_argument("folder", metavar="DIR", type=Path, help="baked model folder")
+    p.add_argument("folder", metavar="DIR", type=path_arg("folder", BAKED_FOLDER), help="baked model folder")
     p.add_argument("--repo-id", required=True, metavar="USER/NAME", help="target model repo")
     p.add_argument("--private", action="store_true",
                    help="create the repo private (an existing public repo is refused)")

@@ -12,6 +12,7 @@ from ..errors import BakeError, VerificationFailed
 from ..gate_math import GateSettings
 from ..manifest import read_manifest
 from ..metrics import CandidateResult, format_table
+from ..paths import BAKED_FOLDER, EXPORT_FOLDER, PROMPTS_FILE, path_arg
 from ..verify import (
     DEFAULT_PROMPTS,
     ReferenceSpec,
@@ -21,7 +22,7 @@ from ..verify import (
     torch_candidate,
     verify,
 )
-from .common import add_gate_args, add_output_args, cut_from_args, say
+from .common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
 
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
@@ -38,8 +39,9 @@ one fails.
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", type=Path, help="JSONL prompt file (messages lists or plain strings); "
-                                                "default: built-in chat prompts of mixed lengths")
+    p.add_argument("--prompts", type=path_arg("file", PROMPTS_FILE),
+                   help="JSONL prompt file (messages lists or plain strings); default: built-in chat prompts of "
+                        "mixed lengths")
     p.add_argument("--greedy-tokens", type=int, default=16, help="greedy continuation length to compare")
     p.add_argument("--max-rel-diff", type=float, help="budget: max |logit diff| / max |logit|")
     p.add_argument("--max-mean-kl", type=float, help="budget: mean KL(ref || candidate) per position")
@@ -50,9 +52,9 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check a baked model against the hooked reference",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baked", type=Path, help="baked checkpoint folder")
-    p.add_argument("--onnx", type=Path, help="ONNX export folder to check as well")
-    p.add_argument("--base", type=Path, help="base model (default: from the bake manifest)")
+    p.add_argument("--baked", type=path_arg("folder", BAKED_FOLDER), help="baked checkpoint folder")
+    p.add_argument("--onnx", type=path_arg("folder", EXPORT_FOLDER), help="ONNX export folder to check as well")
+    p.add_argument("--base", type=BASE_ARG, help="base model (default: from the bake manifest)")
     add_gate_args(p, gates_required=False)
     p.set_defaults(gate_mode=None, scale_mode=None, scale_scope=None)  # None: take the manifest's
     p.add_argument("--ignore-manifest", action="store_true",
@@ -84,7 +86,7 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
                             "(--threshold/--off-fraction/--preset) and --scale-mode")
         if args.scale_mode in (None, "auto"):
             raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
-        return ReferenceSpec(args.base, Path(args.gates), args.variant,
+        return ReferenceSpec(Path(args.base), Path(args.gates), args.variant,
                              GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer"))
     spec = spec_from_manifest(manifest)
     st = spec.settings
@@ -95,7 +97,7 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
         args.scale_scope or st.scale_scope,
     )
     return replace(
-        spec, base=args.base or spec.base, gates=Path(args.gates) if args.gates else spec.gates,
+        spec, base=Path(args.base) if args.base else spec.base, gates=Path(args.gates) if args.gates else spec.gates,
         variant=args.variant or spec.variant, settings=settings,
         gate_sha256=None if args.ignore_manifest else spec.gate_sha256,
     )
