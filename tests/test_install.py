@@ -31,3 +31,17 @@ def test_cpu_and_gpu_builds_together_are_named_with_the_repair(monkeypatch) -> N
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ExportError, match="no CUDAExecutionProvider.*repair with: pip uninstall -y onnxruntime"):
         runtime.pick_device("cuda")
+
+
+def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
+    """pyproject: the CPU and GPU builds are two extras; the base and the other extras pull in neither."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = lambda reqs: {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in reqs}  # noqa: E731
+    extras = project["optional-dependencies"]
+    runtimes = {"onnxruntime", "onnxruntime-genai", "onnxruntime-gpu", "onnxruntime-genai-cuda"}
+    assert not names(project["dependencies"]) & runtimes
+    assert names(extras["cpu"]) == {"onnxruntime", "onnxruntime-genai"}
+    assert names(extras["gpu"]) == {"onnxruntime-gpu", "onnxruntime-genai-cuda"}
+    assert "lambda-bake[cpu,plot]" in extras["test"] and not names(extras["test"]) & runtimes
