@@ -16,10 +16,10 @@ EXPORT_EPILOG = """\
 targets (the graph):
   portable  standard ONNX ops (opset 21): any ONNX runtime and execution provider, no position limit;
             logits at every position, position_ids input, KV cache concatenated each step
-  cpu       ONNX Runtime's fused kernels, the graph onnxruntime-genai runs fastest: GroupQueryAttention
-            with rotary inside and the KV cache written in place (one buffer per layer shared by
-            past/present), skip + RMSNorm fused, packed QKV and gate/up projections, logits of the
-            last token only; right-padded batches
+  cpu       (default) ONNX Runtime's fused kernels, the graph onnxruntime-genai runs fastest:
+            GroupQueryAttention with rotary inside and the KV cache written in place (one buffer per
+            layer shared by past/present), skip + RMSNorm fused, packed QKV and gate/up projections,
+            logits of the last token only; right-padded batches
   cuda      the cpu graph with the q/k RMSNorm fused into GroupQueryAttention (a CUDA-only kernel);
             needs --dtype float16; every node runs on the CUDA execution provider, so onnxruntime-genai
             can capture it as a CUDA graph (--cuda-graph)
@@ -50,7 +50,7 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     d = GRAPH_DEFAULTS
     p.add_argument(f"--{prefix}target", default=d["target"], choices=TARGETS,
                    help="graph to build: portable (standard ops), cpu or cuda (ONNX Runtime's fused kernels, "
-                        "in-place KV cache, the onnxruntime-genai graph); default portable")
+                        "in-place KV cache, the onnxruntime-genai graph); default cpu")
     p.add_argument(f"--{prefix}dtype", default=d["dtype"], choices=[*DTYPES, "bfloat16"],
                    help="weight and activation dtype (default float32; --target cuda needs float16; bfloat16 is "
                         "refused: no ONNX Runtime CPU kernels)")
@@ -121,8 +121,8 @@ def register_generate(sub: Any) -> None:
         description=(
             "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
             "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, printing "
-            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed and faster "
-            "(CUDA; the cpu/cuda graphs on the CPU), else in lambda-bake's own ONNX Runtime loop."
+            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed (for the "
+            "device), else in lambda-bake's own ONNX Runtime loop."
         ),
     )
     p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER),
@@ -132,8 +132,8 @@ def register_generate(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: the "
-                        "faster one that is installed)")
+                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: "
+                        "onnxruntime-genai when it is installed for the device, else ort)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime (default: one per core)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                    help="onnxruntime-genai on CUDA: capture the decoding step as a CUDA graph (default on)")

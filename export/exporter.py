@@ -33,7 +33,7 @@ from bake.manifest import MANIFEST_NAME
 
 from .genai_config import GENAI_FILE, genai_config
 from .onnx_builder import build_qwen3_model
-from .options import DEVICES, LAYOUTS, TARGETS
+from .options import DEVICES, GRAPH_DEFAULTS, LAYOUTS, TARGETS
 from .quantize import QuantSpec, quant_spec
 from .runtime import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, OnnxCausalLM, pick_device, session_options
 
@@ -44,7 +44,7 @@ _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 
 
 def check_export_options(dtype: str, layout: str, device: str = "auto", quantize: str = "none",
-                         target: str = "portable") -> None:
+                         target: str = GRAPH_DEFAULTS["target"]) -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
     if dtype == "bfloat16":
         raise ExportError(
@@ -108,7 +108,7 @@ def write_export(
     model_dir: Path,
     out: Path,
     *,
-    target: str = "portable",
+    target: str = GRAPH_DEFAULTS["target"],
     dtype: str = "float32",
     layout: str = "as-is",
     quantize: str = "none",
