@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bake.commands import COMMANDS
 from bake.commands.common import add_output_args, say
-
-from .exporter import EXPORT_DTYPES, LAYOUTS, QUANTIZATIONS, export_onnx
 
 EXPORT_EPILOG = """\
 layouts:
@@ -31,9 +30,11 @@ def register(sub: Any) -> None:
 
 
 def register_export(sub: Any) -> None:
+    from .exporter import EXPORT_DTYPES, LAYOUTS, QUANTIZATIONS  # torch and onnx: only for the export command
+
     p = sub.add_parser(
         "export",
-        help="export a baked Qwen3 folder to ONNX with KV cache",
+        help=COMMANDS["export"].help,
         description=(
             "Build an ONNX graph (inputs input_ids, attention_mask, position_ids, past_key_values.*; outputs "
             "logits, present.*) directly from the checkpoint's tensors, check it with onnx.checker and strict "
@@ -65,6 +66,8 @@ def register_export(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
+    from .exporter import export_onnx
+
     report = export_onnx(args.model, args.out, dtype=args.dtype, layout=args.layout, fused=args.fused,
                          quantize=args.quantize, device=args.device, overwrite=args.overwrite,
                          progress=not args.quiet)
@@ -85,7 +88,7 @@ def run_export(args: argparse.Namespace) -> int:
 def register_generate(sub: Any) -> None:
     p = sub.add_parser(
         "generate",
-        help="chat with an ONNX export (greedy decoding under ONNX Runtime)",
+        help=COMMANDS["generate"].help,
         description=(
             "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
             "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, and print "

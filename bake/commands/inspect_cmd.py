@@ -10,7 +10,8 @@ from ..base_model import open_base_model
 from ..fold import padded_width
 from ..gate_math import Cut, GateSettings, compute_gates, gate_values
 from ..gates import GateVariant, find_variant_folder, list_variants, load_variant
-from ..pipeline import DEFAULT_PAD_MULTIPLE
+from ..plan import DEFAULT_PAD_MULTIPLE
+from . import COMMANDS
 from .common import add_output_args, say
 
 DESCRIPTION = """\
@@ -25,7 +26,7 @@ Qwen3-0.6B).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show gate statistics and what each threshold gives",
+    p = sub.add_parser("inspect", help=COMMANDS["inspect"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gates", required=True, help="gate variant folder, or a folder holding several variants")
     p.add_argument("--variant", help="variant subfolder (default: all of them)")
@@ -74,8 +75,8 @@ def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float]) -> d
         })
     return {
         "variant": v.name, "gate_file": str(v.gate_file), "sha256": v.sha256,
-        "num_layers": v.num_layers, "intermediate_size": v.intermediate_size, "num_neurons": int(lam.numel()),
-        "sigmoid_mean": float(lam.mean()), "sigmoid_std": float(lam.std()),
+        "num_layers": v.num_layers, "intermediate_size": v.intermediate_size, "num_neurons": int(lam.size),
+        "sigmoid_mean": float(lam.mean()), "sigmoid_std": float(lam.std(ddof=1)),
         "sigmoid_min": float(lam.min()), "sigmoid_max": float(lam.max()),
         "scale_mode": v.scale_mode, "scale_mode_source": v.scale_mode_source,
         "knowledge_neurons_listed": v.knowledge_neurons, "below_0_5": int((lam < 0.5).sum()),
