@@ -167,9 +167,9 @@ class OnnxCausalLM:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from .chat_tokenizer import ChatTokenizer  # no transformers: generating imports no Hub client
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+            self._tokenizer = ChatTokenizer(self.folder)
         return self._tokenizer
 
     def special_ids(self) -> tuple[set[int], int]:
