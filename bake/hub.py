@@ -1,6 +1,6 @@
 """Hugging Face Hub: resolve ``--base`` / ``--gates`` Hub ids to local folders, and push baked folders.
 
-A reference that names an existing local path is used as is. Anything else that is a valid repo id
+Imported only when a Hub id is given or a folder is pushed (``bake.sources``). A reference that names an existing local path is used as is. Anything else that is a valid repo id
 (``owner/name``) is fetched with ``huggingface_hub.snapshot_download`` into the usual Hugging Face
 cache, downloading only what a bake reads (safetensors weights, config, tokenizer, card and
 licence; never pickled ``.bin``/``.pth`` or other frameworks' weights). ``HF_HUB_OFFLINE=1`` is

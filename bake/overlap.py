@@ -126,5 +126,9 @@ class BackgroundFlush:
     def __enter__(self) -> BackgroundFlush:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:  # an error already on its way (Ctrl-C, a full disk) is the one to report
+                raise

@@ -4,7 +4,8 @@
 named by ``model.safetensors.index.json``) and reads one tensor, or a block of its rows, on demand,
 as a numpy array of the raw element type (``bake.dtypes``). ``write_safetensors`` streams tensors
 into a file in order: the header is written first from the known shapes, then each tensor is
-produced (in blocks of rows) and written, so peak memory is one block. Nothing here imports torch;
+produced (in blocks of rows, a few blocks ahead: ``bake.overlap``) and written, so memory stays a few
+blocks, never a whole tensor of the model. Nothing here imports torch;
 ``CheckpointReader.tensor`` (for the ONNX export) does, when called.
 """
 
