@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .dtypes import COMPUTE_DTYPES, DType
 from .errors import BaseModelError
 from .json_files import read_json
 from .paths import MODEL_FOLDER, require
@@ -15,7 +14,6 @@ from .tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 MLP_TENSOR = "model.layers.{layer}.mlp.{proj}.weight"
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -39,7 +37,7 @@ class BaseModel:
         return int(self.config["hidden_size"])
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> DType:
         """The checkpoint's floating dtype (that of down_proj in layer 0)."""
         return self.reader.tensors[mlp_name(0, "down_proj")].dtype
 
@@ -82,5 +80,10 @@ def open_base_model(folder: Path) -> BaseModel:
                 raise BaseModelError(
                     f"{folder}: {name} has shape {list(reader.tensors[name].shape)}, config says {list(shape)}; "
                     "the checkpoint does not match its config (already pruned?)"
+                )
+            if not reader.tensors[name].dtype.computable:
+                raise BaseModelError(
+                    f"{folder}: {name} is {reader.tensors[name].dtype.name}; lambda-bake folds "
+                    f"{', '.join(COMPUTE_DTYPES)} checkpoints (a quantized base must be dequantized first)"
                 )
     return base

@@ -1,6 +1,6 @@
 """Hugging Face Hub: resolve ``--base`` / ``--gates`` Hub ids to local folders, and push baked folders.
 
-A reference that names an existing local path is used as is. Anything else that is a valid repo id
+Imported only when a Hub id is given or a folder is pushed (``bake.sources``). A reference that names an existing local path is used as is. Anything else that is a valid repo id
 (``owner/name``) is fetched with ``huggingface_hub.snapshot_download`` into the usual Hugging Face
 cache, downloading only what a bake reads (safetensors weights, config, tokenizer, card and
 licence; never pickled ``.bin``/``.pth`` or other frameworks' weights). ``HF_HUB_OFFLINE=1`` is
@@ -12,7 +12,6 @@ huggingface_hub (all ``OSError`` subclasses) become ``HubError`` with the proble
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterator
@@ -71,15 +70,6 @@ class _NoProgress(hf_tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
-
-
-def add_hub_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--base-revision`` / ``--gates-revision`` (used only when --base / --gates are Hub ids)."""
-    group = parser.add_argument_group("Hugging Face Hub")
-    group.add_argument("--base-revision", metavar="REV", default=None,
-                       help="branch, tag or commit of the --base Hub repo (default: main)")
-    group.add_argument("--gates-revision", metavar="REV", default=None,
-                       help="branch, tag or commit of the --gates Hub repo (default: main)")
 
 
 def resolve_base(ref: str, revision: str | None = None, progress: bool = True) -> Path:

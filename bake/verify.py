@@ -21,11 +21,11 @@ from .base_model import read_config
 from .errors import BakeError, ManifestMismatch
 from .gate_math import Cut, GateSettings, compute_gates
 from .gates import load_variant
-from .hub import resolve_base, resolve_gates
 from .manifest import MANIFEST_NAME, read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
 from .paths import PROMPTS_FILE, require
 from .reference import load_hooked_model
+from .sources import resolve_base, resolve_gates
 
 Messages = list[dict[str, str]]
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bake.commands import COMMANDS
 from bake.commands.common import add_output_args, say
 from bake.paths import EXPORT_FOLDER, MODEL_FOLDER, path_arg
 
@@ -66,7 +67,7 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def register_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="export a baked Qwen3 folder to ONNX with KV cache",
+        help=COMMANDS["export"].help,
         description=(
             "Build an ONNX graph with KV cache directly from the checkpoint's tensors, check it with "
             "onnx.checker and strict shape inference, load it once in ONNX Runtime, and write the folder "
@@ -117,7 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
 def register_generate(sub: Any) -> None:
     p = sub.add_parser(
         "generate",
-        help="chat with an ONNX export (greedy decoding, streamed)",
+        help=COMMANDS["generate"].help,
         description=(
             "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
             "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, printing "

@@ -78,6 +78,26 @@ def pick_device(device: str) -> str:
     return device
 
 
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for 'cpu' or 'cuda' (CPU as the fallback)."""
+    return (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+
+
+def load_check_session(model: Path, device: str) -> ort.InferenceSession:
+    """Load an export the cheap way, to check that it loads: ONNX Runtime parses and checks the graph,
+    gives every node a kernel on ``device`` and maps the weights from the external-data file (it
+    memory-maps page-aligned external tensors), but makes no copies of them: no pre-packing, no memory
+    arena, and basic graph optimizations without constant folding (constant folding is where the CPU
+    provider turns float16 weights into float32 copies). Nothing is run, so no weight is read.
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(model), options, providers=providers_for(device),
+                                disabled_optimizers=["ConstantFolding"])
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """ONNX Runtime session options for an export: ``threads`` intra-op threads (None: one per core)."""
     options = ort.SessionOptions()
@@ -106,7 +126,7 @@ class OnnxCausalLM:
         if self.io.get("target") == "cuda" and self.device == "cpu":
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; run it "
                               "on a GPU, or export again with --target cpu for the CPU")
-        providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
+        providers = providers_for(self.device)
         try:
             self.session = ort.InferenceSession(str(self.folder / self.io["model_file"]), session_options(threads),
                                                 providers=providers)

@@ -191,22 +191,22 @@ def test_disk_full_mid_write_leaves_nothing_and_rerun_succeeds(tiny_base: Path, 
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import bake.tensor_io as tio
 
-    real_write = tio.tensor_bytes
+    real_write = tio.write_array
     calls = {"n": 0}
 
-    def fill_disk(t: object) -> memoryview:
+    def fill_disk(f: object, a: object) -> int:
         calls["n"] += 1
         if calls["n"] == 10:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(t)  # type: ignore[arg-type]
+        return real_write(f, a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tio, "tensor_bytes", fill_disk)
+    monkeypatch.setattr(tio, "write_array", fill_disk)
     out = tmp_path / "out"
     args = bake_args(tiny_base, tiny_gates / "chat_mean", out, "--preset", "1", "--dtype", "bfloat16")
     assert main(args) == EXIT_USER
     assert "disk full" in capsys.readouterr().err
     assert_nothing_written(out)
-    monkeypatch.setattr(tio, "tensor_bytes", real_write)
+    monkeypatch.setattr(tio, "write_array", real_write)
     assert main(args) == 0 and (out / "model.safetensors").exists()
 
 

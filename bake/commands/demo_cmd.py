@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..demo import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
 from ..demo_assets import SEED_VARIANTS
+from . import COMMANDS
 from .common import add_output_args, say
 
 DESCRIPTION = """\
@@ -20,7 +21,7 @@ Exit code 3 if any bake does not match.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="offline end-to-end demo on a built-in model and the card's variants",
+    p = sub.add_parser("demo", help=COMMANDS["demo"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default=DEMO_VARIANT, choices=[v.name for v in SEED_VARIANTS],
                    help=f"seed variant to bake (default {DEMO_VARIANT})")

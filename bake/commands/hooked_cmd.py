@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..gate_math import compute_gates
-from ..reference import load_hooked_model
+from . import COMMANDS
 from .common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
 
 DESCRIPTION = """\
@@ -17,7 +17,7 @@ the reply. Use it to see what a bake must reproduce; `lambda-bake verify` compar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hooked", help="generate with the hooked reference model (no bake)",
+    p = sub.add_parser("hooked", help=COMMANDS["hooked"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
+
+    from ..reference import load_hooked_model
 
     base, variant, _ = load_base_and_gates(args)
     settings, _ = settings_from_args(args, variant)

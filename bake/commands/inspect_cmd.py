@@ -11,7 +11,8 @@ from ..base_model import open_base_model
 from ..gate_report import inspect_report
 from ..gates import ALL_VARIANTS, load_variant, variant_folders
 from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
-from ..pipeline import DEFAULT_PAD_MULTIPLE
+from ..plan import DEFAULT_PAD_MULTIPLE
+from . import COMMANDS
 from .common import add_output_args, say
 
 DESCRIPTION = f"""\
@@ -31,7 +32,7 @@ Qwen3-0.6B).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show gate statistics and what each threshold gives",
+    p = sub.add_parser("inspect", help=COMMANDS["inspect"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gates", required=True, type=path_arg("folder", GATES_PATH, accept_files=GATE_FILE_SUFFIXES),
                    help="gate variant folder, or a folder holding several variants")

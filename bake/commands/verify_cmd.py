@@ -5,24 +5,18 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..base_model import DTYPE_NAMES
+from ..dtypes import COMPUTE_DTYPES
 from ..errors import BakeError, VerificationFailed
 from ..gate_math import GateSettings
 from ..manifest import read_manifest
-from ..metrics import CandidateResult, format_table
 from ..paths import BAKED_FOLDER, EXPORT_FOLDER, PROMPTS_FILE, path_arg
-from ..verify import (
-    DEFAULT_PROMPTS,
-    ReferenceSpec,
-    VerifyOptions,
-    read_prompts_file,
-    spec_from_manifest,
-    torch_candidate,
-    verify,
-)
+from . import COMMANDS
 from .common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
+
+if TYPE_CHECKING:  # bake.verify imports torch: load it when a verification runs, not to parse arguments
+    from ..verify import ReferenceSpec, VerifyOptions
 
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
@@ -50,7 +44,7 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a baked model against the hooked reference",
+    p = sub.add_parser("verify", help=COMMANDS["verify"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baked", type=path_arg("folder", BAKED_FOLDER), help="baked checkpoint folder")
     p.add_argument("--onnx", type=path_arg("folder", EXPORT_FOLDER), help="ONNX export folder to check as well")
@@ -59,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(gate_mode=None, scale_mode=None, scale_scope=None)  # None: take the manifest's
     p.add_argument("--ignore-manifest", action="store_true",
                    help="compare against the given gates even if the manifest records other ones")
-    p.add_argument("--compute-dtype", choices=tuple(DTYPE_NAMES), default="float32",
+    p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="arithmetic for the transformers candidate (default float32: judges the bake itself)")
     add_budget_args(p)
     add_output_args(p)
@@ -67,17 +61,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
+    import torch
+
+    from ..verify import DEFAULT_PROMPTS, VerifyOptions, read_prompts_file
+
     return VerifyOptions(
         prompts=read_prompts_file(args.prompts) if args.prompts else DEFAULT_PROMPTS,
         greedy_tokens=args.greedy_tokens,
         budget_overrides={"max_rel_diff": args.max_rel_diff, "max_mean_kl": args.max_mean_kl,
                           "min_top1": args.min_top1, "min_greedy_match": args.min_greedy_match},
-        compute_dtype=DTYPE_NAMES[getattr(args, "compute_dtype", "float32")],
+        compute_dtype=getattr(torch, getattr(args, "compute_dtype", "float32")),
     )
 
 
 def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) -> ReferenceSpec:
     """The manifest's reference with every argument the user gave put in its place."""
+    from ..verify import ReferenceSpec, spec_from_manifest
+
     if manifest is None:
         missing = [f for f in ("base", "gates") if getattr(args, f) is None]
         gate_mode = args.gate_mode or "hard"
@@ -109,22 +109,25 @@ def run(args: argparse.Namespace) -> int:
     manifest_dir = args.baked or args.onnx
     manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
     spec = reference_spec(args, manifest)
+    options = options_from_args(args)
+    from ..verify import onnx_candidate, torch_candidate, verify
+
     candidates = []
     if args.baked is not None:
-        candidates.append(torch_candidate(args.baked, DTYPE_NAMES[args.compute_dtype]))
+        candidates.append(torch_candidate(args.baked, options.compute_dtype))
     if args.onnx is not None:
-        from ..verify import onnx_candidate
-
         candidates.append(onnx_candidate(args.onnx))
     say(f"verifying {len(candidates)} candidate(s) against the hooked reference ({spec.variant}, "
         f"{spec.settings.cut.describe()})")
-    report = verify(spec, candidates, options_from_args(args))
+    report = verify(spec, candidates, options)
     return finish(report, args.json)
 
 
 def finish(report: dict[str, Any], as_json: bool) -> int:
     """Print the report (table or JSON); exit 0 only if every candidate passed."""
     from ..cli import emit_json
+    from ..metrics import CandidateResult, format_table
+
     results = [CandidateResult.from_dict(c) for c in report["candidates"]]
     if as_json:
         emit_json(report)
