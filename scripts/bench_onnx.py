@@ -168,8 +168,10 @@ def warm(model: Any, run: Callable[..., Timing], vocab: int) -> None:
 def builder_export(bake: Path, out: Path, precision: str, device: str) -> Path:
     """onnxruntime-genai's model builder on our bake (its own graph, genai_config.json and tokenizer)."""
     if not (out / "genai_config.json").exists():
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(bake), "-o", str(out),
-                        "-p", precision, "-e", device], check=True, stdout=subprocess.DEVNULL)
+        run = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(bake), "-o",
+                              str(out), "-p", precision, "-e", device], capture_output=True, text=True)
+        if run.returncode:
+            sys.exit(f"the builder failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
     return out
 
 
