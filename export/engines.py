@@ -9,6 +9,7 @@ GPU and can capture it as a CUDA graph. Our loop is the fallback, and what verif
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,20 @@ def choose_engine(engine: str, device: str) -> str:
 
 def open_engine(folder: Path, engine: str = "auto", device: str = "auto", threads: int | None = None,
                 cuda_graph: bool = True) -> Any:
-    """The loaded model behind ``engine``: a ``GenaiLM`` or an ``OnnxCausalLM`` (both have ``stream``)."""
-    if choose_engine(engine, device) == "genai":
+    """The loaded model behind ``engine``: a ``GenaiLM`` or an ``OnnxCausalLM`` (both have ``stream``).
+
+    On CUDA, a session that refuses CUDA-graph capture (ONNX Runtime checks at load that every node
+    runs on the GPU) is loaded again without it, and the refusal is said on stderr.
+    """
+    if choose_engine(engine, device) != "genai":
+        return OnnxCausalLM(folder, device=device, threads=threads)
+    try:
         return genai_runtime.GenaiLM(folder, device=device, threads=threads, cuda_graph=cuda_graph)
-    return OnnxCausalLM(folder, device=device, threads=threads)
+    except ExportError as e:
+        if not (cuda_graph and pick_device(device) == "cuda"):
+            raise
+        print(f"warning: CUDA-graph capture refused, running without it: {e}", file=sys.stderr)
+        return genai_runtime.GenaiLM(folder, device=device, threads=threads, cuda_graph=False)
 
 
 def describe(lm: Any) -> str:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from bake.cli import main
+from bake.errors import ExportError
 from bake.gate_math import Cut, GateSettings, compute_gates
 from bake.gates import load_variant
 from bake.pipeline import BakeOptions, bake_checkpoint
@@ -224,3 +225,29 @@ def test_cpu_runs_use_every_available_core(bakes, tmp_path, monkeypatch):
     overlays.clear()
     GenaiLM(out, device="cpu", threads=1)
     assert overlays[0]["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
+
+
+def test_a_refused_cuda_graph_falls_back_to_plain_cuda(tmp_path, monkeypatch, capsys):
+    """Where ONNX Runtime refuses CUDA-graph capture at load, generate loads the model again without it."""
+    from export import engines, genai_runtime
+
+    loads: list[bool] = []
+
+    class FakeGenai:
+        def __init__(self, folder, device, threads, cuda_graph):
+            loads.append(cuda_graph)
+            if cuda_graph:
+                raise ExportError("onnxruntime-genai cannot load x: graph capture needs every node on CUDA")
+            self.device = "cuda"
+
+    monkeypatch.setattr(genai_runtime, "GenaiLM", FakeGenai)
+    monkeypatch.setattr(genai_runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(engines, "pick_device", lambda device: "cuda")
+    lm = engines.open_engine(tmp_path, "genai", "cuda", cuda_graph=True)
+    assert isinstance(lm, FakeGenai) and loads == [True, False]
+    assert "CUDA-graph capture refused, running without it" in capsys.readouterr().err
+    loads.clear()
+    monkeypatch.setattr(engines, "pick_device", lambda device: "cpu")  # not CUDA: no second try
+    with pytest.raises(ExportError, match="graph capture"):
+        engines.open_engine(tmp_path, "genai", "auto", cuda_graph=True)
+    assert loads == [True]
