@@ -53,18 +53,46 @@ class Candidate(Protocol):
 
 @dataclass
 class CandidateResult:
+    """One candidate's figures against the reference (None: its logits were not run) and its verdict."""
+
     name: str
     dtype: str
-    max_abs_diff: float
-    mean_abs_diff: float
-    max_rel_diff: float
-    mean_kl: float
-    max_kl: float
-    top1_agreement: float
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    max_rel_diff: float | None
+    mean_kl: float | None
+    max_kl: float | None
+    top1_agreement: float | None
     greedy_first_divergence: int | None  # first step where tokens differ; None = all N match
     greedy_steps: int
     passed: bool = False
     failures: list[str] = field(default_factory=list)
+    weights: dict[str, Any] | None = None  # an ONNX export's weight check (bake.weight_check.WeightReport)
+    note: str | None = None  # why the logits were not run, when they were not
+
+    @property
+    def logits_run(self) -> bool:
+        return self.mean_kl is not None
+
+    @classmethod
+    def not_run(cls, name: str, dtype: str, note: str) -> CandidateResult:
+        """A candidate whose logits cannot be computed here (judged by its weight check alone)."""
+        return cls(name, dtype, None, None, None, None, None, None, None, 0, passed=True, note=note)
+
+    def add_weight_check(self, report: dict[str, Any], failure_lines: list[str]) -> None:
+        """Attach an export's weight check; its failures fail the candidate."""
+        self.weights = report
+        self.failures += [f"weights: {line}" for line in failure_lines]
+        self.passed = self.passed and report["passed"]
+
+    @property
+    def weights_summary(self) -> str:
+        if self.weights is None:
+            return "-"
+        if not self.weights["passed"]:
+            return f"FAIL ({len(self.weights['failures'])})"
+        steps = self.weights["max_quant_error_steps"]
+        return "exact" if steps is None else f"<= {steps:.3f} step"
 
     @property
     def greedy_summary(self) -> str:
@@ -127,7 +155,9 @@ def compare(
 
 def judge(r: CandidateResult, b: Budget) -> list[str]:
     """The budget lines a result breaks, each naming the metric, its value and the limit."""
-    fails = []
+    fails: list[str] = []
+    if not r.logits_run:
+        return fails
     if b.max_rel_diff is not None and r.max_rel_diff > b.max_rel_diff:
         fails.append(f"max |logit diff| / max |logit| = {r.max_rel_diff:.3g} > {b.max_rel_diff:g}")
     if r.mean_kl > b.max_mean_kl:
@@ -157,13 +187,18 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def format_table(results: list[CandidateResult]) -> str:
     head = f"{'candidate':<22} {'dtype':<8} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
-           f"{'top-1':>7} {'greedy':>16}  verdict"
+           f"{'top-1':>7} {'greedy':>16} {'weights':>14}  verdict"
     rows = [head, "-" * len(head)]
     for r in results:
+        if r.logits_run:
+            figures = (f"{r.max_abs_diff:10.3g} {r.max_rel_diff:9.2g} {r.mean_kl:9.2g} {r.max_kl:9.2g} "
+                       f"{r.top1_agreement:7.2%} {r.greedy_summary:>16}")
+        else:
+            figures = f"{'logits not run':>66}"
         rows.append(
-            f"{r.name:<22} {r.dtype:<8} {r.max_abs_diff:10.3g} {r.max_rel_diff:9.2g} {r.mean_kl:9.2g} "
-            f"{r.max_kl:9.2g} {r.top1_agreement:7.2%} {r.greedy_summary:>16}  "
+            f"{r.name:<22} {r.dtype:<8} {figures} {r.weights_summary:>14}  "
             + ("pass" if r.passed else "FAIL: " + "; ".join(r.failures))
+            + (f" ({r.note})" if r.note else "")
         )
     return "\n".join(rows)
 
