@@ -18,12 +18,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bake import measure  # noqa: E402
 from bench_inputs import REPO, ensure_inputs  # noqa: E402
 
 CHECK = """
@@ -37,21 +35,6 @@ print(json.dumps({"check_s": time.perf_counter() - start, "passed": report.passe
                   "weights_checked": report.weights_checked, "elements_checked": report.elements_checked,
                   "max_quant_error_steps": report.max_quant_error_steps}))
 """
-
-
-def run_child(cmd: list[str]) -> dict[str, Any]:
-    """Wall time, the child's peak RSS and the JSON line it prints."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{err.read().decode()}")
-        result = json.loads(out.read().decode().strip().splitlines()[-1])
-    return result | {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def cli(*args: str) -> list[str]:
@@ -75,7 +58,7 @@ def main() -> None:
     if not export.exists():
         subprocess.run(cli("export", "--model", str(bake), "--out", str(export), "--target", "cpu", "--quantize",
                            args.quantize), cwd=REPO, check=True)
-    runs = [run_child([sys.executable, "-c", CHECK, str(bake), str(export), str(args.threads)])
+    runs = [measure([sys.executable, "-c", CHECK, str(bake), str(export), str(args.threads)])
             for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["check_s"])
     report = {
