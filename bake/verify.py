@@ -161,14 +161,16 @@ def verify(
     cache: dict[str, Any] = {}
     results: list[CandidateResult] = []
     for c in candidates:
+        weights = None
+        if isinstance(c, OnnxCandidate):  # first: it is quick, and a missing bake is a user error
+            source = BakeFolder(bake) if bake is not None else planned_bake(c.folder, base, variant, spec.settings)
+            weights = check_export_weights(c.folder, source)
         if getattr(c, "not_run", None):
             result = CandidateResult.not_run(c.name, c.dtype, c.not_run)
         else:
             result = compare(reference, c, prompts, budget_for(c.dtype, options.budget_overrides),
                              options.greedy_tokens, cache)
-        if isinstance(c, OnnxCandidate):
-            source = BakeFolder(bake) if bake is not None else planned_bake(c.folder, base, variant, spec.settings)
-            weights = check_export_weights(c.folder, source)
+        if weights is not None:
             result.add_weight_check(weights.to_dict(), weights.failure_lines())
         results.append(result)
     return {
