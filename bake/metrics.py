@@ -28,13 +28,14 @@ class Budget:
 DEFAULT_BUDGETS: dict[str, Budget] = {
     "float32": Budget(max_rel_diff=1e-4, max_mean_kl=1e-6, min_top1=0.99, min_greedy_match=1.0),
     "bfloat16": Budget(max_rel_diff=None, max_mean_kl=5e-3, min_top1=0.95, min_greedy_match=0.0),
-    "float16": Budget(max_rel_diff=None, max_mean_kl=1e-3, min_top1=0.98, min_greedy_match=0.0),
-    # Weight-only quantized ONNX exports (MatMulNBits, block 32): not exact, judged by KL and top-1 only.
-    # Measured on the tiny random-weight test model (4 layers, hidden 64; its near-flat logits make top-1
-    # fragile), three bakes x {as-is, ragged}, built-in prompts: int4 mean KL 0.019-0.024, top-1 0.53-0.60;
-    # int8 mean KL 1.4e-4-1.9e-4, top-1 0.959-0.979. The limits leave about 2x headroom on KL.
-    "int4": Budget(max_rel_diff=None, max_mean_kl=0.05, min_top1=0.5, min_greedy_match=0.0),
-    "int8": Budget(max_rel_diff=None, max_mean_kl=5e-4, min_top1=0.93, min_greedy_match=0.0),
+    # float16 / int8 / int4 exports: set by scripts/calibrate_budgets.py (docs/bench/calibration.json) on a
+    # tiny Qwen3 trained to peaked logits (mean top-1 probability 0.78 on the built-in prompts), over correct
+    # exports of 2 variants x the 5 % and 50 % cuts x 2 graphs/layouts: mean KL <= 2x the worst (rounded up),
+    # top-1 >= the worst minus 3 points. Worst seen: float16 KL 4.0e-6, top-1 0.998; int8 KL 1.0e-3, top-1 0.968;
+    # int4 KL 0.098, top-1 0.772. On random-weight models top-1 is noise: the weight check is the verdict there.
+    "float16": Budget(max_rel_diff=None, max_mean_kl=9e-6, min_top1=0.96, min_greedy_match=0.0),
+    "int8": Budget(max_rel_diff=None, max_mean_kl=3e-3, min_top1=0.93, min_greedy_match=0.0),
+    "int4": Budget(max_rel_diff=None, max_mean_kl=0.2, min_top1=0.74, min_greedy_match=0.0),
 }
 
 
