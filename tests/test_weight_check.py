@@ -88,6 +88,14 @@ def bakes(tiny_base: Path, tiny_gates: Path, full_base: Path, full_gates: Path,
     return out
 
 
+@pytest.fixture(scope="module")
+def one_prompt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short chat prompt: the logit figures of these tests are only reported (budgets waived)."""
+    path = tmp_path_factory.mktemp("prompts") / "one.jsonl"
+    path.write_text('"What is 2+2?"\n')
+    return path
+
+
 def verify_onnx(baked: Path, onnx_dir: Path, capsys: pytest.CaptureFixture[str],
                 *extra: str) -> tuple[int, dict[str, Any], str]:
     code = main(["verify", "--baked", str(baked), "--onnx", str(onnx_dir), *FAST, *extra])
@@ -111,13 +119,15 @@ EXPORTS = {
 @pytest.mark.parametrize("quantize", ["int4", "int8"])
 @pytest.mark.parametrize("which", [0, 1, 2], ids=["dense", "pruned", "ragged"])
 def test_quantized_exports_of_wrong_bakes_fail_with_tensor_named(bakes: dict[tuple[str, str], Bakes], model: str,
-                                                                  quantize: str, which: int, tmp_path: Path,
+                                                                  quantize: str, which: int, one_prompt: Path,
+                                                                  tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     layout, bake_layout, target = EXPORTS[quantize][which]
+    waived = (*RANDOM_MODEL, "--prompts", str(one_prompt))
     b = bakes[model, bake_layout]
     correct = b.folders["correct"]
     export_onnx(correct, tmp_path / "correct", target=target, layout=layout, quantize=quantize, progress=False)
-    code, report, err = verify_onnx(correct, tmp_path / "correct", capsys, *RANDOM_MODEL)
+    code, report, err = verify_onnx(correct, tmp_path / "correct", capsys, *waived)
     weights = report["candidates"][-1]["weights"]
     assert code == 0, err
     assert weights["passed"] and weights["bake"] == str(correct) and weights["failures"] == []
@@ -127,7 +137,7 @@ def test_quantized_exports_of_wrong_bakes_fail_with_tensor_named(bakes: dict[tup
         x = tmp_path / case.replace(" ", "-").replace("'", "")
         export_onnx(b.folders[case], x, target=target, layout=layout, quantize=quantize, progress=False)
         (x / "bake_manifest.json").unlink()  # handed over alone: only --baked says what it must be
-        code, report, err = verify_onnx(correct, x, capsys, *RANDOM_MODEL)
+        code, report, err = verify_onnx(correct, x, capsys, *waived)
         assert code == 3, (case, err)
         named = failing_tensors(report)
         layer_of = {t: t.split(".")[2] for t in named if t.startswith("model.layers.")}
