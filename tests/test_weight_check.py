@@ -294,3 +294,44 @@ def test_half_step_bound_is_exact_and_zero_blocks_must_be_zero() -> None:
     w3[0, 9] = 1e-6
     worst = quant_error(b, zero, zp, w3, 4, 32)
     assert worst.steps == float("inf") and worst.index == (0, 9) and worst.value == 0.0
+
+
+def test_untied_lm_head_and_attention_bias(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
+    """A Qwen3 with attention biases and its own lm_head: every export kind traces them (qkv biases packed)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from bake.checkpoint_writer import carry_base_files
+
+    config = Qwen3Config.from_pretrained(str(tiny_base))
+    config.attention_bias, config.tie_word_embeddings = True, False
+    torch.manual_seed(3)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.uniform_(-0.1, 0.1)
+    model.save_pretrained(str(tmp_path / "base"))
+    carry_base_files(tiny_base, tmp_path / "base")
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    bake = tmp_path / "bake"
+    bake_checkpoint(tmp_path / "base", v, GateSettings(Cut("preset", 3), "hard", "energy"), bake,
+                    BakeOptions(progress=False))
+    kinds = {"portable-f16": {"dtype": "float16"}, "cpu-int4": {"target": "cpu", "quantize": "int4"},
+             "cuda-int8-ragged": {"target": "cuda", "dtype": "float16", "quantize": "int8", "layout": "ragged"}}
+    for name, opts in kinds.items():
+        export_onnx(bake, tmp_path / name, progress=False, **opts)
+        report = check_export_weights(tmp_path / name, BakeFolder(bake))
+        assert report.passed, [f.message for f in report.failures]
+    graph = onnx.load(str(tmp_path / "cpu-int4" / "model.onnx"))
+    names = {t.name for t in graph.graph.initializer}
+    assert {"lm_head.weight.quant", "model.layers.0.self_attn.qkv_proj.bias"} <= names
+    bias = next(t for t in graph.graph.initializer if t.name == "model.layers.0.self_attn.qkv_proj.bias")
+    b = numpy_helper.to_array(bias).copy()
+    q_rows = config.num_attention_heads * config.head_dim
+    b[q_rows + 3] += 1e-3  # k_proj.bias[3]
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    onnx.save(graph, str(tmp_path / "cpu-int4" / "model.onnx"))
+    (failure,) = check_export_weights(tmp_path / "cpu-int4", BakeFolder(bake)).failures
+    assert failure.tensor == "model.layers.0.self_attn.qkv_proj.bias"
+    assert failure.worst["index"] == [q_rows + 3] and failure.worst["bake_tensor"] == "model.layers.0.self_attn.k_proj.bias"
+    assert failure.worst["bake_index"] == [3]
