@@ -6,15 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .dtypes import COMPUTE_DTYPES, DType
 from .errors import BaseModelError
 from .json_files import read_json
+from .paths import MODEL_FOLDER, require
 from .tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 MLP_TENSOR = "model.layers.{layer}.mlp.{proj}.weight"
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -38,7 +37,7 @@ class BaseModel:
         return int(self.config["hidden_size"])
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> DType:
         """The checkpoint's floating dtype (that of down_proj in layer 0)."""
         return self.reader.tensors[mlp_name(0, "down_proj")].dtype
 
@@ -48,9 +47,7 @@ def mlp_name(layer: int, proj: str) -> str:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    if not Path(folder).is_dir():
-        raise BaseModelError(f"base model folder {folder} does not exist; give --base a local folder or a Hub id")
+    path = require(folder, "folder", MODEL_FOLDER, BaseModelError) / "config.json"
     if not path.is_file():
         raise BaseModelError(f"{folder} has no config.json; it is not a Hugging Face model folder")
     return read_json(path, BaseModelError, "download it again")
@@ -83,5 +80,10 @@ def open_base_model(folder: Path) -> BaseModel:
                 raise BaseModelError(
                     f"{folder}: {name} has shape {list(reader.tensors[name].shape)}, config says {list(shape)}; "
                     "the checkpoint does not match its config (already pruned?)"
+                )
+            if not reader.tensors[name].dtype.computable:
+                raise BaseModelError(
+                    f"{folder}: {name} is {reader.tensors[name].dtype.name}; lambda-bake folds "
+                    f"{', '.join(COMPUTE_DTYPES)} checkpoints (a quantized base must be dequantized first)"
                 )
     return base

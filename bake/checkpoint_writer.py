@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .tensor_io import INDEX_NAME, SINGLE_NAME, OutTensor, shard_plan, write_safetensors
 
 CARRIED_PATTERNS = (
@@ -32,13 +30,14 @@ def write_weights(
         [SINGLE_NAME] if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="writing weights", disable=not progress)
-    step: Callable[[OutTensor], None] = lambda t: bar.update(t.nbytes)  # noqa: E731
+    bar = _progress_bar(total) if progress else None
+    step: Callable[[OutTensor], None] | None = (lambda t: bar.update(t.nbytes)) if bar else None  # noqa: E731
     try:
         for name, shard in zip(names, shards):
             write_safetensors(out_dir / name, shard, on_tensor=step)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": total},
@@ -47,6 +46,12 @@ def write_weights(
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         names.append(INDEX_NAME)
     return names
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm.auto import tqdm  # only when a bar is shown: --quiet runs skip the import
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="writing weights")
 
 
 def write_config(out_dir: Path, config: dict[str, Any], *, intermediate_size: int, dtype_name: str) -> None:

@@ -1,5 +1,8 @@
 """``lambda-bake``: the command line. Each subcommand lives in its own module with a ``register``.
 
+Only the module of the command being run is imported (``bake.commands.COMMANDS``): a bake never
+loads the ONNX exporter, the verifier's torch and transformers, or the Hub client.
+
 Exit codes: 0 success, 1 internal error, 2 user error (bad input; the message says the fix),
 3 verification failed.
 """
@@ -9,26 +12,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 from typing import Any
 
 from . import __version__
+from .commands import COMMANDS
 from .errors import EXIT_USER, BakeError, VerificationFailed
 
-# (module, help) for every subcommand; each module defines register(subparsers).
-COMMAND_MODULES = (
-    "bake.commands.bake_cmd",
-    "bake.commands.inspect_cmd",
-    "bake.commands.demo_cmd",
-    "bake.commands.verify_cmd",
-    "bake.commands.hooked_cmd",
-    "bake.commands.push_cmd",
-    "export.commands",
-)
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module is imported (the others are listed)."""
     parser = argparse.ArgumentParser(
         prog="lambda-bake",
         description=(
@@ -39,9 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lambda-bake {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, cmd in COMMANDS.items():
+        if command in COMMANDS and name != command:
+            sub.add_parser(name, help=cmd.help)  # listed in --help; its module is not loaded
+        else:
+            getattr(importlib.import_module(cmd.module), cmd.register)(sub)
     return parser
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def emit_json(report: dict[str, Any]) -> None:
@@ -51,11 +54,11 @@ def emit_json(report: dict[str, Any]) -> None:
 
 
 def _silence_library_progress() -> None:
-    """--quiet also mutes huggingface_hub's and transformers' own progress bars (transformers reads
-    huggingface_hub's switch when it is imported, so it need not be imported here)."""
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()
+    """--quiet also mutes huggingface_hub's and transformers' own progress bars. Both read this switch
+    when they are first imported, so neither is imported here; one already loaded is told directly."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
     if "transformers" in sys.modules:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
@@ -66,7 +69,8 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # let atomic writers clean up on `kill`
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_in(argv)).parse_args(argv)
     if getattr(args, "quiet", False):
         _silence_library_progress()
     try:

@@ -26,6 +26,7 @@ DEMO_SPEC = TinyQwen3Spec(num_layers=4, hidden_size=64, intermediate_size=256, n
                           head_dim=16)
 DEMO_VARIANT = "chat_energy_optA"
 DEMO_PAD_MULTIPLE = 16
+WORKDIR_ENTRIES = ("base", "gates", "baked")  # all that the demo writes into its workdir
 
 
 def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:

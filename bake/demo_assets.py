@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .gate_math import gate_values
@@ -80,6 +81,9 @@ class TinyQwen3Spec:
 
 # The real Qwen/Qwen3-0.6B architecture (random weights) for benchmarks: 28 x 3072 MLP neurons.
 QWEN3_0_6B = TinyQwen3Spec(num_layers=28, hidden_size=1024, intermediate_size=3072, num_heads=16, num_kv_heads=8,
+                           head_dim=128, init_std=0.02, vocab_size=151936)
+# The real Qwen/Qwen3-1.7B architecture (random weights): 28 x 6144 MLP neurons, 3.4 GB in bf16.
+QWEN3_1_7B = TinyQwen3Spec(num_layers=28, hidden_size=2048, intermediate_size=6144, num_heads=16, num_kv_heads=8,
                            head_dim=128, init_std=0.02, vocab_size=151936)
 
 
@@ -161,16 +165,16 @@ def write_gate_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(logits.reshape(-1).clone() if container is None else container, folder / "lambda_logits.pt")
-    lam = gate_values(logits)
-    flat = lam.reshape(-1).sort().values
-    thresholds = [float(flat[min(round(f * flat.numel()), flat.numel() - 1)]) for f in TARGET_OFF_FRACTIONS]
+    lam = gate_values(logits.numpy())
+    flat = np.sort(lam.reshape(-1))
+    thresholds = [float(flat[min(round(f * flat.size), flat.size - 1)]) for f in TARGET_OFF_FRACTIONS]
     (folder / "selected_thresholds.txt").write_text(",".join(f"{t:.8f}" for t in thresholds) + "\n")
-    knowledge = {str(i): torch.nonzero(lam[i] < 0.5).reshape(-1).tolist() for i in range(lam.shape[0])}
+    knowledge = {str(i): np.flatnonzero(lam[i] < 0.5).tolist() for i in range(lam.shape[0])}
     (folder / "neuron_indices.json").write_text(json.dumps(knowledge))
     stats = {
-        "total_gates": int(lam.numel()),
+        "total_gates": int(lam.size),
         "mean_sigmoid": float(lam.mean()),
-        "std_sigmoid": float(lam.std()),
+        "std_sigmoid": float(lam.std(ddof=1)),
         "selected_thresholds": {f"{int(f * 100)}%": t for f, t in zip(TARGET_OFF_FRACTIONS, thresholds)},
     }
     if scale_mode is not None:

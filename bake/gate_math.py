@@ -4,8 +4,11 @@ This module is the single source of truth for SPEC.md's formulas. Both the hooke
 (``bake.reference``) and the bake (``bake.fold``) take the scale vector ``s`` from here; what the
 reference checks is everything downstream of ``s`` (folding, pruning, writing, exporting).
 
-All math is float32 on [L, I] tensors (L layers, I neurons per layer). A neuron is *off* when
-``lambda < t``, the comparison done in float32.
+All math is float32 on [L, I] numpy arrays (L layers, I neurons per layer). A neuron is *off* when
+``lambda < t``, the comparison done in float32. ``lambda = sigmoid(logit)`` is computed in float64
+and rounded once to float32: the correctly rounded value, the same on every machine. (The sums
+behind the mean/energy statistics are taken in float64 too; for hard gates they are whole counts,
+so the scale is exact.)
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+import numpy as np
 
 from .errors import CutError
 
@@ -79,35 +82,36 @@ class GateResult:
     """The outcome of applying a cut: the threshold used, the mask, the scale and what is off."""
 
     threshold: float | None
-    mask: torch.Tensor  # [L, I] float32, m
-    scale: torch.Tensor  # [L, I] float32, s
-    off: torch.Tensor  # [L, I] bool, lambda < t
+    mask: np.ndarray  # [L, I] float32, m
+    scale: np.ndarray  # [L, I] float32, s
+    off: np.ndarray  # [L, I] bool, lambda < t
 
     @property
     def off_fraction(self) -> float:
-        return float(self.off.float().mean())
+        return int(self.off.sum()) / self.off.size
 
     @property
     def off_per_layer(self) -> list[int]:
-        return [int(x) for x in self.off.sum(dim=1)]
+        return [int(x) for x in self.off.sum(axis=1)]
 
     @property
     def kept_per_layer(self) -> list[int]:
         """Neurons with a non-zero scale, per layer: what a pruned/ragged layout keeps."""
-        return [int(x) for x in (self.scale != 0).sum(dim=1)]
+        return [int(x) for x in (self.scale != 0).sum(axis=1)]
 
 
-def gate_values(logits: torch.Tensor) -> torch.Tensor:
-    """``lambda = sigmoid(logit)`` in float32."""
-    return torch.sigmoid(logits.to(torch.float32))
+def gate_values(logits: np.ndarray) -> np.ndarray:
+    """``lambda = sigmoid(logit)``: computed in float64, rounded once to float32."""
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for logit < -709: lambda is then 0
+        return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
 
 
-def off_fraction_at(lam: torch.Tensor, threshold: float) -> float:
+def off_fraction_at(lam: np.ndarray, threshold: float) -> float:
     """Share of all neurons with ``lambda < threshold`` (float32 comparison)."""
-    return float((lam < _f32(threshold)).float().mean())
+    return int((lam < _f32(threshold)).sum()) / lam.size
 
 
-def threshold_for_off_fraction(lam: torch.Tensor, fraction: float) -> float:
+def threshold_for_off_fraction(lam: np.ndarray, fraction: float) -> float:
     """The threshold that switches off ``round(fraction * N)`` neurons (global quantile of lambda).
 
     The returned value is exactly representable in float32, so ``lambda < t`` is reproducible.
@@ -115,17 +119,17 @@ def threshold_for_off_fraction(lam: torch.Tensor, fraction: float) -> float:
     """
     if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
         raise CutError(f"--off-fraction must lie in [0, 1], got {fraction}; e.g. 0.5 switches off half")
-    flat = lam.reshape(-1).to(torch.float32).sort().values
-    n = flat.numel()
+    flat = np.sort(lam.reshape(-1).astype(np.float32))
+    n = flat.size
     k = round(fraction * n)
     if k <= 0:
         return float(flat[0])  # nothing is strictly below the smallest lambda
     if k >= n:
-        return float(torch.nextafter(flat[-1], torch.tensor(math.inf)))
+        return float(np.nextafter(flat[-1], np.float32(math.inf)))
     return float(flat[k])
 
 
-def resolve_threshold(lam: torch.Tensor, cut: Cut, presets: list[float] | None = None) -> float | None:
+def resolve_threshold(lam: np.ndarray, cut: Cut, presets: list[float] | None = None) -> float | None:
     """Turn a user's cut into the threshold ``t`` (None for the soft, threshold-free gate)."""
     if cut.kind == "none":
         return None
@@ -152,14 +156,14 @@ def resolve_threshold(lam: torch.Tensor, cut: Cut, presets: list[float] | None =
     raise CutError(f"unknown cut kind {cut.kind!r}")
 
 
-def gate_mask(lam: torch.Tensor, threshold: float | None, gate_mode: GateMode) -> torch.Tensor:
+def gate_mask(lam: np.ndarray, threshold: float | None, gate_mode: GateMode) -> np.ndarray:
     """SPEC mask m: hard ``1[lambda>=t]``, soft-masked ``lambda*1[lambda>=t]``, soft ``lambda``."""
-    lam = lam.to(torch.float32)
+    lam = np.asarray(lam, dtype=np.float32)
     if gate_mode == "soft":
-        return lam.clone()
+        return lam.copy()
     if threshold is None:
         raise CutError(f"gate mode {gate_mode!r} needs a threshold")
-    on = (lam >= _f32(threshold)).to(torch.float32)
+    on = (lam >= _f32(threshold)).astype(np.float32)
     if gate_mode == "hard":
         return on
     if gate_mode == "soft-masked":
@@ -167,37 +171,44 @@ def gate_mask(lam: torch.Tensor, threshold: float | None, gate_mode: GateMode) -
     raise CutError(f"unknown gate mode {gate_mode!r}")
 
 
-def scale_from_mask(mask: torch.Tensor, scale_mode: ScaleMode, scope: ScaleScope = "layer") -> torch.Tensor:
+def scale_from_mask(mask: np.ndarray, scale_mode: ScaleMode, scope: ScaleScope = "layer") -> np.ndarray:
     """SPEC scale s from m: ``m/mean(m)`` (mean), ``m/sqrt(mean(m^2))`` (energy) or ``m`` (none).
 
     The statistic is taken per layer (over its I neurons) or globally; a zero statistic (every
-    neuron of the layer off) gives ``s = 0`` rather than a division by zero.
+    neuron of the layer off) gives ``s = 0`` rather than a division by zero. The sum is taken in
+    float64 and rounded to float32, then divided by the count and square-rooted in float32.
     """
-    m = mask.to(torch.float32)
+    m = np.asarray(mask, dtype=np.float32)
     if scale_mode == "none":
-        return m.clone()
-    dims: tuple[int, ...] = (1,) if scope == "layer" else (0, 1)
+        return m.copy()
+    axis = 1 if scope == "layer" else None
+    count = np.float32(m.shape[1] if scope == "layer" else m.size)
     if scale_mode == "mean":
-        denom = m.mean(dim=dims, keepdim=True)
+        denom = _sum32(m, axis) / count
     elif scale_mode == "energy":
-        denom = (m * m).mean(dim=dims, keepdim=True).sqrt()
+        denom = np.sqrt(_sum32(m * m, axis) / count)
     else:
         raise CutError(f"unknown scale mode {scale_mode!r}")
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom > 0, m / safe, torch.zeros_like(m))
+    safe = np.where(denom > 0, denom, np.float32(1))
+    return np.where(denom > 0, m / safe, np.float32(0)).astype(np.float32)
+
+
+def _sum32(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """Sum over ``axis`` (keeping dims) in float64, rounded to float32."""
+    return x.sum(axis=axis, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
 def compute_gates(
-    logits: torch.Tensor, settings: GateSettings, presets: list[float] | None = None
+    logits: np.ndarray, settings: GateSettings, presets: list[float] | None = None
 ) -> GateResult:
     """Apply a cut to [L, I] gate logits: threshold, mask, scale and the off set."""
     lam = gate_values(logits)
     t = resolve_threshold(lam, settings.cut, presets)
     mask = gate_mask(lam, t, settings.gate_mode)
     scale = scale_from_mask(mask, settings.scale_mode, settings.scale_scope)
-    off = lam < _f32(t) if t is not None else torch.zeros_like(lam, dtype=torch.bool)
+    off = lam < _f32(t) if t is not None else np.zeros(lam.shape, dtype=bool)
     return GateResult(threshold=t, mask=mask, scale=scale, off=off)
 
 
-def _f32(x: float) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float32)
+def _f32(x: float) -> np.float32:
+    return np.float32(x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import numpy as np
 
 from .fold import padded_width
 from .gate_math import Cut, GateSettings, compute_gates, gate_values
@@ -35,8 +35,8 @@ def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float]) -> d
     candidates += [(f"threshold {t:g}", t) for t in extra]
     return {
         "variant": v.name, "gate_file": str(v.gate_file), "sha256": v.sha256,
-        "num_layers": v.num_layers, "intermediate_size": v.intermediate_size, "num_neurons": int(lam.numel()),
-        "sigmoid_mean": float(lam.mean()), "sigmoid_std": float(lam.std()),
+        "num_layers": v.num_layers, "intermediate_size": v.intermediate_size, "num_neurons": int(lam.size),
+        "sigmoid_mean": float(lam.mean()), "sigmoid_std": float(lam.std(ddof=1)),
         "sigmoid_min": float(lam.min()), "sigmoid_max": float(lam.max()),
         "scale_mode": v.scale_mode, "scale_mode_source": v.scale_mode_source,
         "knowledge_neurons_listed": v.knowledge_neurons, "below_0_5": int((lam < 0.5).sum()),
@@ -61,7 +61,7 @@ def describe_threshold(v: GateVariant, label: str, threshold: float, pad_multipl
     }
 
 
-def lambda_quantiles(lam: torch.Tensor) -> dict[str, Any]:
+def lambda_quantiles(lam: np.ndarray) -> dict[str, Any]:
     """``{"levels": LAMBDA_QUANTILES, "per_layer": [[q at each level] for each layer]}`` of [L, I] lambda."""
-    q = torch.quantile(lam, torch.tensor(LAMBDA_QUANTILES, dtype=lam.dtype), dim=1)  # [levels, L]
+    q = np.quantile(lam, LAMBDA_QUANTILES, axis=1)  # [levels, L], linear interpolation as torch.quantile
     return {"levels": list(LAMBDA_QUANTILES), "per_layer": q.T.tolist()}

@@ -1,9 +1,10 @@
 """Load a gate variant folder: the per-neuron logits and the files the card publishes beside them.
 
 A variant folder holds ``lambda_logits.pt`` (or ``lambda_logits.safetensors``) and, when present,
-``gate_stats.json``, ``selected_thresholds.txt`` and ``neuron_indices.json``. ``.pt`` files are read
-with ``torch.load(..., weights_only=True)`` only: they come from the internet and a full pickle can
-run code.
+``gate_stats.json``, ``selected_thresholds.txt`` and ``neuron_indices.json``. ``.pt`` files come from
+the internet and a pickle can run code, so they are read by ``bake.pt_reader``, which accepts only
+tensors and plain containers and runs nothing (no torch needed); only a file in torch's legacy
+(pre-1.6, non-zip) format goes to ``torch.load(..., weights_only=True)``. Logits are numpy arrays.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+import numpy as np
 
+from .dtypes import to_float32
 from .errors import GateFileError
 from .json_files import read_json
+from .paths import GATE_FILE_SUFFIXES, GATES_PATH, require
+from .pt_reader import DamagedArchive, LegacyFormat, UnsafePickle, load_pt
+from .tensor_io import read_header, read_rows
 
 GATE_FILENAMES = ("lambda_logits.pt", "lambda_logits.safetensors")
 ALL_VARIANTS = "all"  # --variant all: every variant in a folder of variants
@@ -33,7 +36,7 @@ class GateVariant:
     name: str
     folder: Path
     gate_file: Path
-    logits: torch.Tensor
+    logits: np.ndarray  # [L, I] float32
     sha256: str
     scale_mode: str | None  # inferred from gate_stats.json or the folder name; None if unknown
     scale_mode_source: str
@@ -57,9 +60,7 @@ def list_variants(root: Path) -> list[str]:
 
 def find_variant_folder(gates: Path, variant: str | None = None) -> Path:
     """Resolve ``--gates`` (a variant folder, or a folder of variants) and ``--variant`` to one folder."""
-    gates = Path(gates)
-    if not gates.exists():
-        raise GateFileError(f"gate path {gates} does not exist; point --gates at a variant folder")
+    gates = require(gates, "folder", GATES_PATH, GateFileError, accept_files=GATE_FILE_SUFFIXES)
     if gates.is_file():
         if variant:
             raise GateFileError(f"--gates {gates} is a file; --variant only applies to a folder of variants")
@@ -131,44 +132,44 @@ def load_variant(
 
 def gate_logits_to_matrix(
     raw: Any, num_layers: int | None, intermediate_size: int | None, *, source: str = "gate file"
-) -> torch.Tensor:
-    """Normalise any accepted container to a [L, I] float32 tensor (layer-major)."""
+) -> np.ndarray:
+    """Normalise any accepted container (of numpy arrays) to a [L, I] float32 array (layer-major)."""
     found = _unwrap(raw, source)
-    if isinstance(found, torch.Tensor):
+    if isinstance(found, np.ndarray):
         t = found
-        if t.dim() == 1:
+        if t.ndim == 1:
             if num_layers is None:
                 raise GateFileError(f"{source}: a flat tensor needs the base model's layer count to reshape")
-            width = intermediate_size if intermediate_size is not None else t.numel() // num_layers
-            if t.numel() != num_layers * width:
+            width = intermediate_size if intermediate_size is not None else t.size // num_layers
+            if t.size != num_layers * width:
                 raise GateFileError(
-                    f"{source}: holds {t.numel()} gate logits but the base model has "
+                    f"{source}: holds {t.size} gate logits but the base model has "
                     f"{num_layers} layers x {width} neurons = {num_layers * width}; "
                     "these gates were trained for a different model size"
                 )
             t = t.reshape(num_layers, width)
-        elif t.dim() != 2:
+        elif t.ndim != 2:
             raise GateFileError(f"{source}: expected a flat or [layers, neurons] tensor, found shape {list(t.shape)}")
     else:  # list of per-layer tensors, in layer order
         rows = [_as_1d(x, f"{source}[{i}]") for i, x in enumerate(found)]
-        widths = {r.numel() for r in rows}
+        widths = {r.size for r in rows}
         if len(widths) != 1:
             raise GateFileError(f"{source}: per-layer gate tensors differ in size: {sorted(widths)}")
-        t = torch.stack(rows)
-    if not t.is_floating_point():
+        t = np.stack(rows)
+    if not np.issubdtype(t.dtype, np.floating):
         raise GateFileError(f"{source}: gate logits must be floating point, found {t.dtype}")
-    t = t.to(torch.float32).contiguous()
+    t = np.ascontiguousarray(t, dtype=np.float32)
     if (num_layers is not None and t.shape[0] != num_layers) or (
         intermediate_size is not None and t.shape[1] != intermediate_size
     ):
         raise GateFileError(
-            f"{source}: gates have shape {list(t.shape)} ({t.numel()} neurons) but the base model has "
+            f"{source}: gates have shape {list(t.shape)} ({t.size} neurons) but the base model has "
             f"{num_layers} layers x {intermediate_size} neurons = {(num_layers or 0) * (intermediate_size or 0)}; "
             "these gates were trained for a different model size"
         )
-    bad = ~torch.isfinite(t)
+    bad = ~np.isfinite(t)
     if bad.any():
-        idx = bad.nonzero()[0].tolist()
+        idx = np.argwhere(bad)[0].tolist()
         raise GateFileError(
             f"{source}: {int(bad.sum())} gate logits are NaN or infinite (first at layer {idx[0]}, neuron "
             f"{idx[1]}); the file is damaged or was saved mid-training: download it again"
@@ -205,12 +206,38 @@ def _find_gate_file(folder: Path) -> Path | None:
 
 def _read_container(path: Path) -> Any:
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise GateFileError(f"{path}: not a readable safetensors file ({e}); download it again") from e
+        return _read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_pt(path)
+    except UnsafePickle as e:
+        raise GateFileError(
+            f"{path}: refused to load: {e}. Only plain tensors and containers are read, because a pickle can run "
+            "code. Re-save the logits as a plain tensor or as .safetensors"
+        ) from e
+    except LegacyFormat as e:
+        return _read_legacy_pt(path, str(e))
+    except (DamagedArchive, OSError) as e:
+        raise GateFileError(f"{path}: cannot read the gate file ({e}); download it again") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a numpy array (floats widened to float32)."""
+    out = {}
+    for info in read_header(path, GateFileError):
+        raw = read_rows(info, error=GateFileError)
+        out[info.name] = to_float32(raw, info.dtype) if info.dtype.name == "bfloat16" else raw
+    return out
+
+
+def _read_legacy_pt(path: Path, why: str) -> Any:
+    """A pre-1.6 (non-zip) torch file: only ``torch.load(weights_only=True)`` reads it; tensors become numpy."""
+    try:
+        import torch
+    except ImportError:
+        raise GateFileError(f"{path}: cannot read the gate file ({why}); it may be truncated: download it "
+                            "again, or re-save it as .safetensors") from None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for damaged or unsafe pickles
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
@@ -220,11 +247,22 @@ def _read_container(path: Path) -> Any:
                 "logits as a plain tensor or as .safetensors"
             ) from e
         raise GateFileError(f"{path}: cannot read the gate file ({text}); it may be truncated: download it again") from e
+    return _torch_to_numpy(raw, torch)
 
 
-def _unwrap(raw: Any, source: str) -> torch.Tensor | list[Any]:
+def _torch_to_numpy(value: Any, torch: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float32 if value.dtype == torch.bfloat16 else value.dtype).numpy()
+    if isinstance(value, dict):
+        return {k: _torch_to_numpy(v, torch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_torch_to_numpy(v, torch) for v in value)
+    return value
+
+
+def _unwrap(raw: Any, source: str) -> np.ndarray | list[Any]:
     """Accept a tensor, list/tuple of tensors, a dict keyed by layer, or one of those under one key."""
-    if isinstance(raw, torch.Tensor):
+    if isinstance(raw, np.ndarray):
         return raw
     if isinstance(raw, (list, tuple)):
         if not raw:
@@ -238,7 +276,7 @@ def _unwrap(raw: Any, source: str) -> torch.Tensor | list[Any]:
             return keyed
         if len(raw) == 1:
             (key, inner), = raw.items()
-            if isinstance(inner, (torch.Tensor, list, tuple, dict)):
+            if isinstance(inner, (np.ndarray, list, tuple, dict)):
                 return _unwrap(inner, f"{source}[{key!r}]")
         keys = ", ".join(repr(k) for k in list(raw)[:6])
         raise GateFileError(
@@ -272,8 +310,8 @@ def _layer_keyed(raw: dict[Any, Any]) -> list[Any] | None:
     return [index[i] for i in range(len(index))]
 
 
-def _as_1d(x: Any, source: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
+def _as_1d(x: Any, source: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
         raise GateFileError(f"{source}: expected a tensor of per-neuron logits, found {type(x).__name__}")
     return x.reshape(-1)
 

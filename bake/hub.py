@@ -1,6 +1,6 @@
 """Hugging Face Hub: resolve ``--base`` / ``--gates`` Hub ids to local folders, and push baked folders.
 
-A reference that names an existing local path is used as is. Anything else that is a valid repo id
+Imported only when a Hub id is given or a folder is pushed (``bake.sources``). A reference that names an existing local path is used as is. Anything else that is a valid repo id
 (``owner/name``) is fetched with ``huggingface_hub.snapshot_download`` into the usual Hugging Face
 cache, downloading only what a bake reads (safetensors weights, config, tokenizer, card and
 licence; never pickled ``.bin``/``.pth`` or other frameworks' weights). ``HF_HUB_OFFLINE=1`` is
@@ -12,7 +12,6 @@ huggingface_hub (all ``OSError`` subclasses) become ``HubError`` with the proble
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from .errors import BaseModelError, GateFileError, HubError
 from .gates import GATE_FILENAMES, list_variants
 from .json_files import read_json
 from .manifest import MANIFEST_NAME
+from .paths import BAKED_FOLDER, require
 
 # Everything a bake reads from a base repo, at the repo root only.
 BASE_ALLOW_PATTERNS = [
@@ -70,15 +70,6 @@ class _NoProgress(hf_tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
-
-
-def add_hub_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--base-revision`` / ``--gates-revision`` (used only when --base / --gates are Hub ids)."""
-    group = parser.add_argument_group("Hugging Face Hub")
-    group.add_argument("--base-revision", metavar="REV", default=None,
-                       help="branch, tag or commit of the --base Hub repo (default: main)")
-    group.add_argument("--gates-revision", metavar="REV", default=None,
-                       help="branch, tag or commit of the --gates Hub repo (default: main)")
 
 
 def resolve_base(ref: str, revision: str | None = None, progress: bool = True) -> Path:
@@ -218,8 +209,7 @@ def push_folder(
 
 def upload_file_list(folder: Path) -> list[str]:
     """The files ``upload_folder`` sends from ``folder`` (relative POSIX paths, sorted)."""
-    if not Path(folder).is_dir():
-        raise HubError(f"{folder} is not a folder; give push the output folder of a bake")
+    require(folder, "folder", BAKED_FOLDER, HubError)
     paths = sorted(p.relative_to(folder).as_posix() for p in Path(folder).glob("**/*") if p.is_file())
     return list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
 
@@ -277,12 +267,19 @@ def _local_path(ref: str, revision: str | None, *, what: str, error: type[Except
         if revision:
             raise error(f"{ref} is a local {what} path; a revision applies only to Hub repo ids: drop it")
         return path
+    if not is_repo_id(ref):
+        raise error(f"{what} path {ref} does not exist (and it is not a Hub repo id like owner/name); "
+                    "check the path")
+    return None
+
+
+def is_repo_id(ref: str) -> bool:
+    """Whether ``ref`` has the form of a Hub repo id (owner/name or name)."""
     try:
         validate_repo_id(ref)
     except HFValidationError:
-        raise error(f"{what} path {ref} does not exist (and it is not a Hub repo id like owner/name); "
-                    "check the path") from None
-    return None
+        return False
+    return True
 
 
 def _variants_in(files: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from .errors import ManifestMismatch
 from .json_files import read_json
 
 if TYPE_CHECKING:
-    from .pipeline import BakePlan
+    from .plan import BakePlan
 
 MANIFEST_NAME = "bake_manifest.json"
 MANIFEST_FORMAT = 1
@@ -38,7 +38,7 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str]) ->
             "variant": v.name,
             "file": v.gate_file.name,
             "sha256": v.sha256,
-            "num_neurons": int(v.logits.numel()),
+            "num_neurons": int(v.logits.size),
         },
         "cut": {"kind": st.cut.kind, "value": st.cut.value, "threshold": g.threshold},
         "gate_mode": st.gate_mode,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 
-def attach_gate_hooks(model: nn.Module, scale: torch.Tensor) -> list[torch.utils.hooks.RemovableHandle]:
+def attach_gate_hooks(model: nn.Module, scale: torch.Tensor | np.ndarray) -> list[torch.utils.hooks.RemovableHandle]:
     """Register ``down_proj`` forward pre-hooks multiplying the input by ``scale[layer]`` ([L, I])."""
+    scale = torch.as_tensor(scale)
     layers = model.model.layers
     if scale.shape[0] != len(layers):
         raise ValueError(f"scale has {scale.shape[0]} layers, the model {len(layers)}")
@@ -30,7 +32,8 @@ def attach_gate_hooks(model: nn.Module, scale: torch.Tensor) -> list[torch.utils
     return handles
 
 
-def load_hooked_model(base_dir: Path, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_hooked_model(base_dir: Path, scale: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32
+                      ) -> nn.Module:
     """Load the base with ``AutoModelForCausalLM`` in ``dtype`` and attach the gate hooks."""
     from transformers import AutoModelForCausalLM
 

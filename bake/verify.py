@@ -22,11 +22,12 @@ from .base_model import open_base_model, read_config
 from .errors import BakeError, ManifestMismatch
 from .gate_math import Cut, GateSettings, compute_gates
 from .gates import load_variant
-from .hub import resolve_base, resolve_gates
 from .manifest import MANIFEST_NAME, read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
-from .pipeline import BakeOptions, plan_bake
+from .paths import PROMPTS_FILE, require
+from .plan import BakeOptions, plan_bake
 from .reference import load_hooked_model
+from .sources import resolve_base, resolve_gates
 from .weight_check import check_export_weights
 
 Messages = list[dict[str, str]]
@@ -222,6 +223,9 @@ def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
     A ``--target cuda`` export on a machine without CUDA is a candidate whose logits are not run
     (its fused q/k norm has no CPU kernel); verify then judges it by its weight check alone and says so.
     """
+    from export.install import require_onnxruntime
+
+    require_onnxruntime()
     from export.runtime import OnnxCausalLM, pick_device, read_export_folder
 
     io = read_export_folder(folder)
@@ -251,7 +255,7 @@ def planned_bake(export: Path, base: Path, variant: Any, settings: GateSettings)
 def read_prompts_file(path: Path) -> list[Messages | str]:
     """JSONL: each line a list of messages, an object with "messages", or a string; other lines are plain text."""
     prompts: list[Messages | str] = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(require(path, "file", PROMPTS_FILE).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:

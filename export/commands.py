@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bake.commands import COMMANDS
 from bake.commands.common import add_output_args, say
+from bake.paths import EXPORT_FOLDER, MODEL_FOLDER, path_arg
 
 from .options import DEVICES, DTYPES, ENGINES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
@@ -15,10 +17,10 @@ EXPORT_EPILOG = """\
 targets (the graph):
   portable  standard ONNX ops (opset 21): any ONNX runtime and execution provider, no position limit;
             logits at every position, position_ids input, KV cache concatenated each step
-  cpu       ONNX Runtime's fused kernels, the graph onnxruntime-genai runs fastest: GroupQueryAttention
-            with rotary inside and the KV cache written in place (one buffer per layer shared by
-            past/present), skip + RMSNorm fused, packed QKV and gate/up projections, logits of the
-            last token only; right-padded batches
+  cpu       (default) ONNX Runtime's fused kernels, the graph onnxruntime-genai runs fastest:
+            GroupQueryAttention with rotary inside and the KV cache written in place (one buffer per
+            layer shared by past/present), skip + RMSNorm fused, packed QKV and gate/up projections,
+            logits of the last token only; right-padded batches
   cuda      the cpu graph with the q/k RMSNorm fused into GroupQueryAttention (a CUDA-only kernel);
             needs --dtype float16; every node runs on the CUDA execution provider, so onnxruntime-genai
             can capture it as a CUDA graph (--cuda-graph)
@@ -49,7 +51,7 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     d = GRAPH_DEFAULTS
     p.add_argument(f"--{prefix}target", default=d["target"], choices=TARGETS,
                    help="graph to build: portable (standard ops), cpu or cuda (ONNX Runtime's fused kernels, "
-                        "in-place KV cache, the onnxruntime-genai graph); default portable")
+                        "in-place KV cache, the onnxruntime-genai graph); default cpu")
     p.add_argument(f"--{prefix}dtype", default=d["dtype"], choices=[*DTYPES, "bfloat16"],
                    help="weight and activation dtype (default float32; --target cuda needs float16; bfloat16 is "
                         "refused: no ONNX Runtime CPU kernels)")
@@ -65,7 +67,7 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def register_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="export a baked Qwen3 folder to ONNX with KV cache",
+        help=COMMANDS["export"].help,
         description=(
             "Build an ONNX graph with KV cache directly from the checkpoint's tensors, check it with "
             "onnx.checker and strict shape inference, load it once in ONNX Runtime, and write the folder "
@@ -75,8 +77,10 @@ def register_export(sub: Any) -> None:
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, type=Path, help="baked (or base) Qwen3 model folder")
-    p.add_argument("--out", required=True, type=Path, help="export folder to create")
+    p.add_argument("--model", required=True, type=path_arg("folder", MODEL_FOLDER),
+                   help="baked (or base) Qwen3 model folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="export folder: new, empty, or an earlier export to replace with --overwrite")
     add_graph_args(p)
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="execution provider the export is loaded and run on after writing (default auto: CUDA when "
@@ -89,6 +93,9 @@ def register_export(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bake.cli import emit_json
 
+    from .install import require_onnxruntime
+
+    require_onnxruntime()
     from .exporter import export_onnx
 
     report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
@@ -111,22 +118,23 @@ def run_export(args: argparse.Namespace) -> int:
 def register_generate(sub: Any) -> None:
     p = sub.add_parser(
         "generate",
-        help="chat with an ONNX export (greedy decoding, streamed)",
+        help=COMMANDS["generate"].help,
         description=(
             "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
             "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, printing "
-            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed and faster "
-            "(CUDA; the cpu/cuda graphs on the CPU), else in lambda-bake's own ONNX Runtime loop."
+            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed (for the "
+            "device), else in lambda-bake's own ONNX Runtime loop."
         ),
     )
-    p.add_argument("--onnx", required=True, type=Path, help="folder written by lambda-bake export")
+    p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER),
+                   help="folder written by lambda-bake export")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: the "
-                        "faster one that is installed)")
+                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: "
+                        "onnxruntime-genai when it is installed for the device, else ort)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime (default: one per core)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                    help="onnxruntime-genai on CUDA: capture the decoding step as a CUDA graph (default on)")
@@ -141,6 +149,9 @@ def _positive_int(text: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .install import require_onnxruntime
+
+    require_onnxruntime()
     from .chat import ChatTokenizer
     from .engines import describe, open_engine, stream_reply
 

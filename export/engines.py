@@ -1,10 +1,10 @@
 """Pick the generation loop for an export and stream a chat reply through it.
 
 Two loops run an export: onnxruntime-genai's C++ loop (``genai_runtime``, when installed) and
-lambda-bake's own Python loop over ONNX Runtime (``runtime``). ``auto`` takes onnxruntime-genai
-where it is the faster one: on CUDA always (its loop keeps everything on the GPU and can capture
-CUDA graphs), and on the CPU for the ONNX Runtime graphs (targets cpu/cuda); the portable graph
-decodes faster in our loop on the CPU (docs/BENCHMARKS.md), so there it stays.
+lambda-bake's own Python loop over ONNX Runtime (``runtime``). ``auto`` takes onnxruntime-genai when
+it is installed for the device: on 2 CPU cores it decoded as fast as our loop or faster on every
+graph once given every core (docs/BENCHMARKS.md), and on CUDA its loop keeps the whole step on the
+GPU and can capture it as a CUDA graph. Our loop is the fallback, and what verify uses.
 """
 
 from __future__ import annotations
@@ -17,30 +17,31 @@ from bake.errors import ExportError
 
 from . import genai_runtime
 from .chat import ChatTokenizer, Messages
+from .install import CPU_INSTALL, GPU_INSTALL
 from .options import ENGINES
-from .runtime import OnnxCausalLM, pick_device, read_export_folder
+from .runtime import OnnxCausalLM, pick_device
 
 
-def choose_engine(folder: Path, engine: str, device: str) -> str:
+def choose_engine(engine: str, device: str) -> str:
     """'genai' or 'ort' for ``engine`` ('auto' decides as the module docstring says)."""
     if engine not in ENGINES:
         raise ExportError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "genai" and not genai_runtime.available():
-        raise ExportError("--engine genai: onnxruntime-genai is not installed; pip install onnxruntime-genai "
-                          "(onnxruntime-genai-cuda on a GPU), or use --engine ort")
+        raise ExportError(f"--engine genai: onnxruntime-genai is not installed; {CPU_INSTALL} ({GPU_INSTALL} on a "
+                          "GPU), or use --engine ort")
     if engine != "auto":
         return engine
     if not genai_runtime.available():
         return "ort"
     if pick_device(device) == "cuda":
         return "genai" if genai_runtime.cuda_available() else "ort"
-    return "ort" if read_export_folder(folder)["target"] == "portable" else "genai"
+    return "genai"
 
 
 def open_engine(folder: Path, engine: str = "auto", device: str = "auto", threads: int | None = None,
                 cuda_graph: bool = True) -> Any:
     """The loaded model behind ``engine``: a ``GenaiLM`` or an ``OnnxCausalLM`` (both have ``stream``)."""
-    if choose_engine(folder, engine, device) == "genai":
+    if choose_engine(engine, device) == "genai":
         return genai_runtime.GenaiLM(folder, device=device, threads=threads, cuda_graph=cuda_graph)
     return OnnxCausalLM(folder, device=device, threads=threads)
 

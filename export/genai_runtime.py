@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from bake.errors import ExportError
 
 from .genai_config import GENAI_FILE
+from .install import GPU_INSTALL, mixed_install_hint
 from .runtime import pick_device, read_export_folder
 
 
@@ -31,8 +33,18 @@ def cuda_available() -> bool:
     return bool(og.is_cuda_available())
 
 
+def cpu_threads() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class GenaiLM:
-    """An export folder loaded by onnxruntime-genai."""
+    """An export folder loaded by onnxruntime-genai.
+
+    On the CPU, ``threads`` defaults to every CPU this process may use: left to itself,
+    onnxruntime-genai ran one intra-op thread on a 2-core machine and decoded at the one-thread
+    speed (docs/BENCHMARKS.md).
+    """
 
     def __init__(self, folder: Path, device: str = "auto", threads: int | None = None, cuda_graph: bool = False):
         import onnxruntime_genai as og
@@ -44,8 +56,8 @@ class GenaiLM:
                               "(it writes one into every export), or run with --engine ort")
         self.device = pick_device(device)
         if self.device == "cuda" and not cuda_available():
-            raise ExportError("onnxruntime-genai here is the CPU package; install onnxruntime-genai-cuda "
-                              "(pip install 'lambda-bake[gpu]') or use --device cpu")
+            raise ExportError(f"onnxruntime-genai here is the CPU package; {GPU_INSTALL} or use --device cpu."
+                              f"{mixed_install_hint()}")
         if self.io["target"] == "cuda" and self.device == "cpu":
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; "
                               "run it on a GPU, or export again with --target cpu for the CPU")
@@ -55,6 +67,7 @@ class GenaiLM:
             if self.device == "cuda":
                 config.append_provider("cuda")
                 config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
+            threads = threads or (cpu_threads() if self.device == "cpu" else None)
             if threads:
                 config.overlay(json.dumps({"model": {"decoder": {"session_options": {
                     "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))

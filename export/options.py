@@ -8,5 +8,5 @@ QUANTIZATIONS = ("none", "int4", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "genai", "ort")
 # export's graph options and their defaults (bake --onnx takes the same, named --onnx-*)
-GRAPH_DEFAULTS = {"target": "portable", "dtype": "float32", "layout": "as-is", "quantize": "none",
+GRAPH_DEFAULTS = {"target": "cpu", "dtype": "float32", "layout": "as-is", "quantize": "none",
                   "cuda_graph": False}

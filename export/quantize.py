@@ -43,7 +43,7 @@ class QuantSpec:
                           "export dtype"}
 
 
-def quant_spec(name: str, target: str = "portable") -> QuantSpec | None:
+def quant_spec(name: str, target: str = "cpu") -> QuantSpec | None:
     """'none' -> None, 'int4'/'int8' -> the spec for ``target`` (int8 activations on CPU, none on CUDA)."""
     if name == "none":
         return None

@@ -24,6 +24,9 @@ import onnxruntime as ort
 
 from bake.errors import ExportError
 from bake.json_files import read_json
+from bake.paths import EXPORT_FOLDER, require
+
+from .install import GPU_INSTALL, mixed_install_hint
 
 # The export folder format (written by export.exporter).
 MODEL_FILE = "model.onnx"
@@ -36,7 +39,7 @@ NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 def read_export_folder(folder: Path) -> dict[str, Any]:
     """Check that ``folder`` is a complete export (onnx_io.json, model, external data); return onnx_io."""
-    folder = Path(folder)
+    folder = require(folder, "folder", EXPORT_FOLDER, ExportError)
     io_path = folder / IO_FILE
     if not io_path.is_file():
         raise ExportError(f"{folder} is not a lambda-bake ONNX export (no {IO_FILE}); create one with lambda-bake export")
@@ -68,11 +71,31 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda else "cpu"
     if device == "cuda" and not has_cuda:
-        raise ExportError("--device cuda: this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
-                          "(pip install 'lambda-bake[gpu]') or use --device cpu")
+        raise ExportError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider; {GPU_INSTALL} or use "
+                          f"--device cpu.{mixed_install_hint()}")
     if device not in ("cpu", "cuda"):
         raise ExportError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return device
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for 'cpu' or 'cuda' (CPU as the fallback)."""
+    return (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+
+
+def load_check_session(model: Path, device: str) -> ort.InferenceSession:
+    """Load an export the cheap way, to check that it loads: ONNX Runtime parses and checks the graph,
+    gives every node a kernel on ``device`` and maps the weights from the external-data file (it
+    memory-maps page-aligned external tensors), but makes no copies of them: no pre-packing, no memory
+    arena, and basic graph optimizations without constant folding (constant folding is where the CPU
+    provider turns float16 weights into float32 copies). Nothing is run, so no weight is read.
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(model), options, providers=providers_for(device),
+                                disabled_optimizers=["ConstantFolding"])
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -103,7 +126,7 @@ class OnnxCausalLM:
         if self.io.get("target") == "cuda" and self.device == "cpu":
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; run it "
                               "on a GPU, or export again with --target cpu for the CPU")
-        providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
+        providers = providers_for(self.device)
         try:
             self.session = ort.InferenceSession(str(self.folder / self.io["model_file"]), session_options(threads),
                                                 providers=providers)

@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the random-weight Qwen3-0.6B and a real-shape gate variant."""
+"""Shared by the benchmark scripts: random-weight Qwen3 bases of the real shapes and real-shape gates."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "chat_energy"
+SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B"}  # specs in bake.demo_assets
 
 _BUILD = """
 import sys, torch
 from pathlib import Path
-from bake.demo_assets import QWEN3_0_6B, build_tiny_qwen3, seed_gate_logits, write_gate_folder
-root = Path(sys.argv[1])
-build_tiny_qwen3(root / "base", QWEN3_0_6B, dtype=torch.bfloat16)
-write_gate_folder(root / "gates" / sys.argv[2], seed_gate_logits(28, 3072, seed=0), scale_mode="energy")
+from bake import demo_assets
+from bake.demo_assets import build_tiny_qwen3, seed_gate_logits, write_gate_folder
+root, variant, spec = Path(sys.argv[1]), sys.argv[2], getattr(demo_assets, sys.argv[3])
+build_tiny_qwen3(root / "base", spec, dtype=torch.bfloat16)
+write_gate_folder(root / "gates" / variant, seed_gate_logits(spec.num_layers, spec.intermediate_size, seed=0),
+                  scale_mode="energy")
 """
 
 
-def ensure_inputs(workdir: Path) -> tuple[Path, Path]:
-    """Build (once, in a child process) ``workdir/base`` (bf16, 1.2 GB) and ``workdir/gates/<variant>``."""
+def ensure_inputs(workdir: Path, shape: str = "0.6b") -> tuple[Path, Path]:
+    """Build (once, in a child process) ``workdir/base`` (bf16) and ``workdir/gates/<variant>`` of ``shape``."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "base" / "model.safetensors").exists():
-        print("building random-weight Qwen3-0.6B (bf16) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-c", _BUILD, str(workdir), VARIANT], cwd=REPO, check=True)
+        print(f"building random-weight Qwen3-{shape.upper()} (bf16) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-c", _BUILD, str(workdir), VARIANT, SHAPES[shape]], cwd=REPO, check=True)
     return workdir / "base", workdir / "gates" / VARIANT

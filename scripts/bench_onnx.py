@@ -14,8 +14,11 @@ and, as yardsticks, onnxruntime-genai's own model builder's graph of the same de
 onnxruntime-genai, and transformers' eager PyTorch (hooked reference and baked checkpoint). On CUDA
 (--device cuda), genai runs are repeated with CUDA-graph capture (--cuda-graph).
 
-Tokens/s count batch x tokens. Configurations are measured in --rounds rounds, each loading every
-configuration in turn (so a neighbour's load hits all alike); each figure is the best round.
+Tokens/s count batch x tokens. Measurement is paired: the yardstick (the builder's graph with
+--builder, else the first configuration) stays loaded, and each other configuration is loaded next
+to it and run alternately with it for --rounds rounds, so slow drifts of a shared machine hit both
+alike. Reported per configuration: the median over rounds, and its ratio to the yardstick's median
+from the same pairing (decode tokens/s).
 
     python scripts/bench_onnx.py --workdir /tmp/bench --targets portable cpu --engines ort genai --builder \\
         --json docs/bench/bench_onnx.json
@@ -29,6 +32,7 @@ import inspect
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +51,7 @@ from bake.gates import load_variant  # noqa: E402
 from bake.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
 from bake.reference import load_hooked_model  # noqa: E402
 from export.exporter import export_onnx  # noqa: E402
+from export.genai_runtime import cpu_threads  # noqa: E402
 from export.runtime import OnnxCausalLM  # noqa: E402
 
 Timing = dict[str, float]
@@ -68,16 +73,23 @@ def rates(shape: tuple[int, ...], new_tokens: int, prefill: float, decode: float
 def time_torch(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
     """Prefill and greedy decode through transformers' KV cache (eager attention)."""
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    x = torch.from_numpy(ids)
+    x = torch.from_numpy(ids).to(next(model.parameters()).device)
+
+    def sync() -> None:
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
     with torch.no_grad():
         start = time.perf_counter()
         out = model(x, use_cache=True)
+        sync()
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(new_tokens):
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             cache = out.cache if cache_arg == "cache" else out.past_key_values
             out = model(token, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        sync()
         decode = time.perf_counter() - start
     return rates(ids.shape, new_tokens, prefill, decode)
 
@@ -99,6 +111,8 @@ def time_ort(lm: OnnxCausalLM, ids: np.ndarray, new_tokens: int) -> Timing:
 
 
 def load_genai(folder: Path, device: str, cuda_graph: bool) -> Any:
+    """onnxruntime-genai on ``folder`` as lambda-bake's generate runs it (on the CPU: every core, see
+    export/genai_runtime.py); the builder's folder gets exactly the same settings."""
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
@@ -106,6 +120,9 @@ def load_genai(folder: Path, device: str, cuda_graph: bool) -> Any:
     if device == "cuda":
         config.append_provider("cuda")
         config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
+    else:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": cpu_threads(), "inter_op_num_threads": 1}}}}))
     return og.Model(config)
 
 
@@ -128,26 +145,33 @@ def time_genai(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
     return rates(ids.shape, new_tokens, prefill, decode)
 
 
-def measure_once(load: Callable[[], Any], run: Callable[[Any, np.ndarray, int], Timing], batches: list[int],
-                 args: argparse.Namespace, vocab: int) -> dict[str, Timing]:
-    model = load()
-    run(model, prompt_ids(1, 8, vocab), 2)  # warm-up: first-run allocations and kernel selection
-    out = {f"batch{b}": run(model, prompt_ids(b, args.prompt_len, vocab), args.new_tokens) for b in batches}
-    del model
-    gc.collect()
-    return out
+def median_timing(tries: list[Timing]) -> Timing:
+    return {k: statistics.median(t[k] for t in tries) for k in tries[0]}
 
 
-def best(rounds: list[dict[str, Timing]]) -> dict[str, Timing]:
-    """Per batch size, the round with the fastest decode."""
-    return {b: max((r[b] for r in rounds), key=lambda t: t["decode_tok_s"]) for b in rounds[0]}
+def paired(yardstick: tuple[Any, Callable[..., Timing]], candidate: tuple[Any, Callable[..., Timing]],
+           batches: list[int], args: argparse.Namespace, vocab: int) -> tuple[dict[str, Timing], dict[str, Timing]]:
+    """Alternate candidate and yardstick runs for every batch size; medians over --rounds for both."""
+    tries: dict[str, tuple[list[Timing], list[Timing]]] = {f"batch{b}": ([], []) for b in batches}
+    for _ in range(args.rounds):
+        for b in batches:
+            ids = prompt_ids(b, args.prompt_len, vocab)
+            for (model, run), out in zip((candidate, yardstick), tries[f"batch{b}"]):
+                out.append(run(model, ids, args.new_tokens))
+    return ({k: median_timing(c) for k, (c, _) in tries.items()}, {k: median_timing(y) for k, (_, y) in tries.items()})
+
+
+def warm(model: Any, run: Callable[..., Timing], vocab: int) -> None:
+    run(model, prompt_ids(1, 8, vocab), 2)  # first-run allocations and kernel selection
 
 
 def builder_export(bake: Path, out: Path, precision: str, device: str) -> Path:
     """onnxruntime-genai's model builder on our bake (its own graph, genai_config.json and tokenizer)."""
     if not (out / "genai_config.json").exists():
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(bake), "-o", str(out),
-                        "-p", precision, "-e", device], check=True, stdout=subprocess.DEVNULL)
+        run = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(bake), "-o",
+                              str(out), "-p", precision, "-e", device], capture_output=True, text=True)
+        if run.returncode:
+            sys.exit(f"the builder failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
     return out
 
 
@@ -159,7 +183,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2, help="measurement rounds; the best is kept")
+    ap.add_argument("--rounds", type=int, default=5, help="paired measurement rounds (medians are reported)")
     ap.add_argument("--targets", nargs="+", default=["portable", "cpu"], help="export targets (graphs) to time")
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="export dtype")
     ap.add_argument("--quantize", choices=("none", "int4", "int8"), default="none", help="export weights")
@@ -218,14 +242,25 @@ def main() -> None:
             lambda dtype=dtype: load_hooked_model(base, scale, dtype).to(args.device), time_torch)
         configs[f"torch baked dense {dtype_name}"] = (
             lambda dtype=dtype: _plain(args.workdir / f"dense-{mid}", dtype).to(args.device), time_torch)
-    rounds: dict[str, list[dict[str, Timing]]] = {name: [] for name in configs}
-    for r in range(args.rounds):
-        for name, (load, run) in configs.items():
-            rounds[name].append(measure_once(load, run, args.batches, args, vocab))
-            cells = "  ".join(f"b{b} decode {rounds[name][-1][f'batch{b}']['decode_tok_s']:8.2f}" for b in args.batches)
-            print(f"round {r + 1} {name:<58} {cells}", file=sys.stderr, flush=True)
-    report["runs"] = {name: best(rs) for name, rs in rounds.items()}
-    report["all_rounds"] = rounds
+    yard_name = next((n for n in configs if n.startswith("builder/genai ")), next(iter(configs)))
+    yard_load, yard_run = configs.pop(yard_name)
+    yardstick = (yard_load(), yard_run)
+    warm(*yardstick, vocab)
+    report["yardstick"], report["yardstick_runs"], report["ratios"] = yard_name, {}, {}
+    for name, (load, run) in configs.items():
+        candidate = (load(), run)
+        warm(*candidate, vocab)
+        report["runs"][name], report["yardstick_runs"][name] = paired(yardstick, candidate, args.batches, args,
+                                                                      vocab)
+        report["ratios"][name] = {b: report["runs"][name][b]["decode_tok_s"]
+                                  / report["yardstick_runs"][name][b]["decode_tok_s"] for b in report["runs"][name]}
+        cells = "  ".join(f"b{b} decode {report['runs'][name][f'batch{b}']['decode_tok_s']:8.2f} "
+                          f"(x{report['ratios'][name][f'batch{b}']:.2f})" for b in args.batches)
+        print(f"{name:<58} {cells}", file=sys.stderr, flush=True)
+        del candidate
+        gc.collect()
+    report["runs"][yard_name] = {b: median_timing([r[b] for r in report["yardstick_runs"].values()])
+                                 for b in (f"batch{b}" for b in args.batches)}
     print_summary(report, args.batches)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -240,18 +275,13 @@ def _plain(folder: Path, dtype: torch.dtype) -> Any:
 def print_summary(report: dict[str, Any], batches: list[int]) -> None:
     runs = report["runs"]
     print(f"\n{'configuration':<60} " + " ".join(f"{'b' + str(b) + ' prefill':>12} {'b' + str(b) + ' decode':>11}"
-                                                  for b in batches))
+                                                  for b in batches) + "   decode vs yardstick")
     for name, r in runs.items():
         cells = [f"{r[f'batch{b}']['prefill_tok_s']:12.1f} {r[f'batch{b}']['decode_tok_s']:11.2f}" for b in batches]
-        print(f"{name:<60} " + " ".join(cells))
-    yardsticks = [n for n in runs if n.startswith(("builder/genai ", "torch baked"))]
-    for ref in yardsticks:
-        print(f"\ndecode speed over {ref} ({' / '.join(f'batch {b}' for b in batches)}):")
-        for name, r in runs.items():
-            if name.startswith("ours/"):
-                ratios = " / ".join(f"x{r[f'batch{b}']['decode_tok_s'] / runs[ref][f'batch{b}']['decode_tok_s']:.2f}"
-                                    for b in batches)
-                print(f"  {name:<58} {ratios}")
+        ratio = report["ratios"].get(name)
+        paired_with = " / ".join(f"x{ratio[f'batch{b}']:.2f}" for b in batches) if ratio else "(yardstick)"
+        print(f"{name:<60} " + " ".join(cells) + f"   {paired_with}")
+    print(f"\nyardstick: {report['yardstick']}; ratios are paired medians (decode tok/s)")
 
 
 if __name__ == "__main__":

@@ -39,20 +39,43 @@ QWEN3_STYLE = """{%- if messages[0].role == 'system' %}
 {%- endif %}
 {# {{ {"a": 1} | tojson }} #}"""
 
+# Loop controls, .strip(), special-token variables and tojson on a condition (after a template written
+# for the first transformers-free tokenizer).
+RICH = """{%- set ns = namespace(last_user=-1) %}
+{%- for message in messages[::-1] %}
+    {%- if message.role == "user" and ns.last_user < 0 %}{% set ns.last_user = messages|length - loop.index0 - 1 %}{% endif %}
+{%- endfor %}
+{%- if messages[0].role == "system" %}
+<|im_start|>system
+{{ messages[0].content.strip() }}{{ eos_token }}
+{% endif %}
+{% for message in messages %}
+  {% if message.role == "system" %}{% continue %}{% endif %}
+<|im_start|>{{ message.role }}
+{{ message.content | tojson if message.content.startswith("{") else message.content }}{% if loop.index0 == ns.last_user %} (last){% endif %}<|im_end|>
+{% endfor %}
+{% if add_generation_prompt %}<|im_start|>assistant
+{% if enable_thinking is defined and enable_thinking is false %}<think>
+
+</think>
+
+{% endif %}{% endif %}"""
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}],
     [{"role": "system", "content": "You are a careful tutor."}, {"role": "user", "content": "  Why? é ü 日本 "}],
     [{"role": "user", "content": "List primes."}, {"role": "assistant", "content": "2, 3, 5"},
      {"role": "user", "content": "Next three?"}],
+    [{"role": "system", "content": "  Be brief.  "}, {"role": "user", "content": "{\"x\": 1} café ünïcode"}],
 ]
 
 
-@pytest.fixture(params=["demo template", "qwen3-style template", "template in tokenizer_config.json"])
+@pytest.fixture(params=["demo template", "qwen3-style template", "rich template", "template in tokenizer_config.json"])
 def folder(request, tiny_base: Path, tmp_path: Path) -> Path:
     out = tmp_path / "model"
     shutil.copytree(tiny_base, out)
-    if request.param == "qwen3-style template":
-        (out / "chat_template.jinja").write_text(QWEN3_STYLE)
+    if request.param in ("qwen3-style template", "rich template"):
+        (out / "chat_template.jinja").write_text(QWEN3_STYLE if request.param == "qwen3-style template" else RICH)
     elif request.param == "template in tokenizer_config.json":
         template = (out / "chat_template.jinja").read_text()
         (out / "chat_template.jinja").unlink()

@@ -43,7 +43,7 @@ def copy_base(tiny_base: Path, tmp_path: Path) -> Path:
     ("truncated", "download it again"),
     ("nan", "NaN or infinite"),
     ("pickle", "refused to load"),
-    ("empty", "no gate file in"),
+    ("no gate file", "no gate file in"),
 ])
 def test_bad_gate_files_exit_2_and_write_nothing(tiny_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  case: str, message: str) -> None:
@@ -51,8 +51,9 @@ def test_bad_gate_files_exit_2_and_write_nothing(tiny_base: Path, tmp_path: Path
     logits = seed_gate_logits(4, 128, seed=1)
     if case == "count":
         write_gate_folder(folder, seed_gate_logits(5, 128, seed=1), scale_mode="mean")
-    elif case == "empty":
+    elif case == "no gate file":
         folder.mkdir()
+        (folder / "gate_stats.json").write_text("{}")
     else:
         write_gate_folder(folder, logits, scale_mode="mean")
         pt = folder / "lambda_logits.pt"
@@ -176,7 +177,8 @@ def test_unwritable_output(tiny_base: Path, tiny_gates: Path, tmp_path: Path, ca
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(bake_args(tiny_base, tiny_gates / "chat_mean", blocker / "out", "--preset", "1")) == EXIT_USER
-    assert "choose an --out" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {blocker} is a file, so {blocker / 'out'} cannot be created; choose another --out")
     if os.geteuid() != 0:  # root ignores permission bits
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
@@ -189,22 +191,22 @@ def test_disk_full_mid_write_leaves_nothing_and_rerun_succeeds(tiny_base: Path, 
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import bake.tensor_io as tio
 
-    real_write = tio.tensor_bytes
+    real_write = tio.write_array
     calls = {"n": 0}
 
-    def fill_disk(t: object) -> memoryview:
+    def fill_disk(f: object, a: object) -> int:
         calls["n"] += 1
         if calls["n"] == 10:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(t)  # type: ignore[arg-type]
+        return real_write(f, a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tio, "tensor_bytes", fill_disk)
+    monkeypatch.setattr(tio, "write_array", fill_disk)
     out = tmp_path / "out"
     args = bake_args(tiny_base, tiny_gates / "chat_mean", out, "--preset", "1", "--dtype", "bfloat16")
     assert main(args) == EXIT_USER
     assert "disk full" in capsys.readouterr().err
     assert_nothing_written(out)
-    monkeypatch.setattr(tio, "tensor_bytes", real_write)
+    monkeypatch.setattr(tio, "write_array", real_write)
     assert main(args) == 0 and (out / "model.safetensors").exists()
 
 
@@ -246,7 +248,8 @@ def test_killed_bake_leaves_destination_untouched_and_rerun_succeeds(tiny_base: 
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]  # destination untouched
     assert main(args) == 0
     assert not (out / "previous.txt").exists() and (out / "bake_manifest.json").exists()
-    assert not tmp_dir.exists()  # the killed run's leftovers are cleaned by the rerun
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []  # the killed run's temporary
+    # folder (and, after SIGKILL, its lock file) are cleaned up by the rerun
 
 
 def test_internal_error_exits_1(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:

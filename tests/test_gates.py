@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -41,7 +42,7 @@ CONTAINERS = {
 def test_every_container_gives_the_same_layer_major_matrix(tmp_path: Path, kind: str) -> None:
     write_gate_folder(tmp_path / "chat_mean", LOGITS, scale_mode=None, container=CONTAINERS[kind])
     v = load_variant(tmp_path / "chat_mean", num_layers=L, intermediate_size=I)
-    assert torch.equal(v.logits, LOGITS)
+    assert v.logits.dtype == np.float32 and np.array_equal(v.logits, LOGITS.numpy())
     assert v.scale_mode == "mean" and v.scale_mode_source == "folder name"
 
 
@@ -50,17 +51,17 @@ def test_safetensors_gate_file(tmp_path: Path) -> None:
     folder.mkdir()
     save_file({f"model.layers.{i}.mlp": LOGITS[i].clone() for i in range(L)}, str(folder / "lambda_logits.safetensors"))
     v = load_variant(folder, num_layers=L, intermediate_size=I)
-    assert torch.equal(v.logits, LOGITS) and v.gate_file.name == "lambda_logits.safetensors"
+    assert np.array_equal(v.logits, LOGITS.numpy()) and v.gate_file.name == "lambda_logits.safetensors"
 
 
 def test_side_files_are_read(tmp_path: Path) -> None:
     write_gate_folder(tmp_path / "custom", LOGITS, scale_mode="energy")
     v = load_variant(tmp_path / "custom", num_layers=L, intermediate_size=I)
-    lam = torch.sigmoid(LOGITS).reshape(-1).sort().values
+    lam = torch.sigmoid(LOGITS.double()).float()
     assert v.scale_mode == "energy" and v.scale_mode_source == "gate_stats.json"
     assert len(v.selected_thresholds) == 5
-    assert v.selected_thresholds[2] == pytest.approx(float(lam[round(0.5 * L * I)]), abs=1e-8)
-    assert v.knowledge_neurons == int((torch.sigmoid(LOGITS) < 0.5).sum())
+    assert v.selected_thresholds[2] == pytest.approx(float(lam.reshape(-1).sort().values[round(0.5 * L * I)]), abs=1e-8)
+    assert v.knowledge_neurons == int((lam < 0.5).sum())
     assert v.stats["total_gates"] == L * I
 
 
@@ -134,10 +135,16 @@ def test_truncated_gate_file_says_download_again(tmp_path: Path, name: str) -> N
 
 def test_folder_lookup_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(GateFileError, match="no gate file in .*empty"):
+    with pytest.raises(GateFileError, match="empty is an empty folder; expected a gate variant folder"):
         find_variant_folder(tmp_path / "empty")
-    with pytest.raises(GateFileError, match="does not exist"):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("no gates here")
+    with pytest.raises(GateFileError, match="no gate file in .*other"):
+        find_variant_folder(tmp_path / "other")
+    with pytest.raises(GateFileError, match="nope does not exist; expected a gate variant folder"):
         find_variant_folder(tmp_path / "nope")
+    with pytest.raises(GateFileError, match=r"notes.txt is a file, not a folder; expected a gate variant folder"):
+        find_variant_folder(tmp_path / "other" / "notes.txt")
     for name in ("chat_mean", "chat_energy"):
         write_gate_folder(tmp_path / "root" / name, LOGITS, scale_mode=None)
     with pytest.raises(GateFileError, match="several variants; pick one with --variant: chat_energy, chat_mean"):

@@ -8,6 +8,7 @@ continuation must equal lambda-bake's own loop on the same graph (same kernels, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -195,3 +196,31 @@ def test_cuda_export_is_refused_on_cpu_by_both_loops(bakes, tmp_path, capsys):
         assert main(["generate", "--onnx", str(out), "--prompt", "hi", "--engine", engine, "--device", "cpu"]) == 2
         assert "runs only on CUDA" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_cpu_runs_use_every_available_core(bakes, tmp_path, monkeypatch):
+    """Left to itself onnxruntime-genai ran one intra-op thread here; GenaiLM asks for every core."""
+    out = tmp_path / "onnx"
+    export_onnx(bakes["dense"], out, target="cpu", progress=False)
+    overlays: list[dict] = []
+    real, real_model = og.Config, og.Model
+
+    class Recording:
+        def __init__(self, path: str):
+            self.config = real(path)
+
+        def overlay(self, text: str) -> None:
+            overlays.append(json.loads(text))
+            self.config.overlay(text)
+
+        def __getattr__(self, name: str):
+            return getattr(self.config, name)
+
+    monkeypatch.setattr(og, "Config", Recording)
+    monkeypatch.setattr(og, "Model", lambda config: real_model(config.config))
+    GenaiLM(out, device="cpu")
+    assert overlays == [{"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": len(os.sched_getaffinity(0)), "inter_op_num_threads": 1}}}}]
+    overlays.clear()
+    GenaiLM(out, device="cpu", threads=1)
+    assert overlays[0]["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1

@@ -27,6 +27,7 @@ from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
 from bake import hub
 from bake.base_model import open_base_model
 from bake.commands import push_cmd
+from bake.commands.common import add_hub_args
 from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.errors import BaseModelError, GateFileError, HubError
 from bake.gates import find_variant_folder, load_variant
@@ -276,9 +277,19 @@ def test_resolve_gates_offline_not_cached(offline_cache: Path) -> None:
         hub.resolve_gates(GATES_ID, "chat_*")
 
 
+def test_cli_takes_a_missing_owner_name_path_as_a_hub_id(seed_gates: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from bake.cli import main
+
+    code = main(["bake", "--base", "someone/missing-model", "--gates", str(seed_gates), "--variant", "chat_mean",
+                 "--preset", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    assert "'someone/missing-model' is not a local path, so it was taken as a Hub repo id" in capsys.readouterr().err
+
+
 def test_hub_revision_args() -> None:
     parser = argparse.ArgumentParser()
-    hub.add_hub_args(parser)
+    add_hub_args(parser)
     args = parser.parse_args(["--base-revision", "main", "--gates-revision", COMMIT_A])
     assert (args.base_revision, args.gates_revision) == ("main", COMMIT_A)
 
@@ -419,7 +430,7 @@ def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path)
     (baked / "model.safetensors").unlink()
     with pytest.raises(HubError, match="not a model folder"):
         hub.push_folder(baked, "me/x", api=api)
-    with pytest.raises(HubError, match="is not a folder"):
+    with pytest.raises(HubError, match="nowhere does not exist; expected a baked model folder"):
         hub.push_folder(tmp_path / "nowhere", "me/x", api=api)
     with pytest.raises(HubError, match="not a Hub repo id"):
         hub.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
@@ -487,6 +498,24 @@ def test_bake_from_hub_ids_equals_bake_from_local_paths(
     assert card.data.license == "apache-2.0"  # taken from the base's card
     # verify resolves the manifest's Hub ids from the cache, offline
     assert main(["verify", "--baked", str(tmp_path / "hub"), "--quiet", "--greedy-tokens", "4"]) == 0
+
+
+def test_sweep_over_every_variant_of_a_hub_repo(offline_cache: Path, tiny_base: Path, seed_gates: Path,
+                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bake.cli import main
+
+    cache_repo(offline_cache, BASE_ID, tiny_base)
+    cache_repo(offline_cache, GATES_ID, seed_gates)
+    args = ["bake", "--base", BASE_ID, "--gates", GATES_ID, "--variant", "all", "--preset", "2", "--quiet", "--json"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [o["name"] for o in report["outputs"]] == [f"{v}-p2" for v in ALL_VARIANTS]
+    assert {o["manifest"]["gates"]["source"] for o in report["outputs"]} == {GATES_ID}
+    shutil.rmtree(offline_cache / f"models--{GATES_ID.replace('/', '--')}")
+    only = [f"chat_mean/{p.name}" for p in (seed_gates / "chat_mean").iterdir()]
+    cache_repo(offline_cache, GATES_ID, seed_gates, commit=COMMIT_B, only=only, tree=False)  # cannot list them all
+    assert main([*args, "--out", str(tmp_path / "t")]) == 2
+    assert "cache may hold only some variants" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def test_bake_push_to_uploads_the_real_bake(

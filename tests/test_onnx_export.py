@@ -145,7 +145,7 @@ def test_float32_matches_transformers(tiny, tiny_hf, vocab, tmp_path, target):
 
 
 def test_portable_graph_matches_through_the_concatenated_cache(tiny, tiny_hf, vocab, tmp_path):
-    export_onnx(tiny, tmp_path / "onnx", progress=False)
+    export_onnx(tiny, tmp_path / "onnx", target="portable", progress=False)
     ids = prompt(vocab, 12)
     got = cached_logits(OnnxCausalLM(tmp_path / "onnx", device="cpu"), ids)
     assert rel_diff(got, hf_logits(tiny_hf, ids)) <= REL_TOL
@@ -292,7 +292,7 @@ def test_ort_targets_refuse_head_dim_not_a_multiple_of_16(tmp_path):
     with pytest.raises(ExportError, match="head_dim 8 is not a multiple of 16.*--target portable"):
         export_onnx(tmp_path / "model", tmp_path / "onnx", target="cpu", progress=False)
     assert not (tmp_path / "onnx").exists()
-    assert export_onnx(tmp_path / "model", tmp_path / "onnx", progress=False)["target"] == "portable"
+    assert export_onnx(tmp_path / "model", tmp_path / "onnx", target="portable", progress=False)["checked_on"] == "cpu"
 
 
 def test_bad_inputs_are_export_errors(tiny, tmp_path):

@@ -227,7 +227,7 @@ def test_quantized_export_passes_its_verify_budget(tiny_base: Path, tiny_gates: 
 
 
 def test_quantized_export_is_smaller(tiny_base: Path, tmp_path: Path) -> None:
-    sizes = {q: export_onnx(tiny_base, tmp_path / q, quantize=q, progress=False)["bytes"]
+    sizes = {q: export_onnx(tiny_base, tmp_path / q, quantize=q, target="portable", progress=False)["bytes"]
              for q in ("none", "int4")}
     io = json.loads((tmp_path / "none" / "onnx_io.json").read_text())
     assert io["quantization"] is None and io["requires"] == "ONNX opset 21"

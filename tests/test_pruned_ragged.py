@@ -73,13 +73,14 @@ def test_pruned_shapes_padding_and_kept_rows(tiny_base: Path, tiny_gates: Path, 
     assert cfg["intermediate_size"] == width
     base, out = CheckpointReader(tiny_base), CheckpointReader(tmp_path / "out")
     for layer in range(4):
-        keep = torch.nonzero(g.scale[layer] != 0).reshape(-1)
+        keep = torch.nonzero(torch.from_numpy(g.scale[layer] != 0)).reshape(-1)
         k = keep.numel()
         gate, up, down = (out.tensor(mlp_name(layer, p)) for p in ("gate_proj", "up_proj", "down_proj"))
         assert gate.shape == up.shape == (width, 64) and down.shape == (64, width)
         assert torch.equal(gate[:k], base.tensor(mlp_name(layer, "gate_proj"))[keep])
         assert torch.equal(up[:k], base.tensor(mlp_name(layer, "up_proj"))[keep])
-        assert torch.equal(down[:, :k], base.tensor(mlp_name(layer, "down_proj"))[:, keep] * g.scale[layer][keep])
+        s = torch.from_numpy(g.scale[layer])
+        assert torch.equal(down[:, :k], base.tensor(mlp_name(layer, "down_proj"))[:, keep] * s[keep])
         for pad in (gate[k:], up[k:], down[:, k:]):  # padding neurons are exactly zero
             assert torch.equal(pad, torch.zeros_like(pad))
     for name in base.names():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,9 +58,9 @@ def wrong_bakes(tiny_gates: Path, tmp_path: Path) -> tuple[dict[str, tuple[Any, 
     """name -> (variant actually baked, settings actually used, what the manifest claims instead)."""
     right = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
     t = right.selected_thresholds[2]
-    lam = gate_values(right.logits).reshape(-1).sort().values
-    next_t = float(lam[int((lam < t).sum()) + 1])  # exactly one more neuron off
-    shuffled = right.logits.clone()
+    lam = np.sort(gate_values(right.logits).reshape(-1))
+    next_t = float(lam[int((lam < np.float32(t)).sum()) + 1])  # exactly one more neuron off
+    shuffled = torch.from_numpy(right.logits.copy())
     shuffled[2] = shuffled[2][torch.randperm(128, generator=torch.Generator().manual_seed(0))]
     shuffled_v = load_variant(write_gate_folder(tmp_path / "shuf" / "chat_energy_optA", shuffled, scale_mode="energy"),
                               num_layers=4, intermediate_size=128)

@@ -12,12 +12,21 @@ from export.options import GRAPH_DEFAULTS
 
 from ..cli import emit_json
 from ..errors import ExportError
-from ..hub import add_hub_args, push_folder
 from ..manifest import read_manifest
-from ..metrics import CandidateResult, format_table
-from ..pipeline import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions, bake_checkpoint
-from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
-from .common import add_gate_args, add_output_args, format_layer_counts, load_base_and_gates, say, settings_from_args
+from ..pipeline import bake_checkpoint
+from ..plan import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions
+from . import COMMANDS
+from .common import (
+    BASE_ARG,
+    add_gate_args,
+    add_hub_args,
+    add_output_args,
+    format_layer_counts,
+    load_base_and_gates,
+    say,
+    settings_from_args,
+)
+from .sweep_cmd import is_sweep, one_cut, run_sweep_command
 from .verify_cmd import add_budget_args, options_from_args
 
 DESCRIPTION = """\
@@ -29,19 +38,29 @@ The cut is given by exactly one of --threshold, --off-fraction or --preset (not 
 --gate-mode soft). The achieved off-fraction is always reported. The output folder is written
 to a temporary sibling and moved into place only when complete.
 
-example:
+A sweep bakes several cuts in one run, opening the base once: --preset all (every selected
+threshold), several values (--threshold 0.45 0.5, --off-fraction 0.25 0.5, --preset 2 4) and/or
+--variant all (every variant in the gate folder). --out is then a folder that receives one
+checkpoint per cut: OUT/<variant>-p<K>, OUT/<variant>-t<T> or OUT/<variant>-f<F>, each written all
+or nothing on its own (--verify and --onnx apply to each). A failed cut does not undo the others;
+the exit code is non-zero if any failed (3 if only verification failed, else 2).
+
+examples:
   lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant chat_energy_optA \\
       --preset 3 --out ./qwen3-0.6b-chat_energy_optA-p3
+  lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant all --preset all --out ./sweep
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bake", help="fold gates into a base model and write a checkpoint",
+    p = sub.add_parser("bake", help=COMMANDS["bake"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
-    add_gate_args(p)
+    p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
+    add_gate_args(p, sweep=True)
     add_hub_args(p)
-    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: new, empty, or an earlier output to replace with --overwrite; for a sweep, "
+                        "the folder that receives one output folder per cut")
     p.add_argument("--layout", choices=LAYOUTS, default="dense",
                    help="dense: same shapes, off columns zero; pruned: off neurons removed, layers padded "
                         "to a common width")
@@ -64,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "lambda-bake export --help)")
     add_graph_args(onnx, prefix="onnx-")
     push = p.add_argument_group("publish")
-    push.add_argument("--push-to", metavar="USER/NAME", help="upload the finished folder to this Hub repo")
+    push.add_argument("--push-to", metavar="USER/NAME",
+                      help="upload the finished folder to this Hub repo (one bake only, not a sweep)")
     push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
     push.add_argument("--push-revision", metavar="BRANCH", help="branch of the --push-to repo (default main)")
     add_output_args(p)
@@ -72,23 +92,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    base, variant, sources = load_base_and_gates(args)
-    settings, scale_source = settings_from_args(args, variant)
-    options = BakeOptions(layout=args.layout, dtype=args.dtype, pad_multiple=args.pad_multiple,
-                          max_shard_size=args.max_shard_size, allow_all_off=args.allow_all_off,
-                          overwrite=args.overwrite, progress=not args.quiet)
-    say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
-        f"into {base.folder} -> {args.out}")
-    check = verify_check(args) if args.verify else None
-    extras = onnx_step(args) if args.onnx else None
     given = [f"--onnx-{n.replace('_', '-')}" for n, default in GRAPH_DEFAULTS.items()
              if getattr(args, f"onnx_{n}") != default]
     if given and not args.onnx:
         raise ExportError(f"{', '.join(given)} only apply to the ONNX export: add --onnx")
-    manifest = bake_checkpoint(base.folder, variant, settings, args.out, options,
+    if is_sweep(args):
+        return run_sweep_command(args, options_from(args), verify_check(args) if args.verify else None,
+                                 onnx_step(args) if args.onnx else None)
+    one_cut(args)
+    base, variant, sources = load_base_and_gates(args)
+    settings, scale_source = settings_from_args(args, variant)
+    say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
+        f"into {base.folder} -> {args.out}")
+    check = verify_check(args) if args.verify else None
+    extras = onnx_step(args) if args.onnx else None
+    manifest = bake_checkpoint(base.folder, variant, settings, args.out, options_from(args),
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
     if args.push_to:
+        from ..hub import push_folder
+
         pushed = push_folder(args.out, args.push_to, private=args.private, revision=args.push_revision)
     if args.json:
         emit_json({"ok": True, "out": str(args.out), "manifest": manifest, "pushed": pushed})
@@ -97,8 +120,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def options_from(args: argparse.Namespace) -> BakeOptions:
+    return BakeOptions(layout=args.layout, dtype=args.dtype, pad_multiple=args.pad_multiple,
+                       max_shard_size=args.max_shard_size, allow_all_off=args.allow_all_off,
+                       overwrite=args.overwrite, progress=not args.quiet)
+
+
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
+    from ..metrics import CandidateResult, format_table
+    from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
+
     options = options_from_args(args)
 
     def check(folder: Path) -> dict[str, Any]:
@@ -115,7 +147,9 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
 
 def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     """Export the finished checkpoint into its onnx/ subfolder; return the added file names."""
+    from export.install import require_onnxruntime
 
+    require_onnxruntime()
     from export.exporter import check_export_options, export_into
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}

@@ -11,19 +11,32 @@ from ..base_model import BaseModel, open_base_model
 from ..errors import CutError
 from ..gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from ..gates import GateVariant, load_variant
-from ..hub import resolve_base, resolve_gates
+from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
+from ..sources import resolve_base, resolve_gates
+
+# argparse types of --base and --gates where a Hub repo id is accepted too.
+BASE_ARG = path_arg("folder", MODEL_FOLDER, hub=True)
+GATES_ARG = path_arg("folder", GATES_PATH, hub=True, accept_files=GATE_FILE_SUFFIXES)
+ALL = "all"
 
 
-def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True) -> None:
-    """--gates/--variant, the cut, and the gate/scale modes."""
-    p.add_argument("--gates", required=gates_required,
+def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True, sweep: bool = False) -> None:
+    """--gates/--variant, the cut, and the gate/scale modes. With ``sweep``, the cut options take several
+    values and --preset/--variant take ``all``."""
+    p.add_argument("--gates", required=gates_required, type=GATES_ARG,
                    help="gate variant folder, a folder holding several variants, or a Hub repo id")
-    p.add_argument("--variant", help="variant subfolder to use when --gates holds several (e.g. chat_energy_optA)")
+    p.add_argument("--variant", help="variant subfolder to use when --gates holds several (e.g. chat_energy_optA)"
+                   + ("; 'all': every variant (a sweep)" if sweep else ""))
+    many = {"nargs": "+"} if sweep else {}
+    several = " (several values: a sweep)" if sweep else ""
     cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, help="switch off neurons with sigmoid(logit) < T, 0 < T < 1")
-    cut.add_argument("--off-fraction", type=float,
-                     help="switch off this share of all neurons (global quantile of lambda), 0..1")
-    cut.add_argument("--preset", type=int, help="use the K-th (1-based) value of the variant's selected_thresholds.txt")
+    cut.add_argument("--threshold", type=float, metavar="T", **many,
+                     help=f"switch off neurons with sigmoid(logit) < T, 0 < T < 1{several}")
+    cut.add_argument("--off-fraction", type=float, metavar="F", **many,
+                     help=f"switch off this share of all neurons (global quantile of lambda), 0..1{several}")
+    cut.add_argument("--preset", type=_preset if sweep else int, metavar="K", **many,
+                     help="use the K-th (1-based) value of the variant's selected_thresholds.txt"
+                          + ("; several values or 'all': a sweep" if sweep else ""))
     p.add_argument("--gate-mode", choices=GATE_MODES, default="hard",
                    help="hard: m=1[lambda>=t] (deployment default); soft-masked: m=lambda*1[lambda>=t]; "
                         "soft: m=lambda, no cut")
@@ -31,6 +44,24 @@ def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True) ->
                    help="rescaling after gating; auto takes it from gate_stats.json or the folder name")
     p.add_argument("--scale-scope", choices=SCALE_SCOPES, default="layer",
                    help="take the scale statistic per layer (default) or over all neurons")
+
+
+def _preset(text: str) -> int | str:
+    if text == ALL:
+        return ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a preset number or 'all', got {text!r}") from None
+
+
+def add_hub_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--base-revision`` / ``--gates-revision`` (used only when --base / --gates are Hub ids)."""
+    group = parser.add_argument_group("Hugging Face Hub")
+    group.add_argument("--base-revision", metavar="REV", default=None,
+                       help="branch, tag or commit of the --base Hub repo (default: main)")
+    group.add_argument("--gates-revision", metavar="REV", default=None,
+                       help="branch, tag or commit of the --gates Hub repo (default: main)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -48,17 +79,39 @@ def cut_from_args(args: argparse.Namespace) -> Cut:
     return Cut("none")
 
 
-def settings_from_args(args: argparse.Namespace, variant: GateVariant) -> tuple[GateSettings, str]:
-    """The gate settings and where the scale mode came from ('user', 'gate_stats.json', 'folder name')."""
-    scale_mode, source = args.scale_mode, "user"
-    if scale_mode == "auto":
-        if variant.scale_mode is None:
-            raise CutError(
-                f"cannot tell the scale mode of variant {variant.name!r}: its folder name and gate_stats.json "
-                "do not say; pass --scale-mode mean, energy or none"
-            )
-        scale_mode, source = variant.scale_mode, variant.scale_mode_source
-    return GateSettings(cut_from_args(args), args.gate_mode, scale_mode, args.scale_scope), source
+def scale_mode_from_args(args: argparse.Namespace, variant: GateVariant) -> tuple[str, str]:
+    """The scale mode and where it came from ('user', 'gate_stats.json', 'folder name')."""
+    if args.scale_mode != "auto":
+        return args.scale_mode, "user"
+    if variant.scale_mode is None:
+        raise CutError(
+            f"cannot tell the scale mode of variant {variant.name!r}: its folder name and gate_stats.json "
+            "do not say; pass --scale-mode mean, energy or none"
+        )
+    return variant.scale_mode, variant.scale_mode_source
+
+
+def settings_from_args(args: argparse.Namespace, variant: GateVariant, cut: Cut | None = None
+                       ) -> tuple[GateSettings, str]:
+    """The gate settings (for ``cut``, default: the one on the command line) and the scale mode's source."""
+    scale_mode, source = scale_mode_from_args(args, variant)
+    return GateSettings(cut or cut_from_args(args), args.gate_mode, scale_mode, args.scale_scope), source
+
+
+def load_base(args: argparse.Namespace) -> tuple[BaseModel, dict[str, Any]]:
+    """Resolve --base (a local folder or a Hub id) and open it; also the manifest's record of where it came from."""
+    progress = not getattr(args, "quiet", False)
+    base_dir = resolve_base(str(args.base), getattr(args, "base_revision", None), progress=progress)
+    sources = {"base": str(args.base), "base_revision": base_dir.name} if base_dir != Path(args.base) else {}
+    return open_base_model(base_dir), sources
+
+
+def load_gates(args: argparse.Namespace, base: BaseModel, variant: str | None) -> tuple[GateVariant, dict[str, Any]]:
+    """Resolve --gates and load ``variant``'s gates, checked against the base; also where they came from."""
+    gates_dir = resolve_gates(str(args.gates), variant, getattr(args, "gates_revision", None))
+    gv = load_variant(gates_dir, variant, num_layers=base.num_layers, intermediate_size=base.intermediate_size)
+    sources = {"gates": str(args.gates), "gates_revision": gates_dir.name} if gates_dir != Path(args.gates) else {}
+    return gv, sources
 
 
 def load_base_and_gates(args: argparse.Namespace) -> tuple[BaseModel, GateVariant, dict[str, Any]]:
@@ -66,17 +119,9 @@ def load_base_and_gates(args: argparse.Namespace) -> tuple[BaseModel, GateVarian
 
     Also returns the sources for the manifest: Hub ids with the resolved commit, or local paths.
     """
-    progress = not getattr(args, "quiet", False)
-    base_dir = resolve_base(str(args.base), getattr(args, "base_revision", None), progress=progress)
-    gates_dir = resolve_gates(str(args.gates), args.variant, getattr(args, "gates_revision", None))
-    model = open_base_model(base_dir)
-    gv = load_variant(gates_dir, args.variant, num_layers=model.num_layers, intermediate_size=model.intermediate_size)
-    sources: dict[str, Any] = {}
-    if base_dir != Path(args.base):
-        sources |= {"base": str(args.base), "base_revision": base_dir.name}
-    if gates_dir != Path(args.gates):
-        sources |= {"gates": str(args.gates), "gates_revision": gates_dir.name}
-    return model, gv, sources
+    model, base_sources = load_base(args)
+    gv, gate_sources = load_gates(args, model, args.variant)
+    return model, gv, base_sources | gate_sources
 
 
 def say(msg: str) -> None:

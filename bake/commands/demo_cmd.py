@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..demo import DEMO_VARIANT, format_demo_table, run_demo
+from ..demo import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
 from ..demo_assets import SEED_VARIANTS
+from . import COMMANDS
 from .common import add_output_args, say
 
 DESCRIPTION = """\
@@ -20,13 +21,29 @@ Exit code 3 if any bake does not match.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="offline end-to-end demo on a built-in model and the card's variants",
+    p = sub.add_parser("demo", help=COMMANDS["demo"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default=DEMO_VARIANT, choices=[v.name for v in SEED_VARIANTS],
                    help=f"seed variant to bake (default {DEMO_VARIANT})")
-    p.add_argument("--workdir", type=Path, help="keep the built inputs and baked models here (default: temporary)")
+    p.add_argument("--workdir", type=workdir_arg,
+                   help="keep the built inputs and baked models here: a new or empty folder, or an earlier demo's "
+                        "(default: temporary)")
     add_output_args(p)
     p.set_defaults(func=run)
+
+
+def workdir_arg(text: str) -> Path:
+    """--workdir: new (created), empty, or an earlier demo's; never a file or a folder holding other things."""
+    path = Path(text)
+    wanted = "give a new or empty folder, or an earlier demo's --workdir"
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; {wanted}")
+    other = sorted(p.name for p in path.iterdir() if p.name not in WORKDIR_ENTRIES) if path.is_dir() else []
+    if other:
+        raise argparse.ArgumentTypeError(
+            f"{path} holds other things ({', '.join(other[:5])}{' ...' if len(other) > 5 else ''}) and the demo "
+            f"writes {', '.join(WORKDIR_ENTRIES)} into it; {wanted}")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..gate_math import compute_gates
-from ..reference import load_hooked_model
-from .common import add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
+from . import COMMANDS
+from .common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
 
 DESCRIPTION = """\
 Run the gates the way they were trained and published: the unmodified base model with a forward
@@ -17,9 +17,9 @@ the reply. Use it to see what a bake must reproduce; `lambda-bake verify` compar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hooked", help="generate with the hooked reference model (no bake)",
+    p = sub.add_parser("hooked", help=COMMANDS["hooked"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base Qwen3 model: a local folder or a Hub repo id")
+    p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p)
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on the reply length")
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
+
+    from ..reference import load_hooked_model
 
     base, variant, _ = load_base_and_gates(args)
     settings, _ = settings_from_args(args, variant)

@@ -10,7 +10,9 @@ from .. import plots
 from ..base_model import open_base_model
 from ..gate_report import inspect_report
 from ..gates import ALL_VARIANTS, load_variant, variant_folders
-from ..pipeline import DEFAULT_PAD_MULTIPLE
+from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
+from ..plan import DEFAULT_PAD_MULTIPLE
+from . import COMMANDS
 from .common import add_output_args, say
 
 DESCRIPTION = f"""\
@@ -30,11 +32,13 @@ Qwen3-0.6B).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show gate statistics and what each threshold gives",
+    p = sub.add_parser("inspect", help=COMMANDS["inspect"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gates", required=True, help="gate variant folder, or a folder holding several variants")
+    p.add_argument("--gates", required=True, type=path_arg("folder", GATES_PATH, accept_files=GATE_FILE_SUFFIXES),
+                   help="gate variant folder, or a folder holding several variants")
     p.add_argument("--variant", help=f"variant subfolder, or '{ALL_VARIANTS}' (the default): every variant")
-    p.add_argument("--base", help="base model folder, to check the gate shape against it")
+    p.add_argument("--base", type=path_arg("folder", MODEL_FOLDER),
+                   help="base model folder, to check the gate shape against it")
     p.add_argument("--num-layers", type=int, default=28, help="layer count for flat gate files without --base")
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..cli import emit_json
-from ..hub import push_folder, upload_file_list
+from ..paths import BAKED_FOLDER, path_arg
+from . import COMMANDS
 from .common import add_output_args
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "push",
-        help="upload a baked model folder to the Hugging Face Hub",
+        help=COMMANDS["push"].help,
         description=(
             "Upload DIR (the output of `lambda-bake bake`) to a Hub model repo in one commit, creating "
             "the repo and the branch if needed. The token comes from HF_TOKEN or `hf auth login`."
         ),
     )
-    p.add_argument("folder", metavar="DIR", type=Path, help="baked model folder")
+    p.add_argument("folder", metavar="DIR", type=path_arg("folder", BAKED_FOLDER), help="baked model folder")
     p.add_argument("--repo-id", required=True, metavar="USER/NAME", help="target model repo")
     p.add_argument("--private", action="store_true",
                    help="create the repo private (an existing public repo is refused)")
@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import push_folder, upload_file_list
+
     url = push_folder(
         args.folder, args.repo_id, private=args.private, revision=args.revision,
         commit_message=args.commit_message, allow_unbaked=args.allow_unbaked,

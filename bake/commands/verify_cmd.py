@@ -5,23 +5,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..base_model import DTYPE_NAMES
+from ..dtypes import COMPUTE_DTYPES
 from ..errors import BakeError, VerificationFailed
 from ..gate_math import GateSettings
 from ..manifest import read_manifest
-from ..metrics import CandidateResult, format_table
-from ..verify import (
-    DEFAULT_PROMPTS,
-    ReferenceSpec,
-    VerifyOptions,
-    read_prompts_file,
-    spec_from_manifest,
-    torch_candidate,
-    verify,
-)
-from .common import add_gate_args, add_output_args, cut_from_args, say
+from ..paths import BAKED_FOLDER, EXPORT_FOLDER, PROMPTS_FILE, path_arg
+from . import COMMANDS
+from .common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
+
+if TYPE_CHECKING:  # bake.verify imports torch: load it when a verification runs, not to parse arguments
+    from ..metrics import CandidateResult
+    from ..verify import ReferenceSpec, VerifyOptions
 
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
@@ -43,8 +39,9 @@ when one fails (the metric or the tensor is named).
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", type=Path, help="JSONL prompt file (messages lists or plain strings); "
-                                                "default: built-in chat prompts of mixed lengths")
+    p.add_argument("--prompts", type=path_arg("file", PROMPTS_FILE),
+                   help="JSONL prompt file (messages lists or plain strings); default: built-in chat prompts of "
+                        "mixed lengths")
     p.add_argument("--greedy-tokens", type=int, default=16, help="greedy continuation length to compare")
     p.add_argument("--max-rel-diff", type=float, help="budget: max |logit diff| / max |logit|")
     p.add_argument("--max-mean-kl", type=float, help="budget: mean KL(ref || candidate) per position")
@@ -53,16 +50,16 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a baked model against the hooked reference",
+    p = sub.add_parser("verify", help=COMMANDS["verify"].help,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baked", type=Path, help="baked checkpoint folder")
-    p.add_argument("--onnx", type=Path, help="ONNX export folder to check as well")
-    p.add_argument("--base", type=Path, help="base model (default: from the bake manifest)")
+    p.add_argument("--baked", type=path_arg("folder", BAKED_FOLDER), help="baked checkpoint folder")
+    p.add_argument("--onnx", type=path_arg("folder", EXPORT_FOLDER), help="ONNX export folder to check as well")
+    p.add_argument("--base", type=BASE_ARG, help="base model (default: from the bake manifest)")
     add_gate_args(p, gates_required=False)
     p.set_defaults(gate_mode=None, scale_mode=None, scale_scope=None)  # None: take the manifest's
     p.add_argument("--ignore-manifest", action="store_true",
                    help="compare against the given gates even if the manifest records other ones")
-    p.add_argument("--compute-dtype", choices=tuple(DTYPE_NAMES), default="float32",
+    p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                    help="arithmetic for the transformers candidate (default float32: judges the bake itself)")
     add_budget_args(p)
     add_output_args(p)
@@ -70,17 +67,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
+    import torch
+
+    from ..verify import DEFAULT_PROMPTS, VerifyOptions, read_prompts_file
+
     return VerifyOptions(
         prompts=read_prompts_file(args.prompts) if args.prompts else DEFAULT_PROMPTS,
         greedy_tokens=args.greedy_tokens,
         budget_overrides={"max_rel_diff": args.max_rel_diff, "max_mean_kl": args.max_mean_kl,
                           "min_top1": args.min_top1, "min_greedy_match": args.min_greedy_match},
-        compute_dtype=DTYPE_NAMES[getattr(args, "compute_dtype", "float32")],
+        compute_dtype=getattr(torch, getattr(args, "compute_dtype", "float32")),
     )
 
 
 def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) -> ReferenceSpec:
     """The manifest's reference with every argument the user gave put in its place."""
+    from ..verify import ReferenceSpec, spec_from_manifest
+
     if manifest is None:
         missing = [f for f in ("base", "gates") if getattr(args, f) is None]
         gate_mode = args.gate_mode or "hard"
@@ -89,7 +92,7 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
                             "(--threshold/--off-fraction/--preset) and --scale-mode")
         if args.scale_mode in (None, "auto"):
             raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
-        return ReferenceSpec(args.base, Path(args.gates), args.variant,
+        return ReferenceSpec(Path(args.base), Path(args.gates), args.variant,
                              GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer"))
     spec = spec_from_manifest(manifest)
     st = spec.settings
@@ -100,7 +103,7 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
         args.scale_scope or st.scale_scope,
     )
     return replace(
-        spec, base=args.base or spec.base, gates=Path(args.gates) if args.gates else spec.gates,
+        spec, base=Path(args.base) if args.base else spec.base, gates=Path(args.gates) if args.gates else spec.gates,
         variant=args.variant or spec.variant, settings=settings,
         gate_sha256=None if args.ignore_manifest else spec.gate_sha256,
     )
@@ -112,22 +115,25 @@ def run(args: argparse.Namespace) -> int:
     manifest_dir = args.baked or args.onnx
     manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
     spec = reference_spec(args, manifest)
+    options = options_from_args(args)
+    from ..verify import onnx_candidate, torch_candidate, verify
+
     candidates = []
     if args.baked is not None:
-        candidates.append(torch_candidate(args.baked, DTYPE_NAMES[args.compute_dtype]))
+        candidates.append(torch_candidate(args.baked, options.compute_dtype))
     if args.onnx is not None:
-        from ..verify import onnx_candidate
-
         candidates.append(onnx_candidate(args.onnx))
     say(f"verifying {len(candidates)} candidate(s) against the hooked reference ({spec.variant}, "
         f"{spec.settings.cut.describe()})")
-    report = verify(spec, candidates, options_from_args(args), bake=args.baked)
+    report = verify(spec, candidates, options, bake=args.baked)
     return finish(report, args.json)
 
 
 def finish(report: dict[str, Any], as_json: bool) -> int:
     """Print the report (table or JSON); exit 0 only if every candidate passed."""
     from ..cli import emit_json
+    from ..metrics import CandidateResult, format_table
+
     results = [CandidateResult.from_dict(c) for c in report["candidates"]]
     for line in weight_lines(results):
         say(line)

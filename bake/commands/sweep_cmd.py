@@ -1,0 +1,98 @@
+"""``lambda-bake bake`` with several cuts or variants: load once, plan all, write each (``bake.sweep``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import CutError, OutputError
+from ..gate_math import Cut
+from ..gates import GateVariant
+from ..pipeline import Check, Extras
+from ..plan import BakeOptions
+from ..sources import gate_variant_names
+from ..sweep import CutOutcome, SweepCut, plan_sweep, run_sweep, sweep_exit_code
+from .common import ALL, load_base, load_gates, say, settings_from_args
+
+_CUT_KINDS = ("threshold", "off_fraction", "preset")  # the cut options, named as the Cut kinds
+
+
+def is_sweep(args: argparse.Namespace) -> bool:
+    """--variant all, --preset all, or several values of a cut option."""
+    values = [getattr(args, kind) or [] for kind in _CUT_KINDS]
+    return args.variant == ALL or any(len(v) > 1 or ALL in v for v in values)
+
+
+def one_cut(args: argparse.Namespace) -> None:
+    """Not a sweep: each cut option holds at most one value; make it that value (as verify and hooked take it)."""
+    for kind in _CUT_KINDS:
+        values = getattr(args, kind)
+        setattr(args, kind, values[0] if values else None)
+
+
+def cuts_for(args: argparse.Namespace, variant: GateVariant) -> list[Cut]:
+    """The cuts the command line asks of one variant (``--preset all``: each of its selected thresholds)."""
+    for kind in _CUT_KINDS:
+        values = getattr(args, kind)
+        if not values:
+            continue
+        if ALL in values:
+            if values != [ALL]:
+                raise CutError("--preset all already takes every preset; give 'all' or numbers, not both")
+            if not variant.selected_thresholds:
+                raise CutError(f"--preset all: variant {variant.name} has no selected_thresholds.txt; "
+                               "use --threshold or --off-fraction")
+            return [Cut("preset", k) for k in range(1, len(variant.selected_thresholds) + 1)]
+        return [Cut(kind, v) for v in values]
+    return [Cut("none")]
+
+
+def run_sweep_command(args: argparse.Namespace, options: BakeOptions, check: Check | None, extras: Extras | None
+                      ) -> int:
+    if args.push_to:
+        raise OutputError(
+            "--push-to uploads one model folder, but this is a sweep that writes one folder per cut; drop "
+            "--push-to and push the ones you want afterwards: lambda-bake push OUT/<variant>-p<K> --repo-id USER/NAME"
+        )
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise OutputError(f"{args.out} is a file; a sweep writes its outputs into a folder: choose another --out")
+    base, base_sources = load_base(args)
+    names = gate_variant_names(str(args.gates), args.gates_revision) if args.variant == ALL else [args.variant]
+    cuts = []
+    for name in names:
+        variant, gate_sources = load_gates(args, base, name)
+        for cut in cuts_for(args, variant):
+            settings, scale_source = settings_from_args(args, variant, cut)
+            cuts.append(SweepCut(variant, settings, scale_source, base_sources | gate_sources))
+    planned = plan_sweep(base, cuts, Path(args.out), options)
+    say(f"sweep: {len(planned)} cuts of {', '.join(dict.fromkeys(c.variant.name for c in cuts))} "
+        f"from {base.folder} into {args.out}/")
+    outcomes = run_sweep(planned, check, extras, log=say)
+    report_sweep(outcomes, Path(args.out), args.json)
+    return sweep_exit_code(outcomes)
+
+
+def report_sweep(outcomes: list[CutOutcome], out: Path, as_json: bool) -> None:
+    """The JSON report (every output with its figures) or a table; failures are named either way."""
+    failed = [o for o in outcomes if not o.ok]
+    if as_json:
+        from ..cli import emit_json
+
+        emit_json({"ok": not failed, "out": str(out), "outputs": [o.to_dict() for o in outcomes],
+                   "failed": [o.name for o in failed]})
+    else:
+        say(f"{'output':<28} {'threshold':>10} {'off':>7} {'width':>6} {'params':>14} {'s':>6}")
+        for o in outcomes:
+            say(_row(o.to_dict()))
+    written = len(outcomes) - len(failed)
+    say(f"wrote {written} of {len(outcomes)} outputs under {out}"
+        + (f"; FAILED: {', '.join(f'{o.name} (exit {o.exit_code})' for o in failed)}" if failed else ""))
+
+
+def _row(r: dict[str, Any]) -> str:
+    if not r["ok"]:
+        return f"{r['name']:<28} FAILED: {r['error']}"
+    threshold = "n/a" if r["threshold"] is None else f"{r['threshold']:.6g}"
+    return (f"{r['name']:<28} {threshold:>10} {r['off_fraction']:>7.2%} {r['intermediate_size']:>6} "
+            f"{r['params']:>14,} {r['seconds']:>6.1f}")

@@ -1,0 +1,43 @@
+"""Which ONNX Runtime is installed, and what to do when it is missing or the wrong mix.
+
+The CPU and CUDA builds (onnxruntime + onnxruntime-genai, onnxruntime-gpu + onnxruntime-genai-cuda)
+install the same Python packages: with both present, whichever pip wrote last wins, and a GPU
+machine typically ends up with the CPU build's files and no CUDA provider. So lambda-bake ships them
+as two extras, ``[cpu]`` and ``[gpu]``, and names the fix when it finds the mix.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+
+from bake.errors import ExportError
+
+CPU_INSTALL = 'pip install "lambda-bake[cpu]"'
+GPU_INSTALL = 'pip install "lambda-bake[gpu]"'
+GPU_REPAIR = ('pip uninstall -y onnxruntime onnxruntime-genai onnxruntime-gpu onnxruntime-genai-cuda && '
+              + GPU_INSTALL)
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def require_onnxruntime() -> None:
+    """Refuse, naming the extra to install, when no ONNX Runtime is importable."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError(f"ONNX Runtime is not installed; {CPU_INSTALL} (CPU) or {GPU_INSTALL} (NVIDIA GPU)")
+
+
+def mixed_install_hint() -> str:
+    """A sentence naming the repair when both the CPU and the GPU build are installed, else ''."""
+    pairs = (("onnxruntime", "onnxruntime-gpu"), ("onnxruntime-genai", "onnxruntime-genai-cuda"))
+    clashes = [f"{cpu} and {gpu}" for cpu, gpu in pairs if _installed(cpu) and _installed(gpu)]
+    if not clashes:
+        return ""
+    return (f" Both {' and '.join(clashes)} are installed: they share one Python package and the CPU build's "
+            f"files won; repair with: {GPU_REPAIR}")
