@@ -7,14 +7,12 @@ its file by offset and length.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
 
 from .errors import ExportError
@@ -55,8 +53,8 @@ class ExportGraph:
         """numpy's name for the stored type: float32, float16, uint8, int64, ..."""
         return helper.tensor_dtype_to_np_dtype(self.initializers[name].data_type).name
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The initializer's values, shaped as stored (read-only; float16 stays float16)."""
+    def tensor(self, name: str) -> np.ndarray:
+        """The initializer's values, shaped as stored (float16 stays float16; inline data is a read-only view)."""
         t = self.initializers[name]
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         shape = tuple(t.dims)
@@ -71,6 +69,4 @@ class ExportGraph:
             array = np.frombuffer(t.raw_data, dtype=dtype)
         else:
             array = numpy_helper.to_array(t)
-        with warnings.catch_warnings():  # a view of protobuf bytes is read-only; nothing here writes to it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.from_numpy(array.reshape(shape))
+        return array.reshape(shape)

@@ -6,8 +6,9 @@ at most 1/2. A block whose scale is 0 dequantizes to 0, so its bake weights must
 error of inf otherwise, 0 where they are). A bake weight of exactly 0 has an error of ``|code - zero_point|``, an
 integer, so the 1/2 bound also proves it comes back as exactly 0.
 
-The weight is walked in chunks of rows small enough to stay in cache, on one thread: each step is
-a few tens of microseconds, less than a thread hand-off costs on a loaded machine.
+The weight is walked in chunks of rows small enough to stay in cache, in numpy (one thread): each
+step is a few tens of microseconds, less than a thread hand-off costs on a loaded machine. The
+bake's weight is widened to float32 one chunk at a time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from .bake_tensors import Stored
 from .nbits import unpack_codes
 
 CHUNK_ELEMENTS = 1 << 18
@@ -34,9 +35,9 @@ class Worst:
     scale: float = 0.0
 
 
-def quant_error(b: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, w: torch.Tensor,
+def quant_error(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, w: Stored,
                 bits: int, block_size: int, locate_above: float = 0.5) -> Worst:
-    """The worst error of ``w`` [N, K] (any float dtype) against MatMulNBits inputs B, scales [N, blocks], zp.
+    """The worst error of ``w`` [N, K] against MatMulNBits inputs B, scales [N, blocks] and zero points.
 
     The element is located (index, values) only when its error passes ``locate_above``.
     """
@@ -44,42 +45,35 @@ def quant_error(b: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor
     blocks = scales.shape[1]
     rows = max(1, CHUNK_ELEMENTS // (blocks * block_size))
     codes = np.empty((min(rows, n), blocks, block_size), np.float32)
-    err = torch.empty(codes.shape)
+    err = np.empty(codes.shape, np.float32)
     worst = Worst(0.0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            c = torch.from_numpy(unpack_codes(b[r0:r1].numpy(), bits, codes[: r1 - r0]))
-            if zero_points is not None:
-                zero = torch.from_numpy(unpack_codes(zero_points[r0:r1].numpy(), bits))[:, :blocks]
-            else:
-                zero = torch.full((r1 - r0, blocks), float(1 << (bits - 1)))
-            c.sub_(zero[..., None])
-            scale = scales[r0:r1].to(torch.float32)
-            inv = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-            x = w[r0:r1]
-            if blocks * block_size != k:
-                x = torch.nn.functional.pad(x.to(torch.float32), (0, blocks * block_size - k))
-            x = x.reshape(r1 - r0, blocks, block_size)
-            e = torch.addcmul(c, x, inv[..., None], value=-1, out=err[: r1 - r0])
-            zero_scale = scale == 0
-            if bool(zero_scale.any()):  # such a block dequantizes to 0 whatever its codes: right only where w is 0
-                e.masked_fill_(zero_scale[..., None] & (x == 0), 0.0)
-                e.masked_fill_(zero_scale[..., None] & (x != 0), math.inf)
-            lo, hi = torch.aminmax(e)
-            top = max(-float(lo), float(hi))
-            if not top <= worst.steps:  # larger, or NaN (the worst of all)
-                worst = _locate(e, c, scale, x, r0, block_size) if not top <= locate_above else Worst(top)
-    finally:
-        torch.set_num_threads(previous)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        c = unpack_codes(b[r0:r1], bits, codes[: r1 - r0])
+        if zero_points is not None:
+            zero = unpack_codes(zero_points[r0:r1], bits)[:, :blocks]
+        else:
+            zero = np.full((r1 - r0, blocks), float(1 << (bits - 1)), np.float32)
+        c -= zero[..., None]
+        scale = scales[r0:r1].astype(np.float32)
+        zero_scale = scale == 0
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=~zero_scale)
+        x = w.values(r0, r1)
+        if blocks * block_size != k:
+            x = np.pad(x, ((0, 0), (0, blocks * block_size - k)))
+        x = x.reshape(r1 - r0, blocks, block_size)
+        e = np.multiply(x, inv[..., None], out=err[: r1 - r0])
+        np.subtract(c, e, out=e)
+        if zero_scale.any():  # such a block dequantizes to 0 whatever its codes: right only where w is 0
+            e[zero_scale] = np.where(x[zero_scale] == 0, 0.0, math.inf)
+        top = max(-float(e.min()), float(e.max()))
+        if not top <= worst.steps:  # larger, or NaN (the worst of all)
+            worst = _locate(e, c, scale, x, r0, block_size) if not top <= locate_above else Worst(top)
     return worst
 
 
-def _locate(e: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, r0: int, bs: int) -> Worst:
-    flat = int(e.abs().nan_to_num(nan=math.inf).argmax())
-    i, j, p = (int(v) for v in np.unravel_index(flat, tuple(e.shape)))
+def _locate(e: np.ndarray, c: np.ndarray, scale: np.ndarray, x: np.ndarray, r0: int, bs: int) -> Worst:
+    i, j, p = (int(v) for v in np.unravel_index(int(np.nan_to_num(np.abs(e), nan=math.inf).argmax()), e.shape))
     s = float(scale[i, j])
     steps = abs(float(e[i, j, p]))
     return Worst(math.inf if math.isnan(steps) else steps, (r0 + i, j * bs + p), float(c[i, j, p]) * s,

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .bake_tensors import BakeTensors
+from .bake_tensors import BakeTensors, Stored
 from .onnx_weights import ExportGraph, Use
 from .quant_check import Worst, quant_error
 from .weight_map import Part, live_columns, projection_parts
@@ -40,7 +39,6 @@ CHUNK_ELEMENTS = 1 << 20  # float weights are compared this many elements at a t
 ROTARY = ("rotary.cos_cache", "rotary.sin_cache", "rotary.inv_freq")
 _SPLIT = re.compile(r"^model\.layers\.(\d+)\.mlp/split$")
 _MLP_BLOCK = re.compile(r"^model\.layers\.(\d+)\.(mlp\.|post_attention_layernorm\.)")
-_FLOAT_TYPES = {"float32": torch.float32, "float16": torch.float16}
 _NP_TYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -99,7 +97,7 @@ class _Checker:
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
         self.bake_names = set(bake.names())
         self.used: set[str] = set()
-        self.kept: dict[int, torch.Tensor | None] = {}
+        self.kept: dict[int, np.ndarray | None] = {}
         self.failures: list[Failure] = []
         self.checked = self.elements = 0
         self.max_steps: float | None = None
@@ -130,12 +128,12 @@ class _Checker:
                             self.elements, self.max_steps, self.failures)
 
     # ---- which neurons, which bake tensors ---------------------------------------------------
-    def keep(self, layer: int) -> torch.Tensor | None:
+    def keep(self, layer: int) -> np.ndarray | None:
         """The neurons an export layer holds: all (as-is), or those with a nonzero down_proj column (ragged)."""
         if not self.ragged:
             return None
         if layer not in self.kept:
-            self.kept[layer] = live_columns(self.bake.tensor(f"model.layers.{layer}.mlp.down_proj.weight"))
+            self.kept[layer] = live_columns(self.bake.tensor(f"model.layers.{layer}.mlp.down_proj.weight").values())
         return self.kept[layer]
 
     def parts(self, name: str) -> list[Part] | None:
@@ -145,7 +143,7 @@ class _Checker:
             parts = [Part(name)]
         return parts
 
-    def part_tensors(self, tensor: str, parts: list[Part]) -> list[torch.Tensor] | None:
+    def part_tensors(self, tensor: str, parts: list[Part]) -> list[Stored] | None:
         """Each part's selected bake tensor (bake dtype); None (and a failure) if one is not in the bake."""
         missing = [p.name for p in parts if p.name not in self.bake_names]
         if missing:
@@ -153,9 +151,13 @@ class _Checker:
                               "was the export made from another model?")
             return None
         self.used.update(p.name for p in parts)
-        return [p.select(self.bake.tensor(p.name)) for p in parts]
+        return [self.select(p) for p in parts]
 
-    def shape_fits(self, tensor: str, parts: list[Part], blocks: list[torch.Tensor], shape: tuple[int, ...]) -> bool:
+    def select(self, part: Part) -> Stored:
+        t = self.bake.tensor(part.name)
+        return Stored(part.select(t.raw), t.dtype)
+
+    def shape_fits(self, tensor: str, parts: list[Part], blocks: list[Stored], shape: tuple[int, ...]) -> bool:
         """The parts stacked along dim 0 have ``shape`` (the export tensor's, oriented as the bake's)."""
         stacked = (sum(b.shape[0] for b in blocks), *blocks[0].shape[1:])
         if any(b.shape[1:] != blocks[0].shape[1:] for b in blocks) or stacked != shape:
@@ -176,36 +178,38 @@ class _Checker:
             return
         blocks = self.part_tensors(name, parts)
         actual = self.graph.tensor(name)
-        actual = actual.t() if transposed else actual
+        actual = actual.T if transposed else actual
         if blocks is None or not self.shape_fits(name, parts, blocks, tuple(actual.shape)):
             return
         self.checked += 1
-        self.elements += actual.numel()
+        self.elements += actual.size
         row = 0
         for part, block in zip(parts, blocks):
-            got = actual[row:row + block.shape[0]]
-            step = max(1, CHUNK_ELEMENTS // max(1, block[0].numel()))  # rows per comparison
-            if not all(torch.equal(got[r:r + step], self.rounded(block[r:r + step]))
-                       for r in range(0, block.shape[0], step)):
+            h = block.shape[0]
+            got = actual[row:row + h]
+            step = max(1, CHUNK_ELEMENTS // max(1, math.prod(block.shape[1:])))  # rows per comparison
+            if not all(np.array_equal(got[r:r + step], self.rounded(block, r, r + step)) for r in range(0, h, step)):
                 self.float_mismatch(name, part, row, got, self.rounded(block))
                 return
-            row += block.shape[0]
+            row += h
 
-    def rounded(self, t: torch.Tensor) -> torch.Tensor:
-        """The bake's values rounded to the export dtype (numpy's IEEE round-to-nearest-even)."""
-        return torch.from_numpy(t.to(torch.float32).numpy().astype(_NP_TYPES[self.dtype], copy=False))
+    def rounded(self, t: Stored, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows of the bake's tensor rounded to the export dtype (numpy's IEEE round-to-nearest-even)."""
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as in the exporter's rounding
+            return t.values(start, stop).astype(_NP_TYPES[self.dtype], copy=False)
 
-    def float_mismatch(self, name: str, part: Part, row: int, got: torch.Tensor, want: torch.Tensor) -> None:
+    def float_mismatch(self, name: str, part: Part, row: int, got: np.ndarray, want: np.ndarray) -> None:
         """Report the worst element of one part (rows ``row`` on of the export tensor)."""
-        diff = (got.to(torch.float32) - want.to(torch.float32)).abs().nan_to_num(nan=math.inf)
+        diff = np.nan_to_num(np.abs(got.astype(np.float32) - want.astype(np.float32)), nan=math.inf)
         flat = int(diff.argmax())
-        idx = [int(i) for i in np.unravel_index(flat, tuple(diff.shape))]
+        at = np.unravel_index(flat, diff.shape)
+        value, exp = float(got[at]), float(want[at])
+        idx = [int(i) for i in at]
         bake_idx = part.bake_index(idx[0], idx[1] if len(idx) > 1 else None)
         idx[0] += row
-        value, exp = float(got.reshape(-1)[flat]), float(want.reshape(-1)[flat])
         self.fail(name, f"element {idx} is {value:.8g}, but {part.name}{bake_idx} of the bake rounded to "
                         f"{self.dtype} is {exp:.8g} (|diff| {abs(value - exp):.3g}, bound 0: float weights are "
-                        f"the bake's, exactly); {int((diff > 0).sum())} of {diff.numel()} elements of this part differ",
+                        f"the bake's, exactly); {int((diff > 0).sum())} of {diff.size} elements of this part differ",
                   {"index": idx, "value": value, "expected": exp, "bound": 0.0, "bake_tensor": part.name,
                    "bake_index": bake_idx})
 
@@ -262,7 +266,7 @@ class _Checker:
         n_blocks = -(-k // bs)
         b, scales = self.graph.tensor(b_name), self.graph.tensor(s_name)
         zp = self.graph.tensor(zp_name) if zp_name else None
-        if tuple(b.shape) != (n, n_blocks, bs * bits // 8) or scales.numel() != n * n_blocks:
+        if tuple(b.shape) != (n, n_blocks, bs * bits // 8) or scales.size != n * n_blocks:
             self.fail(b_name, f"B {list(b.shape)} / scales {list(scales.shape)} do not fit N={n}, K={k}, "
                               f"{bits} bits, blocks of {bs}")
             return
@@ -312,7 +316,7 @@ class _Checker:
             bound = angles * rel + 2.0 ** -22
         if want_dtype == "float16":  # plus the final rounding to float16
             bound = bound + np.abs(expected) * 2.0 ** -11 + 2.0 ** -25
-        actual = self.graph.tensor(name).to(torch.float64).numpy()
+        actual = self.graph.tensor(name).astype(np.float64)
         self.checked += 1
         self.elements += actual.size
         if actual.shape != expected.shape:
@@ -339,7 +343,7 @@ class _Checker:
 
     def width(self, layer: int) -> int:
         keep = self.keep(layer)
-        return int(self.bake.config["intermediate_size"]) if keep is None else int(keep.numel())
+        return int(self.bake.config["intermediate_size"]) if keep is None else int(keep.size)
 
     def widths(self) -> None:
         recorded = self.io.get("mlp_widths")

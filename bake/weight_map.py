@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 EMBED = "model.embed_tokens.weight"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
@@ -30,14 +30,14 @@ class Part:
     """A bake tensor, or some of its rows (``rows``) or input columns (``cols``), as one block of rows."""
 
     name: str
-    rows: torch.Tensor | None = None
-    cols: torch.Tensor | None = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
 
-    def select(self, t: torch.Tensor) -> torch.Tensor:
+    def select(self, t: np.ndarray) -> np.ndarray:
         if self.rows is not None:
-            t = t.index_select(0, self.rows)
+            t = np.take(t, self.rows, axis=0)
         if self.cols is not None:
-            t = t.index_select(1, self.cols)
+            t = np.take(t, self.cols, axis=1)
         return t
 
     def bake_index(self, row: int, col: int | None) -> list[int]:
@@ -49,7 +49,7 @@ class Part:
 
 
 def projection_parts(prefix: str, suffix: str, tied: bool,
-                     keep: Callable[[int], torch.Tensor | None]) -> list[Part] | None:
+                     keep: Callable[[int], np.ndarray | None]) -> list[Part] | None:
     """The bake tensors (``{bake prefix}.{suffix}``) an export projection stacks; None if ``prefix`` is none.
 
     ``keep(layer)`` gives the neurons a layer keeps (None: all of them).
@@ -75,6 +75,6 @@ def projection_parts(prefix: str, suffix: str, tied: bool,
     return None
 
 
-def live_columns(down_proj: torch.Tensor) -> torch.Tensor:
-    """Ascending indices of the columns of ``down_proj`` [hidden, neurons] with a nonzero entry."""
-    return torch.nonzero(down_proj.ne(0).any(dim=0)).flatten()
+def live_columns(down_proj: np.ndarray) -> np.ndarray:
+    """Ascending indices of the columns of ``down_proj`` [hidden, neurons] (values) with a nonzero entry."""
+    return np.flatnonzero((down_proj != 0).any(axis=0))

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,8 @@ sys.path.insert(0, str(REPO))
 from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants  # noqa: E402
 from bake.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
 from bake.gates import load_variant  # noqa: E402
-from bake.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
+from bake.pipeline import bake_checkpoint  # noqa: E402
+from bake.plan import BakeOptions  # noqa: E402
 from bake.trained_demo import build_trained_qwen3  # noqa: E402
 from bake.verify import (  # noqa: E402
     DEFAULT_PROMPTS,
@@ -49,17 +51,17 @@ from export.exporter import export_onnx  # noqa: E402
 SPEC = TinyQwen3Spec()  # 4 layers x 128 neurons, hidden 64, vocabulary 384
 TRAIN = {"steps": 300, "batch": 16, "seq_len": 96, "lr": 3e-3, "seed": 0}
 EXPORTS = {  # name -> export options; judged as dtype
-    "float16 portable as-is": {"dtype": "float16"},
+    "float16 portable as-is": {"dtype": "float16", "target": "portable"},
     "float16 cpu ragged": {"dtype": "float16", "target": "cpu", "layout": "ragged"},
     "int8 cpu as-is": {"quantize": "int8", "target": "cpu"},
-    "int8 portable ragged": {"quantize": "int8", "layout": "ragged"},
+    "int8 portable ragged": {"quantize": "int8", "layout": "ragged", "target": "portable"},
     "int4 cpu as-is": {"quantize": "int4", "target": "cpu"},
-    "int4 portable ragged": {"quantize": "int4", "layout": "ragged"},
+    "int4 portable ragged": {"quantize": "int4", "layout": "ragged", "target": "portable"},
 }
 NO_BUDGET = {"max_rel_diff": 1e9, "max_mean_kl": 1e9, "min_top1": 0.0, "min_greedy_match": 0.0}  # figures only
 
 
-def peakedness(model_dir: Path, scale: torch.Tensor | None = None) -> dict[str, float]:
+def peakedness(model_dir: Path, scale: np.ndarray | None = None) -> dict[str, float]:
     """Mean top-1 probability and entropy (nats) of a model's next-token distributions on verify's prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

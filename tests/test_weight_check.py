@@ -10,6 +10,8 @@ waived (``RANDOM_MODEL``) and the weight check is the verdict.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from bake.bake_tensors import BakeFolder
+from bake.bake_tensors import BakeFolder, Stored
 from bake.cli import main
 from bake.demo_assets import write_gate_folder
 from bake.gate_math import Cut, GateSettings, gate_values
 from bake.gates import load_variant
 from bake.nbits import unpack_codes
-from bake.pipeline import BakeOptions, bake_checkpoint
+from bake.pipeline import bake_checkpoint
+from bake.plan import BakeOptions
 from bake.quant_check import quant_error
 from bake.weight_check import check_export_weights
 from export.exporter import export_onnx
@@ -35,6 +38,7 @@ FAST = ["--quiet", "--json", "--greedy-tokens", "0"]
 WRONG = ("wrong scale mode", "one extra neuron off", "a layer's gates shuffled", "another variant")
 SHUFFLED_LAYER = 2
 RANDOM_MODEL = ("--min-top1", "0", "--max-mean-kl", "10")  # logit budgets waived: random weights
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -50,13 +54,12 @@ def make_bakes(base: Path, gates: Path, root: Path, layers: int, neurons: int, l
     right = load_variant(gates, "chat_energy_optA", num_layers=layers, intermediate_size=neurons)
     t = right.selected_thresholds[2]
     lam = gate_values(right.logits)
-    ordered = lam.reshape(-1).sort().values
-    off = int((ordered < t).sum())
-    extra_layer = int(torch.nonzero(lam == ordered[off])[0, 0])
-    shuffled = right.logits.clone()
-    shuffled[SHUFFLED_LAYER] = shuffled[SHUFFLED_LAYER][torch.randperm(neurons,
-                                                                       generator=torch.Generator().manual_seed(0))]
-    shuffled_v = load_variant(write_gate_folder(root / "shuffled" / "chat_energy_optA", shuffled,
+    ordered = np.sort(lam.reshape(-1))
+    off = int((ordered < np.float32(t)).sum())
+    extra_layer = int(np.argwhere(lam == ordered[off])[0, 0])
+    shuffled = right.logits.copy()
+    shuffled[SHUFFLED_LAYER] = shuffled[SHUFFLED_LAYER][np.random.default_rng(0).permutation(neurons)]
+    shuffled_v = load_variant(write_gate_folder(root / "shuffled" / "chat_energy_optA", torch.from_numpy(shuffled),
                                                 scale_mode="energy"), num_layers=layers, intermediate_size=neurons)
     other = load_variant(gates, "chat_energy_optB", num_layers=layers, intermediate_size=neurons)
     ok = GateSettings(Cut("threshold", t), "hard", "energy")
@@ -237,7 +240,7 @@ def test_every_kind_of_initializer_is_checked(bakes: dict[tuple[str, str], Bakes
 
 def test_stray_initializer_and_missing_bake_tensor_fail(bakes: dict[tuple[str, str], Bakes], tmp_path: Path) -> None:
     correct = bakes["tiny", "dense"].folders["correct"]
-    export_onnx(correct, tmp_path / "x", progress=False)
+    export_onnx(correct, tmp_path / "x", target="portable", progress=False)
     path = tmp_path / "x" / "model.onnx"
     model = onnx.load(str(path))
     norm = next(t for t in model.graph.initializer if t.name == "model.layers.3.input_layernorm.weight")
@@ -253,7 +256,8 @@ def test_export_alone_is_checked_against_the_bake_its_manifest_describes(
         bakes: dict[tuple[str, str], Bakes], tiny_base: Path, tiny_gates: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     b = bakes["tiny", "pruned"]
-    export_onnx(b.folders["correct"], tmp_path / "x", quantize="int8", layout="ragged", progress=False)
+    export_onnx(b.folders["correct"], tmp_path / "x", target="portable", quantize="int8", layout="ragged",
+                progress=False)
     assert main(["verify", "--onnx", str(tmp_path / "x"), *FAST, *RANDOM_MODEL]) == 0
     weights = json.loads(capsys.readouterr().out)["candidates"][0]["weights"]
     assert weights["passed"] and weights["bake"].endswith(f"bake_manifest.json describes, rebuilt from {tiny_base}")
@@ -275,24 +279,25 @@ def test_unpacker_reads_fields_lowest_bits_first(bits: int) -> None:
 
 def test_half_step_bound_is_exact_and_zero_blocks_must_be_zero() -> None:
     """One block of 32, int4, scale 0.1, zero point 8: codes 8 + [-8..7] hold w within 0.05 of (code - 8) * 0.1."""
-    codes = torch.arange(16, dtype=torch.uint8).repeat(2)  # 32 codes
+    codes = np.tile(np.arange(16, dtype=np.uint8), 2)  # 32 codes
     b = (codes[0::2] | (codes[1::2] << 4)).reshape(1, 1, 16)
-    zp = torch.tensor([[8]], dtype=torch.uint8)
-    scales = torch.tensor([[0.1]])
-    w = ((codes.float() - 8) * 0.1).reshape(1, 32)
-    assert quant_error(b, scales, zp, w, 4, 32).steps < 1e-5
-    w2 = w.clone()
+    zp = np.array([[8]], dtype=np.uint8)
+    scales = np.array([[0.1]], dtype=np.float32)
+    w = ((codes.astype(np.float32) - 8) * np.float32(0.1)).reshape(1, 32)
+    assert quant_error(b, scales, zp, Stored.of(w), 4, 32).steps < 1e-5
+    w2 = w.copy()
     w2[0, 5] += 0.049  # 0.49 steps: still the nearest code
-    assert 0.489 < quant_error(b, scales, zp, w2, 4, 32).steps < 0.491
+    assert 0.489 < quant_error(b, scales, zp, Stored.of(w2), 4, 32).steps < 0.491
     w2[0, 5] += 0.002  # 0.51 steps: another code was nearer
-    worst = quant_error(b, scales, zp, w2, 4, 32)
+    worst = quant_error(b, scales, zp, Stored.of(w2), 4, 32)
     assert 0.509 < worst.steps < 0.511 and worst.index == (0, 5)
     assert worst.value == pytest.approx(-0.3) and worst.expected == pytest.approx(-0.249)
-    zero = torch.tensor([[0.0]])
-    assert quant_error(b, zero, zp, torch.zeros(1, 32), 4, 32).steps == 0.0  # a zero block is 0 whatever its codes
-    w3 = torch.zeros(1, 32)
+    zero = np.zeros((1, 1), np.float32)
+    zeros = Stored.of(np.zeros((1, 32), np.float32))
+    assert quant_error(b, zero, zp, zeros, 4, 32).steps == 0.0  # a zero block is 0 whatever its codes
+    w3 = np.zeros((1, 32), np.float32)
     w3[0, 9] = 1e-6
-    worst = quant_error(b, zero, zp, w3, 4, 32)
+    worst = quant_error(b, zero, zp, Stored.of(w3), 4, 32)
     assert worst.steps == float("inf") and worst.index == (0, 9) and worst.value == 0.0
 
 
@@ -316,7 +321,7 @@ def test_untied_lm_head_and_attention_bias(tiny_base: Path, tiny_gates: Path, tm
     bake = tmp_path / "bake"
     bake_checkpoint(tmp_path / "base", v, GateSettings(Cut("preset", 3), "hard", "energy"), bake,
                     BakeOptions(progress=False))
-    kinds = {"portable-f16": {"dtype": "float16"}, "cpu-int4": {"target": "cpu", "quantize": "int4"},
+    kinds = {"portable-f16": {"target": "portable", "dtype": "float16"}, "cpu-int4": {"target": "cpu", "quantize": "int4"},
              "cuda-int8-ragged": {"target": "cuda", "dtype": "float16", "quantize": "int8", "layout": "ragged"}}
     for name, opts in kinds.items():
         export_onnx(bake, tmp_path / name, progress=False, **opts)
@@ -335,3 +340,16 @@ def test_untied_lm_head_and_attention_bias(tiny_base: Path, tiny_gates: Path, tm
     assert failure.tensor == "model.layers.0.self_attn.qkv_proj.bias"
     assert failure.worst["index"] == [q_rows + 3] and failure.worst["bake_tensor"] == "model.layers.0.self_attn.k_proj.bias"
     assert failure.worst["bake_index"] == [3]
+
+
+def test_weight_check_is_numpy_only(bakes: dict[tuple[str, str], Bakes], tmp_path: Path) -> None:
+    """The check (graph, bake, unpacking, comparison) runs without importing torch or transformers."""
+    correct = bakes["tiny", "pruned"].folders["correct"]
+    export_onnx(correct, tmp_path / "x", target="cpu", quantize="int4", layout="ragged", progress=False)
+    code = ("import json, sys\nfrom bake.bake_tensors import BakeFolder\nfrom bake.weight_check import "
+            "check_export_weights\nr = check_export_weights(sys.argv[1], BakeFolder(sys.argv[2]))\n"
+            "print(json.dumps([r.passed, sorted({'torch', 'transformers'} & set(sys.modules))]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x"), str(correct)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [True, []]
