@@ -97,14 +97,15 @@ def _verification_section(report: dict[str, Any] | None) -> list[str]:
     rows = [
         "## Verification against the hooked model", "",
         f"{report.get('num_prompts', '?')} chat prompts, reference = base model with `down_proj` pre-hooks.", "",
-        "| candidate | dtype | max abs logit diff | mean KL | top-1 agreement | greedy match | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | dtype | max abs logit diff | mean KL | top-1 agreement | greedy match | weights | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in report.get("candidates", []):
-        rows.append(
-            f"| {c['name']} | {c['dtype']} | {c['max_abs_diff']:.3g} | {c['mean_kl']:.3g} | "
-            f"{c['top1_agreement']:.2%} | {c.get('greedy_summary', 'n/a')} | {'pass' if c['passed'] else 'FAIL'} |"
-        )
+        figures = (f"{c['max_abs_diff']:.3g} | {c['mean_kl']:.3g} | {c['top1_agreement']:.2%} | "
+                   f"{c.get('greedy_summary', 'n/a')}" if c.get("mean_kl") is not None else "not run | | |")
+        weights = c.get("weights")
+        checked = "-" if weights is None else "pass" if weights["passed"] else "FAIL"
+        rows.append(f"| {c['name']} | {c['dtype']} | {figures} | {checked} | {'pass' if c['passed'] else 'FAIL'} |")
     return rows + [""]
 
 

@@ -17,15 +17,18 @@ from typing import Any
 
 import torch
 
-from .base_model import read_config
+from .bake_tensors import BakeFolder, PlannedBake
+from .base_model import open_base_model, read_config
 from .errors import BakeError, ManifestMismatch
 from .gate_math import Cut, GateSettings, compute_gates
 from .gates import load_variant
 from .manifest import MANIFEST_NAME, read_manifest
 from .metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
 from .paths import PROMPTS_FILE, require
+from .plan import BakeOptions, plan_bake
 from .reference import load_hooked_model
 from .sources import resolve_base, resolve_gates
+from .weight_check import check_export_weights
 
 Messages = list[dict[str, str]]
 
@@ -131,8 +134,14 @@ def verify(
     spec: ReferenceSpec,
     candidates: Sequence[Any],
     options: VerifyOptions | None = None,
+    bake: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the hooked reference and every candidate; the report says per candidate what passed."""
+    """Run the hooked reference and every candidate; the report says per candidate what passed.
+
+    An ONNX candidate's weights are also checked against a bake (``bake.weight_check``): the baked
+    folder ``bake`` when given, else the bake its own ``bake_manifest.json`` describes, rebuilt in
+    memory from the reference's base, gates and cut.
+    """
     from transformers import AutoTokenizer
 
     options = options or VerifyOptions()
@@ -153,8 +162,18 @@ def verify(
     cache: dict[str, Any] = {}
     results: list[CandidateResult] = []
     for c in candidates:
-        results.append(compare(reference, c, prompts, budget_for(c.dtype, options.budget_overrides),
-                               options.greedy_tokens, cache))
+        weights = None
+        if isinstance(c, OnnxCandidate):  # first: it is quick, and a missing bake is a user error
+            source = BakeFolder(bake) if bake is not None else planned_bake(c.folder, base, variant, spec.settings)
+            weights = check_export_weights(c.folder, source)
+        if getattr(c, "not_run", None):
+            result = CandidateResult.not_run(c.name, c.dtype, c.not_run)
+        else:
+            result = compare(reference, c, prompts, budget_for(c.dtype, options.budget_overrides),
+                             options.greedy_tokens, cache)
+        if weights is not None:
+            result.add_weight_check(weights.to_dict(), weights.failure_lines())
+        results.append(result)
     return {
         "passed": all(r.passed for r in results),
         "reference": spec.describe() | {"gate_sha256": variant.sha256},
@@ -183,11 +202,13 @@ def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) ->
 
 @dataclass
 class OnnxCandidate:
-    """An ONNX export run by ONNX Runtime (``export.runtime``), judged by its export dtype."""
+    """An ONNX export run by ONNX Runtime (``export.runtime``), judged by its export dtype and its weights."""
 
     name: str
     dtype: str
-    model: Any  # export.runtime.OnnxCausalLM
+    model: Any  # export.runtime.OnnxCausalLM; None when the export cannot run here
+    folder: Path
+    not_run: str | None = None  # why its logits cannot be computed on this machine
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         return torch.from_numpy(self.model.logits(ids))
@@ -197,17 +218,38 @@ class OnnxCandidate:
 
 
 def onnx_candidate(folder: Path, device: str = "auto") -> OnnxCandidate:
-    """An export folder as a candidate; a quantized export is judged by its weight type (int4, int8)."""
+    """An export folder as a candidate; a quantized export is judged by its weight type (int4, int8).
+
+    A ``--target cuda`` export on a machine without CUDA is a candidate whose logits are not run
+    (its fused q/k norm has no CPU kernel); verify then judges it by its weight check alone and says so.
+    """
     from export.install import require_onnxruntime
 
     require_onnxruntime()
-    from export.runtime import OnnxCausalLM
+    from export.runtime import OnnxCausalLM, pick_device, read_export_folder
 
+    io = read_export_folder(folder)
+    quant = io.get("quantization")
+    dtype = quant["weights"] if quant else io["dtype"]
+    target = io.get("target", "portable")
+    if target == "cuda" and pick_device(device) == "cpu":
+        return OnnxCandidate(f"onnx (cuda graph, {io['layout']}, not run)", dtype, None, Path(folder),
+                             "logits NOT compared: a --target cuda export runs only on CUDA and this onnxruntime "
+                             "has no CUDA provider; only its weights were checked")
     model = OnnxCausalLM(folder, device=device)
-    quant = model.io.get("quantization")
-    dtype = quant["weights"] if quant else model.io["dtype"]
-    target = model.io.get("target", "portable")
-    return OnnxCandidate(f"onnx ({target} graph, {model.io['layout']}, on {model.device})", dtype, model)
+    return OnnxCandidate(f"onnx ({target} graph, {io['layout']}, on {model.device})", dtype, model, Path(folder))
+
+
+def planned_bake(export: Path, base: Path, variant: Any, settings: GateSettings) -> PlannedBake:
+    """The bake an export's own ``bake_manifest.json`` describes (layout, dtype, padding), with ``settings``."""
+    if not (Path(export) / MANIFEST_NAME).is_file():
+        raise BakeError(f"{export} has no {MANIFEST_NAME}, so the bake it was made from is unknown and its weights "
+                        "cannot be checked: give --baked with the baked folder it was exported from")
+    m = read_manifest(export)
+    options = BakeOptions(layout=m["layout"], dtype=m["dtype"], pad_multiple=m.get("pad_multiple") or 1,
+                          allow_all_off=True, progress=False)
+    plan = plan_bake(open_base_model(base), variant, settings, options)
+    return PlannedBake(plan, f"the bake {Path(export) / MANIFEST_NAME} describes, rebuilt from {base}")
 
 
 def read_prompts_file(path: Path) -> list[Messages | str]:

@@ -50,20 +50,25 @@ model.save_pretrained(out)
 """
 
 
-def measure(cmd: list[str], clear: list[Path]) -> dict[str, float]:
-    """Wall time and the process's own peak RSS (MiB), after removing ``clear`` and syncing (untimed)."""
+def measure(cmd: list[str], clear: list[Path], reports: bool = False) -> dict[str, Any]:
+    """Wall time and the process's own peak RSS (MiB), after removing ``clear`` and syncing (untimed).
+
+    With ``reports``, the child prints one JSON object (its own in-process figures), merged in.
+    """
     for path in clear:
         shutil.rmtree(path, ignore_errors=True)
     os.sync()
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out if reports else subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(cmd[:6])} ... failed:\n{err.read().decode()}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+        out.seek(0)
+        extra = json.loads(out.read()) if reports else {}
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024} | extra
 
 
 def copy_and_sync(base: Path, dests: list[Path]) -> list[str]:

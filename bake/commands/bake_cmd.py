@@ -138,7 +138,7 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
         candidates = [torch_candidate(folder)]
         if (folder / "onnx").is_dir():
             candidates.append(onnx_candidate(folder / "onnx"))
-        report = verify(spec_from_manifest(read_manifest(folder)), candidates, options)
+        report = verify(spec_from_manifest(read_manifest(folder)), candidates, options, bake=folder)
         say(format_table([CandidateResult.from_dict(c) for c in report["candidates"]]))
         return report
 
