@@ -5,6 +5,8 @@ usage; the message says what to fix), 3 verification failed (the candidate does 
 hooked reference within budget).
 """
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
@@ -50,6 +52,10 @@ class HubError(BakeError):
 
 
 class VerificationFailed(Exception):
-    """A candidate model does not reproduce the hooked reference within its budget."""
+    """A candidate model does not reproduce the hooked reference within its budget (``report``: the verifier's)."""
 
     exit_code = EXIT_VERIFY
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report

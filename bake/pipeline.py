@@ -71,6 +71,7 @@ def write_bake(plan: BakePlan, out_dir: Path, sources: dict[str, Any] | None = N
             raise VerificationFailed(
                 "the bake does not match the hooked model; nothing was written. Failures: "
                 + "; ".join(f"{c['name']}: {', '.join(c['failures'])}"
-                            for c in manifest["verification"]["candidates"] if not c["passed"])
+                            for c in manifest["verification"]["candidates"] if not c["passed"]),
+                manifest["verification"],
             )
     return manifest

@@ -1,7 +1,8 @@
 """Figures drawn headless with matplotlib (the optional ``[plot]`` extra) from the commands' JSON reports.
 
 Each chart is one function ``<chart>_figure(report, size) -> Figure`` that reads nothing but the
-report dict its command prints with ``--json``; ``write_figure`` saves any of them as PNG or SVG,
+report dict its command prints with ``--json`` (``inspect_figure`` here, ``bake.sweep_plot.sweep_figure``
+for a sweep); ``write_figure`` saves any of them as PNG or SVG,
 byte for byte the same for the same report. matplotlib is imported when a figure is drawn, never
 when this module is, so commands run without it until ``--plot`` is asked for. Figures are built
 on ``matplotlib.figure.Figure`` directly (no pyplot, no GUI backend): PNG goes through Agg.
@@ -9,6 +10,7 @@ on ``matplotlib.figure.Figure`` directly (no pyplot, no GUI backend): PNG goes t
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,19 +24,20 @@ if TYPE_CHECKING:
 PLOT_FORMATS = ("png", "svg")
 DPI = 100  # pixels per inch: a PNG is exactly the requested pixels; an SVG declares them as inches x 72 pt
 INSTALL_HINT = 'pip install "lambda-bake[plot]"'
-_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8.5,
-          "svg.hashsalt": "lambda-bake", "svg.fonttype": "path"}
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8.5,
+         "svg.hashsalt": "lambda-bake", "svg.fonttype": "path"}
 _METADATA = {"png": {"Software": "lambda-bake"}, "svg": {"Creator": "lambda-bake", "Date": None}}
 
 
-def plot_format(path: Path) -> str:
-    """The file type of ``--plot PATH`` ('png' or 'svg'); refuses other suffixes and a missing folder."""
+def plot_format(path: Path, created: Path | None = None) -> str:
+    """The file type of ``--plot PATH`` ('png' or 'svg'); refuses other suffixes and a missing folder
+    (unless that folder is ``created``: one the command makes before it writes the figure)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in PLOT_FORMATS:
         raise PlotError(f"--plot {path}: unknown figure type {path.suffix or '(no suffix)'!r}; "
                         f"name the file .png or .svg")
-    if not path.parent.is_dir():
+    if not path.parent.is_dir() and not (created is not None and path.parent.resolve() == Path(created).resolve()):
         raise PlotError(f"--plot {path}: folder {path.parent} does not exist; create it or choose another path")
     return fmt
 
@@ -48,6 +51,20 @@ def parse_size(text: str) -> tuple[int, int]:
     if not (300 <= w <= 20000 and 300 <= h <= 20000):
         raise ValueError(f"figure size {w}x{h} px is out of range; each side 300..20000 px")
     return w, h
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type of ``--plot-size``."""
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_plot_args(p: argparse.ArgumentParser, what: str, default_size: str) -> None:
+    """``--plot FILE`` (draw ``what``) and ``--plot-size WxH`` (default as ``default_size`` says)."""
+    p.add_argument("--plot", type=Path, metavar="FILE", help=f"also draw {what} as a figure (.png or .svg)")
+    p.add_argument("--plot-size", type=size_arg, metavar="WxH", help=f"figure size in pixels (default: {default_size})")
 
 
 def require_matplotlib() -> None:
@@ -67,7 +84,7 @@ def write_figure(fig: Figure, path: Path) -> None:
     fmt = plot_format(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with matplotlib.rc_context(_STYLE):
+        with matplotlib.rc_context(STYLE):
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=_METADATA[fmt])
         os.replace(tmp, path)
     except BaseException:
@@ -99,7 +116,7 @@ def inspect_figure(report: dict[str, Any], size: tuple[int, int]) -> Figure:
     labels = _labels_by_off_fraction(variants)
     cmap = matplotlib.colormaps["viridis"]
     colour = {lab: cmap(0.85 * (1 - i / max(1, len(labels) - 1))) for i, lab in enumerate(labels)}
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
         grid = fig.subplots(4, len(variants), squeeze=False, gridspec_kw={"height_ratios": [3, 3, 3, 1.6]})
         for col, v in enumerate(variants):

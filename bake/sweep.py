@@ -41,14 +41,17 @@ class SweepCut:
 
 @dataclass
 class CutOutcome:
-    """What happened to one cut: the manifest if it was written, else the error and its exit code."""
+    """What happened to one cut: what its plan decided (``planned``), and the manifest if it was written,
+    else the error and its exit code; ``verification`` is the verifier's report whenever it ran."""
 
     name: str
     variant: str
     cut: Cut
     out: Path
     seconds: float
+    planned: dict[str, Any]
     manifest: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
     error: str | None = None
     exit_code: int = 0
 
@@ -57,18 +60,23 @@ class CutOutcome:
         return self.manifest is not None
 
     def to_dict(self) -> dict[str, Any]:
-        m = self.manifest or {}
-        sizes = m.get("sizes", {})
-        chosen = sizes.get("pruned" if m.get("layout") == "pruned" else "dense", {})
+        """The cut's entry in the sweep report; a failed cut keeps its planned figures (and failed verification)."""
+        p = self.planned
         return {
             "name": self.name, "out": str(self.out), "ok": self.ok, "seconds": round(self.seconds, 3),
             "error": self.error, "exit_code": self.exit_code, "variant": self.variant,
-            "cut": {"kind": self.cut.kind, "value": self.cut.value}, "threshold": m.get("cut", {}).get("threshold"),
-            "off_fraction": m.get("off_fraction"), "layout": m.get("layout"),
-            "intermediate_size": m.get("intermediate_size"), "params": chosen.get("params"),
-            "verified": (m["verification"]["passed"] if "verification" in m else None) if self.ok else None,
-            "manifest": self.manifest,
+            "cut": {"kind": self.cut.kind, "value": self.cut.value}, "threshold": p["threshold"],
+            "off_fraction": p["off_fraction"], "layout": p["layout"], "intermediate_size": p["intermediate_size"],
+            "params": p["sizes"][p["layout"]]["params"], "sizes": p["sizes"],
+            "verified": None if self.verification is None else self.verification["passed"],
+            "verification": self.verification, "manifest": self.manifest,
         }
+
+
+def planned_figures(plan: BakePlan) -> dict[str, Any]:
+    """What a plan decided, as its manifest records it: threshold, off-fraction, layout, width and sizes."""
+    return {"threshold": plan.gates.threshold, "off_fraction": plan.gates.off_fraction, "layout": plan.options.layout,
+            "intermediate_size": plan.width, "sizes": plan.sizes}
 
 
 def cut_folder_name(variant: str, cut: Cut) -> str:
@@ -126,14 +134,18 @@ def _write_cut(cut: SweepCut, plan: BakePlan, out: Path, check: Check | None, ex
     try:
         result["manifest"] = write_bake(plan, out, cut.sources | {"scale_mode_source": cut.scale_mode_source},
                                         check, extras)
-    except (BakeError, VerificationFailed) as e:
+        result["verification"] = result["manifest"].get("verification")
+    except VerificationFailed as e:
+        result = {"error": str(e), "exit_code": e.exit_code, "verification": e.report}
+    except BakeError as e:
         result = {"error": str(e), "exit_code": e.exit_code}
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
         result = {"error": f"disk full while writing ({e}); nothing of this cut was left behind",
                   "exit_code": EXIT_USER}
-    return CutOutcome(cut.name, cut.variant.name, cut.settings.cut, out, time.perf_counter() - start, **result)
+    return CutOutcome(cut.name, cut.variant.name, cut.settings.cut, out, time.perf_counter() - start,
+                      planned_figures(plan), **result)
 
 
 def sweep_exit_code(outcomes: list[CutOutcome]) -> int:

@@ -1,8 +1,11 @@
-"""Small test helpers: run models and measure logit differences."""
+"""Small test helpers: run models, measure logit differences, read figures."""
 
 from __future__ import annotations
 
+import struct
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,3 +34,21 @@ def hooked_logits(base: Path, variant: GateVariant, settings: GateSettings, ids:
 def rel_diff(ref: torch.Tensor, cand: torch.Tensor) -> float:
     """max |diff| relative to the largest |reference logit|."""
     return float((ref - cand).abs().max() / ref.abs().max())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG file, from its header."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def svg_size(path: Path) -> tuple[str, str]:
+    """The width and height an SVG file declares."""
+    root = ET.parse(path).getroot()
+    return root.attrib["width"], root.attrib["height"]
+
+
+def by_gid(fig: Any) -> dict[str, Any]:
+    """A figure's artists that carry a gid, by gid."""
+    return {a.get_gid(): a for a in fig.findobj(lambda a: a.get_gid() is not None)}

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import by_gid, png_size, svg_size
 
 from bake import plots
 from bake.cli import main
@@ -24,17 +23,6 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
-
-def svg_size(path: Path) -> tuple[str, str]:
-    root = ET.parse(path).getroot()
-    return root.attrib["width"], root.attrib["height"]
 
 
 @pytest.mark.parametrize("fmt", ["png", "svg"])
@@ -61,10 +49,6 @@ def test_default_size_is_a_column_per_variant_at_the_real_gate_shape(full_gates:
                             str(tmp_path / "f.png")], capsys)
     assert code == 0, err
     assert png_size(tmp_path / "f.png") == (120 + 4 * 420, 1300)
-
-
-def by_gid(fig: Any) -> dict[str, Any]:
-    return {a.get_gid(): a for a in fig.findobj(lambda a: a.get_gid() is not None)}
 
 
 def test_the_plotted_numbers_are_the_json_report(tiny_gates: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -10,8 +10,9 @@ from typing import Any
 from export.commands import add_graph_args
 from export.options import GRAPH_DEFAULTS
 
+from .. import plots
 from ..cli import emit_json
-from ..errors import ExportError
+from ..errors import ExportError, PlotError
 from ..manifest import read_manifest
 from ..pipeline import bake_checkpoint
 from ..plan import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions
@@ -29,7 +30,7 @@ from .common import (
 from .sweep_cmd import is_sweep, one_cut, run_sweep_command
 from .verify_cmd import add_budget_args, options_from_args
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Fold a lambda-gate variant into a Qwen3 base model and write a plain Hugging Face checkpoint
 (safetensors, config, tokenizer, bake_manifest.json, model card) that loads with
 AutoModelForCausalLM.from_pretrained and needs no hooks.
@@ -44,11 +45,16 @@ threshold), several values (--threshold 0.45 0.5, --off-fraction 0.25 0.5, --pre
 checkpoint per cut: OUT/<variant>-p<K>, OUT/<variant>-t<T> or OUT/<variant>-f<F>, each written all
 or nothing on its own (--verify and --onnx apply to each). A failed cut does not undo the others;
 the exit code is non-zero if any failed (3 if only verification failed, else 2).
+--plot FILE.png|FILE.svg draws the sweep's report as one figure: parameters and MLP FLOPs per
+token of the dense, pruned and ragged layouts against the achieved off-fraction, and with --verify
+each candidate's max relative logit difference and top-1 agreement; failed cuts are marked. It needs
+matplotlib: {plots.INSTALL_HINT}.
 
 examples:
   lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant chat_energy_optA \\
       --preset 3 --out ./qwen3-0.6b-chat_energy_optA-p3
-  lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant all --preset all --out ./sweep
+  lambda-bake bake --base ./Qwen3-0.6B --gates ./lambda-gates-chat --variant all --preset all \\
+      --out ./sweep --plot ./sweep.png
 """
 
 
@@ -87,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="upload the finished folder to this Hub repo (one bake only, not a sweep)")
     push.add_argument("--private", action="store_true", help="create the --push-to repo as private")
     push.add_argument("--push-revision", metavar="BRANCH", help="branch of the --push-to repo (default main)")
+    figure = p.add_argument_group("figure (a sweep only)")
+    plots.add_plot_args(figure, "the sweep's report", "1400 by 650, by 1150 with --verify")
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -96,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
              if getattr(args, f"onnx_{n}") != default]
     if given and not args.onnx:
         raise ExportError(f"{', '.join(given)} only apply to the ONNX export: add --onnx")
+    if args.plot and not is_sweep(args):
+        raise PlotError("--plot draws a sweep's cuts against their off-fractions, and this bake is one cut; give "
+                        "several cuts (e.g. --preset all) or drop --plot (lambda-bake inspect --plot draws one "
+                        "variant's cuts without baking)")
     if is_sweep(args):
         return run_sweep_command(args, options_from(args), verify_check(args) if args.verify else None,
                                  onnx_step(args) if args.onnx else None)

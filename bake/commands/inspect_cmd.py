@@ -43,9 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,
                    help="extra thresholds to evaluate besides the selected ones")
-    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a figure (.png or .svg)")
-    p.add_argument("--plot-size", type=_size, metavar="WxH",
-                   help="figure size in pixels (default: 120 + 420 per variant, at least 800, by 1300)")
+    plots.add_plot_args(p, "the report", "120 + 420 per variant, at least 800, by 1300")
     add_output_args(p)
     p.set_defaults(func=run)
 
@@ -94,9 +92,3 @@ def print_report(r: dict[str, Any]) -> None:
         say(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
         say(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return plots.parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None

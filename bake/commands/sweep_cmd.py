@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import CutError, OutputError
+from .. import plots, sweep_plot
+from ..errors import CutError, OutputError, PlotError
 from ..gate_math import Cut
 from ..gates import GateVariant
 from ..pipeline import Check, Extras
@@ -57,6 +58,8 @@ def run_sweep_command(args: argparse.Namespace, options: BakeOptions, check: Che
         )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(f"{args.out} is a file; a sweep writes its outputs into a folder: choose another --out")
+    if args.plot:
+        check_plot(Path(args.plot), Path(args.out))
     base, base_sources = load_base(args)
     names = gate_variant_names(str(args.gates), args.gates_revision) if args.variant == ALL else [args.variant]
     cuts = []
@@ -69,25 +72,51 @@ def run_sweep_command(args: argparse.Namespace, options: BakeOptions, check: Che
     say(f"sweep: {len(planned)} cuts of {', '.join(dict.fromkeys(c.variant.name for c in cuts))} "
         f"from {base.folder} into {args.out}/")
     outcomes = run_sweep(planned, check, extras, log=say)
-    report_sweep(outcomes, Path(args.out), args.json)
+    report = sweep_report(outcomes, Path(args.out))
+    print_sweep(report, args.json)
+    if args.plot:
+        write_plot(report, Path(args.plot), args.plot_size)
     return sweep_exit_code(outcomes)
 
 
-def report_sweep(outcomes: list[CutOutcome], out: Path, as_json: bool) -> None:
-    """The JSON report (every output with its figures) or a table; failures are named either way."""
-    failed = [o for o in outcomes if not o.ok]
+def sweep_report(outcomes: list[CutOutcome], out: Path) -> dict[str, Any]:
+    """What ``--json`` prints and ``--plot`` draws: every output with its figures; the failed ones named."""
+    return {"ok": all(o.ok for o in outcomes), "out": str(out), "outputs": [o.to_dict() for o in outcomes],
+            "failed": [o.name for o in outcomes if not o.ok]}
+
+
+def print_sweep(report: dict[str, Any], as_json: bool) -> None:
+    """The JSON report or a table; failures are named either way."""
     if as_json:
         from ..cli import emit_json
 
-        emit_json({"ok": not failed, "out": str(out), "outputs": [o.to_dict() for o in outcomes],
-                   "failed": [o.name for o in failed]})
+        emit_json(report)
     else:
         say(f"{'output':<28} {'threshold':>10} {'off':>7} {'width':>6} {'params':>14} {'s':>6}")
-        for o in outcomes:
-            say(_row(o.to_dict()))
-    written = len(outcomes) - len(failed)
-    say(f"wrote {written} of {len(outcomes)} outputs under {out}"
-        + (f"; FAILED: {', '.join(f'{o.name} (exit {o.exit_code})' for o in failed)}" if failed else ""))
+        for o in report["outputs"]:
+            say(_row(o))
+    outputs = report["outputs"]
+    failed = ", ".join(f"{o['name']} (exit {o['exit_code']})" for o in outputs if not o["ok"])
+    say(f"wrote {len(outputs) - len(report['failed'])} of {len(outputs)} outputs under {report['out']}"
+        + (f"; FAILED: {failed}" if failed else ""))
+
+
+def check_plot(plot: Path, out: Path) -> None:
+    """Refuse, before any work, a --plot the sweep could not write (file type, folder, no matplotlib) or one
+    inside a folder under OUT: each of those is an all-or-nothing output that the figure must not add to."""
+    plots.plot_format(plot, created=out)
+    target, out = plot.resolve(), out.resolve()
+    if target == out or (target.parent != out and target.is_relative_to(out)):
+        raise PlotError(f"--plot {plot} points into the sweep's output folder {out}, whose folders are finished "
+                        f"checkpoints; write the figure into {out} itself or outside it")
+    plots.require_matplotlib()
+
+
+def write_plot(report: dict[str, Any], path: Path, size: tuple[int, int] | None) -> None:
+    """Draw the sweep report (the dict --json prints) to ``path``, written in one rename."""
+    size = size or sweep_plot.sweep_size(report)
+    plots.write_figure(sweep_plot.sweep_figure(report, size), path)
+    say(f"figure: {path} ({size[0]}x{size[1]} px)")
 
 
 def _row(r: dict[str, Any]) -> str:
