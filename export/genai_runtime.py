@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,24 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def load_model(folder: Path, device: str, threads: int | None = None, cuda_graph: bool = False) -> Any:
+    """An ``og.Model`` of ``folder`` (any folder with a genai_config.json) on ``device`` ('cpu' or 'cuda'):
+    CUDA with or without CUDA-graph capture; on the CPU ``threads`` intra-op threads (default: every CPU
+    this process may use)."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    if device == "cuda":
+        config.append_provider("cuda")
+        config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
+    threads = threads or (cpu_threads() if device == "cpu" else None)
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+    return og.Model(config)
+
+
 class GenaiLM:
     """An export folder loaded by onnxruntime-genai.
 
@@ -47,8 +66,6 @@ class GenaiLM:
     """
 
     def __init__(self, folder: Path, device: str = "auto", threads: int | None = None, cuda_graph: bool = False):
-        import onnxruntime_genai as og
-
         self.folder = Path(folder)
         self.io = read_export_folder(self.folder)
         if not (self.folder / GENAI_FILE).is_file():
@@ -62,16 +79,7 @@ class GenaiLM:
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; "
                               "run it on a GPU, or export again with --target cpu for the CPU")
         try:
-            config = og.Config(str(self.folder))
-            config.clear_providers()
-            if self.device == "cuda":
-                config.append_provider("cuda")
-                config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
-            threads = threads or (cpu_threads() if self.device == "cpu" else None)
-            if threads:
-                config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                    "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
-            self.model = og.Model(config)
+            self.model = load_model(self.folder, self.device, threads, cuda_graph)
         except Exception as e:  # onnxruntime-genai raises plain RuntimeErrors; name the folder and the fix
             raise ExportError(f"onnxruntime-genai cannot load {self.folder}: {e}; check {GENAI_FILE} and the model "
                               "files, or export again") from e

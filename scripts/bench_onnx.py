@@ -51,7 +51,7 @@ from bake.gates import load_variant  # noqa: E402
 from bake.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
 from bake.reference import load_hooked_model  # noqa: E402
 from export.exporter import export_onnx  # noqa: E402
-from export.genai_runtime import cpu_threads  # noqa: E402
+from export.genai_runtime import load_model  # noqa: E402
 from export.runtime import OnnxCausalLM  # noqa: E402
 
 Timing = dict[str, float]
@@ -111,19 +111,9 @@ def time_ort(lm: OnnxCausalLM, ids: np.ndarray, new_tokens: int) -> Timing:
 
 
 def load_genai(folder: Path, device: str, cuda_graph: bool) -> Any:
-    """onnxruntime-genai on ``folder`` as lambda-bake's generate runs it (on the CPU: every core, see
-    export/genai_runtime.py); the builder's folder gets exactly the same settings."""
-    import onnxruntime_genai as og
-
-    config = og.Config(str(folder))
-    config.clear_providers()
-    if device == "cuda":
-        config.append_provider("cuda")
-        config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
-    else:
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": cpu_threads(), "inter_op_num_threads": 1}}}}))
-    return og.Model(config)
+    """onnxruntime-genai on ``folder`` exactly as lambda-bake's generate loads it (on the CPU: every core);
+    the builder's folder goes through the same function, so both get the same settings."""
+    return load_model(folder, device, cuda_graph=cuda_graph)
 
 
 def time_genai(model: Any, ids: np.ndarray, new_tokens: int) -> Timing:
