@@ -17,9 +17,9 @@ import signal
 import sys
 from typing import Any
 
-from . import __version__
-from .commands import COMMANDS
-from .errors import EXIT_USER, BakeError, VerificationFailed
+from bake import __version__
+from bake.commands import COMMANDS
+from bake.errors import EXIT_USER, BakeError, VerificationFailed
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command in COMMANDS and name != command:
             sub.add_parser(name, help=cmd.help)  # listed in --help; its module is not loaded
         else:
-            getattr(importlib.import_module(cmd.module), cmd.register)(sub)
+            importlib.import_module(cmd.module).register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Which ONNX Runtime is installed, and what to do when it is missing or the wrong mix.
+"""Which ONNX Runtime is installed, which devices it serves, and what to do when it is missing or the wrong mix.
 
 The CPU and CUDA builds (onnxruntime + onnxruntime-genai, onnxruntime-gpu + onnxruntime-genai-cuda)
 install the same Python packages: with both present, whichever pip wrote last wins, and a GPU
@@ -41,3 +41,23 @@ def mixed_install_hint() -> str:
         return ""
     return (f" Both {' and '.join(clashes)} are installed: they share one Python package and the CPU build's "
             f"files won; repair with: {GPU_REPAIR}")
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when onnxruntime has the CUDA provider, else 'cpu'; 'cuda' must be available."""
+    import onnxruntime
+
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if device == "cuda" and not has_cuda:
+        raise ExportError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider; {GPU_INSTALL} or use "
+                          f"--device cpu.{mixed_install_hint()}")
+    if device not in ("cpu", "cuda"):
+        raise ExportError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return device
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for 'cpu' or 'cuda' (CPU as the fallback)."""
+    return (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]

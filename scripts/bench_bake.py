@@ -36,8 +36,8 @@ CLI = [sys.executable, "-m", "bake.cli"]
 NAIVE = """
 import sys, torch
 from transformers import AutoModelForCausalLM
-from bake.gate_math import Cut, GateSettings, compute_gates
-from bake.gates import load_variant
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
 base, gates, out = sys.argv[1:4]
 v = load_variant(gates, num_layers=28, intermediate_size=3072)
 s = torch.from_numpy(compute_gates(v.logits, GateSettings(Cut("off_fraction", 0.5), "hard", "energy")).scale)

@@ -46,13 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inputs import ensure_inputs  # noqa: E402
 
-from bake.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
-from bake.gates import load_variant  # noqa: E402
-from bake.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
-from bake.reference import load_hooked_model  # noqa: E402
-from export.exporter import export_onnx  # noqa: E402
-from export.genai_runtime import load_model  # noqa: E402
-from export.runtime import OnnxCausalLM  # noqa: E402
+from bake.gates.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
+from bake.gates.variant import load_variant  # noqa: E402
+from bake.verify.reference import load_hooked_model  # noqa: E402
+from bake.write.pipeline import BakeOptions, bake_checkpoint  # noqa: E402
+from export.onnx.exporter import export_onnx  # noqa: E402
+from export.runtime.genai_loop import load_model  # noqa: E402
+from export.runtime.ort_loop import OnnxCausalLM  # noqa: E402
 
 Timing = dict[str, float]
 BUILDER_PRECISION = {("float32", "none"): "fp32", ("float16", "none"): "fp16", ("float32", "int4"): "int4",

@@ -3,11 +3,11 @@
 
 Random-weight models have flat logits (mean top-1 probability about 1/vocab), where top-1 agreement
 is noise and KL is tiny whatever the export does. This script trains the tiny test Qwen3 on a
-synthetic chat corpus (``bake.trained_demo``: seeded, offline, one CPU thread) until its logits on
+synthetic chat corpus (``bake.demo.trained``: seeded, offline, one CPU thread) until its logits on
 verify's built-in prompts are peaked like a trained model's, then, for each of the card's four
 variants (``--variants``) at each of its selected thresholds (``--presets``), bakes it (float32, dense) and exports it
 float16 (portable as-is, cpu ragged), int8 and int4 (cpu as-is, portable ragged). Every export is
-compared with the hooked model by ``bake.verify`` (6 built-in prompts, 16 greedy tokens). The
+compared with the hooked model by ``bake.verify.verifier`` (6 built-in prompts, 16 greedy tokens). The
 budget for a dtype is then: mean KL <= 2x the worst correct export, rounded up to one significant
 digit; top-1 >= the worst correct export minus 3 points, rounded down to a whole percent. The same
 figures for int4/int8 exports of a bake with the wrong scale mode are recorded beside them.
@@ -32,13 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants  # noqa: E402
-from bake.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
-from bake.gates import load_variant  # noqa: E402
-from bake.pipeline import bake_checkpoint  # noqa: E402
-from bake.plan import BakeOptions  # noqa: E402
-from bake.trained_demo import build_trained_qwen3  # noqa: E402
-from bake.verify import (  # noqa: E402
+from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants  # noqa: E402
+from bake.demo.trained import build_trained_qwen3  # noqa: E402
+from bake.fold.plan import BakeOptions  # noqa: E402
+from bake.gates.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
+from bake.gates.variant import load_variant  # noqa: E402
+from bake.verify.verifier import (  # noqa: E402
     DEFAULT_PROMPTS,
     VerifyOptions,
     onnx_candidate,
@@ -46,7 +45,8 @@ from bake.verify import (  # noqa: E402
     spec_from_manifest,
     verify,
 )
-from export.exporter import export_onnx  # noqa: E402
+from bake.write.pipeline import bake_checkpoint  # noqa: E402
+from export.onnx.exporter import export_onnx  # noqa: E402
 
 SPEC = TinyQwen3Spec()  # 4 layers x 128 neurons, hidden 64, vocabulary 384
 TRAIN = {"steps": 300, "batch": 16, "seq_len": 96, "lr": 3e-3, "seed": 0}
@@ -65,7 +65,7 @@ def peakedness(model_dir: Path, scale: np.ndarray | None = None) -> dict[str, fl
     """Mean top-1 probability and entropy (nats) of a model's next-token distributions on verify's prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bake.reference import attach_gate_hooks
+    from bake.verify.reference import attach_gate_hooks
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     if scale is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bake.demo_assets import TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.demo.assets import TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 
 TINY = TinyQwen3Spec()  # 4 layers x 128 neurons, hidden 64
 # The real gate shape (28 x 3072 = 86,016 neurons) on a narrow model.

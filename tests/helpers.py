@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from bake.gate_math import GateSettings, compute_gates
-from bake.gates import GateVariant
-from bake.reference import load_hooked_model
+from bake.gates.gate_math import GateSettings, compute_gates
+from bake.gates.variant import GateVariant
+from bake.verify.reference import load_hooked_model
 
 
 def load_plain(folder: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -21,13 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import bake.atomic as atomic
-from bake.atomic import atomic_output_dir, exchange
+import bake.io.atomic as atomic
 from bake.cli import main
 from bake.errors import EXIT_USER, OutputError
-from bake.gate_math import Cut, GateSettings
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.io.atomic import atomic_output_dir, exchange
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_sweep_commits_each_cut_on_its_own(tiny_base: Path, tiny_gates: Path, tm
 HELD_BAKE = """
 import sys, time
 from pathlib import Path
-import bake.atomic as atomic
+import bake.io.atomic as atomic
 real = atomic.commit
 def held(tmp, dest, overwrite):
     Path(sys.argv[1]).write_text("holding")
@@ -364,7 +364,7 @@ def test_lock_file_replaced_under_a_waiting_run_is_locked_afresh(tmp_path: Path,
 
 KILLED_BETWEEN_RENAMES = """
 import ctypes, errno, os, signal, sys
-import bake.atomic as atomic
+import bake.io.atomic as atomic
 def einval(*args):
     ctypes.set_errno(errno.EINVAL)
     return -1

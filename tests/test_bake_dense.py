@@ -14,11 +14,11 @@ from helpers import hooked_logits, load_plain, logits, rel_diff
 from huggingface_hub import ModelCard
 
 from bake import __version__
-from bake.base_model import mlp_name
-from bake.gate_math import Cut, GateSettings, compute_gates
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.tensor_io import CheckpointReader
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
+from bake.io.base_model import mlp_name
+from bake.io.tensor_io import CheckpointReader
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 MODES = [
     (gate, scale, scope)
@@ -93,7 +93,7 @@ def test_bf16_bake_top1_agreement(tmp_path: Path, tiny_gates: Path, variant: str
     """
     from conftest import TINY
 
-    from bake.demo_assets import build_tiny_qwen3
+    from bake.demo.assets import build_tiny_qwen3
 
     base = build_tiny_qwen3(tmp_path / "base16", TINY, dtype=torch.bfloat16)
     v = load_variant(tiny_gates, variant, num_layers=4, intermediate_size=128)

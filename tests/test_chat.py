@@ -1,4 +1,4 @@
-"""export.chat renders prompts exactly as transformers' apply_chat_template and streams text as decode does."""
+"""export.runtime.chat renders prompts exactly as transformers' apply_chat_template and streams text as decode does."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bake.errors import ExportError
-from export.chat import ChatTokenizer
+from export.runtime.chat import ChatTokenizer
 
 # A template in the style of Qwen3's: namespace, reversed loops, string tests, tojson, raise_exception,
 # a thinking switch and whitespace control that trim_blocks/lstrip_blocks affect.

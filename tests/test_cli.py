@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bake.cli import build_parser, main
-from bake.demo_assets import write_gate_folder
-from bake.gates import load_variant
+from bake.demo.assets import write_gate_folder
+from bake.gates.variant import load_variant
 
 REPO = Path(__file__).resolve().parents[1]
 

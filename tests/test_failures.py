@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bake.cli import main
-from bake.demo_assets import seed_gate_logits, write_gate_folder
+from bake.demo.assets import seed_gate_logits, write_gate_folder
 from bake.errors import EXIT_INTERNAL, EXIT_USER
-from bake.tensor_io import CheckpointReader
+from bake.io.tensor_io import CheckpointReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,7 +189,7 @@ def test_unwritable_output(tiny_base: Path, tiny_gates: Path, tmp_path: Path, ca
 def test_disk_full_mid_write_leaves_nothing_and_rerun_succeeds(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import bake.tensor_io as tio
+    import bake.io.tensor_io as tio
 
     real_write = tio.write_array
     calls = {"n": 0}
@@ -212,7 +212,7 @@ def test_disk_full_mid_write_leaves_nothing_and_rerun_succeeds(tiny_base: Path, 
 
 SLOW_BAKE = """
 import sys, time
-import bake.checkpoint_writer as cw
+import bake.write.checkpoint as cw
 real = cw.write_safetensors
 def slow(path, tensors, metadata=None, on_tensor=None):
     def step(t):
@@ -253,7 +253,7 @@ def test_killed_bake_leaves_destination_untouched_and_rerun_succeeds(tiny_base: 
 
 
 def test_internal_error_exits_1(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
-    crash = ("import sys, bake.pipeline as p\n"
+    crash = ("import sys, bake.write.pipeline as p\n"
              "def boom(*a, **k): raise RuntimeError('simulated bug')\n"
              "p.plan_bake = boom\n"
              "import bake.commands.bake_cmd as b; b.bake_checkpoint = p.bake_checkpoint\n"

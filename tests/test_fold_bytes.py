@@ -16,14 +16,14 @@ import pytest
 import torch
 from conftest import TINY
 
-from bake.base_model import mlp_name
-from bake.demo_assets import build_tiny_qwen3
-from bake.dtypes import BY_NAME, from_float32, to_float32
-from bake.fold import fold_down_proj, gather, kept_neurons, prune_down_proj, prune_in_proj
-from bake.gate_math import Cut, GateSettings, compute_gates, gate_values, scale_from_mask
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.tensor_io import CheckpointReader
+from bake.demo.assets import build_tiny_qwen3
+from bake.fold.weights import fold_down_proj, gather, kept_neurons, prune_down_proj, prune_in_proj
+from bake.gates.gate_math import Cut, GateSettings, compute_gates, gate_values, scale_from_mask
+from bake.gates.variant import load_variant
+from bake.io.base_model import mlp_name
+from bake.io.dtypes import BY_NAME, from_float32, to_float32
+from bake.io.tensor_io import CheckpointReader
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 DTYPES = ("float32", "float16", "bfloat16")
 TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

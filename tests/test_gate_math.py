@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bake.errors import CutError
-from bake.gate_math import (
+from bake.gates.gate_math import (
     Cut,
     GateSettings,
     compute_gates,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bake.demo_assets import seed_gate_logits, write_gate_folder
+from bake.demo.assets import seed_gate_logits, write_gate_folder
 from bake.errors import GateFileError
-from bake.gates import find_variant_folder, load_variant
+from bake.gates.variant import find_variant_folder, load_variant
 
 L, I = 3, 8  # noqa: E741 - layers x neurons, as in SPEC.md
 LOGITS = seed_gate_logits(L, I, seed=3)

@@ -18,16 +18,16 @@ import torch
 
 from bake.cli import main
 from bake.errors import ExportError
-from bake.gate_math import Cut, GateSettings, compute_gates
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.reference import load_hooked_model
-from bake.verify import TorchCandidate
-from export.chat import ChatTokenizer
-from export.exporter import export_onnx
-from export.genai_config import genai_config
-from export.genai_runtime import GenaiLM
-from export.runtime import OnnxCausalLM
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
+from bake.verify.reference import load_hooked_model
+from bake.verify.verifier import TorchCandidate
+from bake.write.pipeline import BakeOptions, bake_checkpoint
+from export.onnx.exporter import export_onnx
+from export.onnx.genai_config import genai_config
+from export.runtime.chat import ChatTokenizer
+from export.runtime.genai_loop import GenaiLM
+from export.runtime.ort_loop import OnnxCausalLM
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -229,7 +229,8 @@ def test_cpu_runs_use_every_available_core(bakes, tmp_path, monkeypatch):
 
 def test_a_refused_cuda_graph_falls_back_to_plain_cuda(tmp_path, monkeypatch, capsys):
     """Where ONNX Runtime refuses CUDA-graph capture at load, generate loads the model again without it."""
-    from export import engines, genai_runtime
+    from export.runtime import engines
+    from export.runtime import genai_loop as genai_runtime
 
     loads: list[bool] = []
 

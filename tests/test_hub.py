@@ -24,13 +24,13 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
 
-from bake import hub
-from bake.base_model import open_base_model
 from bake.commands import push_cmd
 from bake.commands.common import add_hub_args
-from bake.demo_assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.errors import BaseModelError, GateFileError, HubError
-from bake.gates import find_variant_folder, load_variant
+from bake.gates.variant import find_variant_folder, load_variant
+from bake.hub import client as hub
+from bake.io.base_model import open_base_model
 
 BASE_ID = "Qwen/Qwen3-0.6B"
 GATES_ID = "hyunseoki/qwen3-0.6b-lambda-gates-chat"
@@ -475,7 +475,7 @@ def test_bake_from_hub_ids_equals_bake_from_local_paths(
     offline_cache: Path, tiny_base: Path, seed_gates: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from bake.cli import main
-    from bake.tensor_io import CheckpointReader
+    from bake.io.tensor_io import CheckpointReader
 
     cache_repo(offline_cache, BASE_ID, tiny_base)
     cache_repo(offline_cache, GATES_ID, seed_gates, commit="b" * 40)

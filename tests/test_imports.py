@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from bake.demo_assets import write_gate_folder
+from bake.demo.assets import write_gate_folder
 
 REPO = Path(__file__).resolve().parents[1]
-HUB = {"huggingface_hub", "httpx", "httpx2", "requests", "bake.hub"}
+HUB = {"huggingface_hub", "httpx", "httpx2", "requests", "bake.hub.client"}
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "safetensors"}
 RUN = """
 import json, sys
@@ -39,7 +39,7 @@ def bake(base: Path, gates: Path, out: Path, *extra: str) -> list[str]:
 def test_bake_imports_no_torch_transformers_onnx_or_hub(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
     loaded = modules_after(bake(tiny_base, tiny_gates / "chat_mean", tmp_path / "o", "--preset", "2"), tmp_path)
     assert not loaded & (HEAVY | HUB)
-    assert {"numpy", "bake.pipeline", "bake.pt_reader"} <= loaded
+    assert {"numpy", "bake.write.pipeline", "bake.gates.pt_reader"} <= loaded
 
 
 def test_a_sweep_imports_no_more(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
@@ -79,4 +79,4 @@ def test_verify_imports_the_hub_only_through_transformers(tiny_base: Path, tiny_
 
     assert main(bake(tiny_base, tiny_gates / "chat_mean", tmp_path / "b", "--preset", "3")) == 0
     loaded = modules_after(["verify", "--baked", str(tmp_path / "b"), "--greedy-tokens", "2", "--json"], tmp_path)
-    assert "bake.hub" not in loaded and "transformers" in loaded
+    assert "bake.hub.client" not in loaded and "transformers" in loaded

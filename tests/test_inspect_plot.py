@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import by_gid, png_size, svg_size
 
-from bake import plots
 from bake.cli import main
+from bake.plots import figure as plots
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--num-layers", "4", "--pad-multiple", "8"]

@@ -9,7 +9,7 @@ import pytest
 
 from bake.cli import main
 from bake.errors import ExportError
-from export import install, runtime
+from export import install
 
 
 def test_missing_onnxruntime_names_both_extras(tiny_base: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -28,9 +28,11 @@ def test_cpu_and_gpu_builds_together_are_named_with_the_repair(monkeypatch) -> N
     hint = install.mixed_install_hint()
     assert "onnxruntime and onnxruntime-gpu and onnxruntime-genai and onnxruntime-genai-cuda" in hint
     assert hint.endswith(install.GPU_REPAIR)
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ExportError, match="no CUDAExecutionProvider.*repair with: pip uninstall -y onnxruntime"):
-        runtime.pick_device("cuda")
+        install.pick_device("cuda")
 
 
 def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:

@@ -17,13 +17,13 @@ import onnx
 import pytest
 import torch
 
-from bake.checkpoint_writer import carry_base_files
-from bake.demo_assets import build_tiny_qwen3
+from bake.commands import export_cmd, generate_cmd
+from bake.demo.assets import build_tiny_qwen3
 from bake.errors import ExportError
-from export.commands import register
-from export.exporter import export_onnx, open_model_folder
-from export.onnx_builder import build_qwen3_model
-from export.runtime import OnnxCausalLM
+from bake.write.checkpoint import carry_base_files
+from export.onnx.builder import build_qwen3_model
+from export.onnx.exporter import export_onnx, open_model_folder
+from export.runtime.ort_loop import OnnxCausalLM
 
 REL_TOL = 1e-4
 DENSE_ZEROED = (40, 0, 128, 100)  # down_proj columns zeroed per layer (intermediate 128)
@@ -330,7 +330,9 @@ def test_attention_bias_and_untied_lm_head(tmp_path, target):
 
 def test_cli_export_json_and_generate(tiny, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="lambda-bake")
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    export_cmd.register(sub)
+    generate_cmd.register(sub)
     out = tmp_path / "onnx"
     args = parser.parse_args(["export", "--model", str(tiny), "--out", str(out), "--layout", "ragged",
                               "--target", "cpu", "--json"])

@@ -19,14 +19,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bake.cli import main
 from bake.errors import ExportError
-from bake.gate_math import Cut, GateSettings
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
-from export.exporter import export_onnx, open_model_folder
-from export.graph_base import live_neurons
-from export.onnx_builder import build_qwen3_model
-from export.quantize import PackedWeight, QuantSpec, quantize_weight
-from export.runtime import OnnxCausalLM
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.write.pipeline import BakeOptions, bake_checkpoint
+from export.onnx.builder import build_qwen3_model
+from export.onnx.exporter import export_onnx, open_model_folder
+from export.onnx.graph_base import live_neurons
+from export.onnx.quantize import PackedWeight, QuantSpec, quantize_weight
+from export.runtime.ort_loop import OnnxCausalLM
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -127,7 +127,7 @@ def dequantized_checkpoint(src: Path, dst: Path, spec: QuantSpec) -> Path:
     """
     from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
-    from bake.checkpoint_writer import carry_base_files
+    from bake.write.checkpoint import carry_base_files
 
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -160,7 +160,7 @@ def zeroed(src: Path, dst: Path) -> Path:
     """A dense-bake-like copy of ``src``: some down_proj columns zero, so ragged widths are not block multiples."""
     from transformers import AutoModelForCausalLM
 
-    from bake.checkpoint_writer import carry_base_files
+    from bake.write.checkpoint import carry_base_files
 
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
     with torch.no_grad():
@@ -203,7 +203,7 @@ def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Pa
     ("int4", "ragged", "cpu", "float16"), ("int8", "as-is", "cpu", "float16")])
 def test_quantized_export_passes_its_verify_budget(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                                    quantize: str, layout: str, target: str, dtype: str) -> None:
-    from bake.verify import VerifyOptions, onnx_candidate, spec_from_manifest, verify
+    from bake.verify.verifier import VerifyOptions, onnx_candidate, spec_from_manifest, verify
 
     v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
     manifest = bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 4), "hard", "energy"), tmp_path / "b",

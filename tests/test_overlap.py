@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bake.overlap as overlap
-from bake.overlap import BackgroundFlush, BlockPipeline
+import bake.io.overlap as overlap
+from bake.io.overlap import BackgroundFlush, BlockPipeline
 
 
 def blocks(tag: int, n: int) -> Iterator[np.ndarray]:

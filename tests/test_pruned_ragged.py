@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import load_plain, logits, rel_diff
 
-from bake.base_model import mlp_name
-from bake.demo_assets import SEED_VARIANTS, write_gate_folder
-from bake.gate_math import Cut, GateSettings, compute_gates
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.ragged import build_ragged_model
-from bake.reference import load_hooked_model
-from bake.tensor_io import CheckpointReader
+from bake.demo.assets import SEED_VARIANTS, write_gate_folder
+from bake.fold.ragged_model import build_ragged_model
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
+from bake.io.base_model import mlp_name
+from bake.io.tensor_io import CheckpointReader
+from bake.verify.reference import load_hooked_model
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 
 @pytest.mark.parametrize("variant", [v.name for v in SEED_VARIANTS])

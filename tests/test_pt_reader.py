@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bake.pt_reader import DamagedArchive, LegacyFormat, UnsafePickle, load_pt
+from bake.gates.pt_reader import DamagedArchive, LegacyFormat, UnsafePickle, load_pt
 
 BASE = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7 - 1
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 import bake.commands.common as common
-import bake.sweep as sweep
+import bake.write.sweep as sweep
 from bake.cli import main
 from bake.errors import EXIT_USER, EXIT_VERIFY, VerificationFailed
-from bake.gate_math import Cut, GateSettings
-from bake.gates import load_variant
-from bake.manifest import read_manifest
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.tensor_io import CheckpointReader
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.io.tensor_io import CheckpointReader
+from bake.write.manifest import read_manifest
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 VARIANTS = ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"]
 

@@ -12,14 +12,14 @@ import pytest
 from helpers import by_gid, png_size, svg_size
 
 import bake.commands.bake_cmd as bake_cmd
-import bake.sweep as sweep
-from bake import sweep_plot
+import bake.write.sweep as sweep
 from bake.cli import main
-from bake.gate_math import Cut, GateSettings
-from bake.gates import load_variant
-from bake.manifest import read_manifest
-from bake.pipeline import BakeOptions, bake_checkpoint
-from bake.tensor_io import CheckpointReader, numel
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.io.tensor_io import CheckpointReader, numel
+from bake.plots import sweep_plot
+from bake.write.manifest import read_manifest
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 VARIANTS = ["chat_energy", "chat_energy_optA", "chat_energy_optB", "chat_mean"]
 HIDDEN, LAYERS, WIDTH = 64, 4, 128  # the tiny base

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bake.cli import main
-from bake.demo_assets import write_gate_folder
-from bake.gate_math import Cut, GateSettings, gate_values
-from bake.gates import load_variant
-from bake.pipeline import BakeOptions, bake_checkpoint
+from bake.demo.assets import write_gate_folder
+from bake.gates.gate_math import Cut, GateSettings, gate_values
+from bake.gates.variant import load_variant
+from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 FAST = ["--quiet", "--greedy-tokens", "6"]
 
@@ -137,8 +137,15 @@ def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: P
                                                    variant: str) -> None:
     """Every selected threshold x {dense, pruned, ragged} x {torch, onnx portable/cpu graph} passes the float32
     budget."""
-    from bake.verify import DEFAULT_PROMPTS, VerifyOptions, onnx_candidate, spec_from_manifest, torch_candidate, verify
-    from export.exporter import export_onnx
+    from bake.verify.verifier import (
+        DEFAULT_PROMPTS,
+        VerifyOptions,
+        onnx_candidate,
+        spec_from_manifest,
+        torch_candidate,
+        verify,
+    )
+    from export.onnx.exporter import export_onnx
 
     v = load_variant(tiny_gates, variant, num_layers=4, intermediate_size=128)
     options = VerifyOptions(prompts=DEFAULT_PROMPTS[:3], greedy_tokens=4)
@@ -184,7 +191,7 @@ def test_bake_with_onnx_and_verify_in_one_run(tiny_base: Path, tiny_gates: Path,
 
 def test_verify_onnx_folder_alone_uses_its_manifest(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from export.exporter import export_onnx
+    from export.onnx.exporter import export_onnx
 
     v = load_variant(tiny_gates, "chat_mean", num_layers=4, intermediate_size=128)
     bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 2), "hard", "mean"), tmp_path / "b",

@@ -22,17 +22,17 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from bake.bake_tensors import BakeFolder, Stored
 from bake.cli import main
-from bake.demo_assets import write_gate_folder
-from bake.gate_math import Cut, GateSettings, gate_values
-from bake.gates import load_variant
-from bake.nbits import unpack_codes
-from bake.pipeline import bake_checkpoint
-from bake.plan import BakeOptions
-from bake.quant_check import quant_error
-from bake.weight_check import check_export_weights
-from export.exporter import export_onnx
+from bake.demo.assets import write_gate_folder
+from bake.fold.plan import BakeOptions
+from bake.gates.gate_math import Cut, GateSettings, gate_values
+from bake.gates.variant import load_variant
+from bake.verify.bake_tensors import BakeFolder, Stored
+from bake.verify.nbits import unpack_codes
+from bake.verify.quant_check import quant_error
+from bake.verify.weight_check import check_export_weights
+from bake.write.pipeline import bake_checkpoint
+from export.onnx.exporter import export_onnx
 
 FAST = ["--quiet", "--json", "--greedy-tokens", "0"]
 WRONG = ("wrong scale mode", "one extra neuron off", "a layer's gates shuffled", "another variant")
@@ -305,7 +305,7 @@ def test_untied_lm_head_and_attention_bias(tiny_base: Path, tiny_gates: Path, tm
     """A Qwen3 with attention biases and its own lm_head: every export kind traces them (qkv biases packed)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from bake.checkpoint_writer import carry_base_files
+    from bake.write.checkpoint import carry_base_files
 
     config = Qwen3Config.from_pretrained(str(tiny_base))
     config.attention_bias, config.tie_word_embeddings = True, False
@@ -346,7 +346,7 @@ def test_weight_check_is_numpy_only(bakes: dict[tuple[str, str], Bakes], tmp_pat
     """The check (graph, bake, unpacking, comparison) runs without importing torch or transformers."""
     correct = bakes["tiny", "pruned"].folders["correct"]
     export_onnx(correct, tmp_path / "x", target="cpu", quantize="int4", layout="ragged", progress=False)
-    code = ("import json, sys\nfrom bake.bake_tensors import BakeFolder\nfrom bake.weight_check import "
+    code = ("import json, sys\nfrom bake.verify.bake_tensors import BakeFolder\nfrom bake.verify.weight_check import "
             "check_export_weights\nr = check_export_weights(sys.argv[1], BakeFolder(sys.argv[2]))\n"
             "print(json.dumps([r.passed, sorted({'torch', 'transformers'} & set(sys.modules))]))")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x"), str(correct)], cwd=REPO,

@@ -1,6 +1,6 @@
 """One module per lambda-bake subcommand; each defines ``register(subparsers)``.
 
-``COMMANDS`` names every subcommand, the function that registers it and its one-line help, so the
+``COMMANDS`` names every subcommand's module and its one-line help, so the
 command line imports only the module of the command it runs (see ``bake.cli``).
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 class Command:
     module: str
     help: str
-    register: str = "register"  # the module's function that adds the subparser
 
 
 COMMANDS: dict[str, Command] = {
@@ -23,7 +22,7 @@ COMMANDS: dict[str, Command] = {
     "verify": Command("bake.commands.verify_cmd", "check a baked model against the hooked reference"),
     "hooked": Command("bake.commands.hooked_cmd", "generate with the hooked reference model (no bake)"),
     "push": Command("bake.commands.push_cmd", "upload a baked model folder to the Hugging Face Hub"),
-    "export": Command("export.commands", "export a baked Qwen3 folder to ONNX with KV cache", "register_export"),
-    "generate": Command("export.commands", "chat with an ONNX export (greedy, streamed; onnxruntime-genai or ONNX Runtime)",
-                        "register_generate"),
+    "export": Command("bake.commands.export_cmd", "export a baked Qwen3 folder to ONNX with KV cache"),
+    "generate": Command("bake.commands.generate_cmd",
+                        "chat with an ONNX export (greedy, streamed; onnxruntime-genai or ONNX Runtime)"),
 }

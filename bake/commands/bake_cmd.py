@@ -7,17 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from export.commands import add_graph_args
-from export.options import GRAPH_DEFAULTS
-
-from .. import plots
-from ..cli import emit_json
-from ..errors import ExportError, PlotError
-from ..manifest import read_manifest
-from ..pipeline import bake_checkpoint
-from ..plan import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions
-from . import COMMANDS
-from .common import (
+from bake.cli import emit_json
+from bake.commands import COMMANDS
+from bake.commands.common import (
     BASE_ARG,
     add_gate_args,
     add_hub_args,
@@ -27,8 +19,15 @@ from .common import (
     say,
     settings_from_args,
 )
-from .sweep_cmd import is_sweep, one_cut, run_sweep_command
-from .verify_cmd import add_budget_args, options_from_args
+from bake.commands.export_cmd import add_graph_args
+from bake.commands.sweep_cmd import is_sweep, one_cut, run_sweep_command
+from bake.commands.verify_cmd import add_budget_args, options_from_args
+from bake.errors import ExportError, PlotError
+from bake.fold.plan import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions
+from bake.plots import figure as plots
+from bake.write.manifest import read_manifest
+from bake.write.pipeline import bake_checkpoint
+from export.options import GRAPH_DEFAULTS
 
 DESCRIPTION = f"""\
 Fold a lambda-gate variant into a Qwen3 base model and write a plain Hugging Face checkpoint
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
     if args.push_to:
-        from ..hub import push_folder
+        from bake.hub.client import push_folder
 
         pushed = push_folder(args.out, args.push_to, private=args.private, revision=args.push_revision)
     if args.json:
@@ -140,8 +139,8 @@ def options_from(args: argparse.Namespace) -> BakeOptions:
 
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
-    from ..metrics import CandidateResult, format_table
-    from ..verify import onnx_candidate, spec_from_manifest, torch_candidate, verify
+    from bake.verify.metrics import CandidateResult, format_table
+    from bake.verify.verifier import onnx_candidate, spec_from_manifest, torch_candidate, verify
 
     options = options_from_args(args)
 
@@ -162,7 +161,7 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     from export.install import require_onnxruntime
 
     require_onnxruntime()
-    from export.exporter import check_export_options, export_into
+    from export.onnx.exporter import check_export_options, export_into
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
     check_export_options(options["dtype"], options["layout"], "auto", options["quantize"],

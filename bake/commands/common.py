@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..base_model import BaseModel, open_base_model
-from ..errors import CutError
-from ..gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
-from ..gates import GateVariant, load_variant
-from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
-from ..sources import resolve_base, resolve_gates
+from bake.errors import CutError
+from bake.gates.gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
+from bake.gates.variant import GateVariant, load_variant
+from bake.hub.sources import resolve_base, resolve_gates
+from bake.io.base_model import BaseModel, open_base_model
+from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
 
 # argparse types of --base and --gates where a Hub repo id is accepted too.
 BASE_ARG = path_arg("folder", MODEL_FOLDER, hub=True)

@@ -6,10 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ..demo import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
-from ..demo_assets import SEED_VARIANTS
-from . import COMMANDS
-from .common import add_output_args, say
+from bake.commands import COMMANDS
+from bake.commands.common import add_output_args, say
+from bake.demo.assets import SEED_VARIANTS
+from bake.demo.run import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
 
 DESCRIPTION = """\
 Run the whole job offline on built-in inputs: a small random-weight Qwen3 (real chat template on a
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     rows = run_demo(args.workdir, args.variant, log=None if args.quiet else say)
     ok = all(r["passed"] for r in rows)
     if args.json:
-        from ..cli import emit_json
+        from bake.cli import emit_json
 
         emit_json({"ok": ok, "variant": args.variant, "rows": rows})
     else:

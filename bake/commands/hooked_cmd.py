@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..gate_math import compute_gates
-from . import COMMANDS
-from .common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
+from bake.commands import COMMANDS
+from bake.commands.common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
+from bake.gates.gate_math import compute_gates
 
 DESCRIPTION = """\
 Run the gates the way they were trained and published: the unmodified base model with a forward
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from ..reference import load_hooked_model
+    from bake.verify.reference import load_hooked_model
 
     base, variant, _ = load_base_and_gates(args)
     settings, _ = settings_from_args(args, variant)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     if args.json:
-        from ..cli import emit_json
+        from bake.cli import emit_json
 
         emit_json({"reply": reply, "off_fraction": gates.off_fraction, "threshold": gates.threshold})
     else:

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import plots
-from ..base_model import open_base_model
-from ..gate_report import inspect_report
-from ..gates import ALL_VARIANTS, load_variant, variant_folders
-from ..paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
-from ..plan import DEFAULT_PAD_MULTIPLE
-from . import COMMANDS
-from .common import add_output_args, say
+from bake.commands import COMMANDS
+from bake.commands.common import add_output_args, say
+from bake.fold.plan import DEFAULT_PAD_MULTIPLE
+from bake.gates.report import inspect_report
+from bake.gates.variant import ALL_VARIANTS, load_variant, variant_folders
+from bake.io.base_model import open_base_model
+from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
+from bake.plots import figure as plots
 
 DESCRIPTION = f"""\
 Show a gate variant: neuron count, sigmoid statistics, scale mode, and for every selected
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(report, args.plot, args.plot_size)
     if args.json:
-        from ..cli import emit_json
+        from bake.cli import emit_json
 
         emit_json(report)
     else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import emit_json
-from ..paths import BAKED_FOLDER, path_arg
-from . import COMMANDS
-from .common import add_output_args
+from bake.cli import emit_json
+from bake.commands import COMMANDS
+from bake.commands.common import add_output_args
+from bake.io.paths import BAKED_FOLDER, path_arg
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import push_folder, upload_file_list
+    from bake.hub.client import push_folder, upload_file_list
 
     url = push_folder(
         args.folder, args.repo_id, private=args.private, revision=args.revision,

@@ -1,4 +1,4 @@
-"""``lambda-bake bake`` with several cuts or variants: load once, plan all, write each (``bake.sweep``)."""
+"""``lambda-bake bake`` with several cuts or variants: load once, plan all, write each (``bake.write.sweep``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import plots, sweep_plot
-from ..errors import CutError, OutputError, PlotError
-from ..gate_math import Cut
-from ..gates import GateVariant
-from ..pipeline import Check, Extras
-from ..plan import BakeOptions
-from ..sources import gate_variant_names
-from ..sweep import CutOutcome, SweepCut, plan_sweep, run_sweep, sweep_exit_code
-from .common import ALL, load_base, load_gates, say, settings_from_args
+from bake.commands.common import ALL, load_base, load_gates, say, settings_from_args
+from bake.errors import CutError, OutputError, PlotError
+from bake.fold.plan import BakeOptions
+from bake.gates.gate_math import Cut
+from bake.gates.variant import GateVariant
+from bake.hub.sources import gate_variant_names
+from bake.plots import figure as plots
+from bake.plots import sweep_plot
+from bake.write.pipeline import Check, Extras
+from bake.write.sweep import CutOutcome, SweepCut, plan_sweep, run_sweep, sweep_exit_code
 
 _CUT_KINDS = ("threshold", "off_fraction", "preset")  # the cut options, named as the Cut kinds
 
@@ -88,7 +89,7 @@ def sweep_report(outcomes: list[CutOutcome], out: Path) -> dict[str, Any]:
 def print_sweep(report: dict[str, Any], as_json: bool) -> None:
     """The JSON report or a table; failures are named either way."""
     if as_json:
-        from ..cli import emit_json
+        from bake.cli import emit_json
 
         emit_json(report)
     else:

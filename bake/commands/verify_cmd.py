@@ -7,17 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..dtypes import COMPUTE_DTYPES
-from ..errors import BakeError, VerificationFailed
-from ..gate_math import GateSettings
-from ..manifest import read_manifest
-from ..paths import BAKED_FOLDER, EXPORT_FOLDER, PROMPTS_FILE, path_arg
-from . import COMMANDS
-from .common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
+from bake.commands import COMMANDS
+from bake.commands.common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
+from bake.errors import BakeError, VerificationFailed
+from bake.gates.gate_math import GateSettings
+from bake.io.dtypes import COMPUTE_DTYPES
+from bake.io.paths import BAKED_FOLDER, EXPORT_FOLDER, PROMPTS_FILE, path_arg
+from bake.write.manifest import read_manifest
 
-if TYPE_CHECKING:  # bake.verify imports torch: load it when a verification runs, not to parse arguments
-    from ..metrics import CandidateResult
-    from ..verify import ReferenceSpec, VerifyOptions
+if TYPE_CHECKING:  # bake.verify.verifier imports torch: load it when a verification runs, not to parse arguments
+    from bake.verify.metrics import CandidateResult
+    from bake.verify.verifier import ReferenceSpec, VerifyOptions
 
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
     import torch
 
-    from ..verify import DEFAULT_PROMPTS, VerifyOptions, read_prompts_file
+    from bake.verify.verifier import DEFAULT_PROMPTS, VerifyOptions, read_prompts_file
 
     return VerifyOptions(
         prompts=read_prompts_file(args.prompts) if args.prompts else DEFAULT_PROMPTS,
@@ -82,7 +82,7 @@ def options_from_args(args: argparse.Namespace) -> VerifyOptions:
 
 def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) -> ReferenceSpec:
     """The manifest's reference with every argument the user gave put in its place."""
-    from ..verify import ReferenceSpec, spec_from_manifest
+    from bake.verify.verifier import ReferenceSpec, spec_from_manifest
 
     if manifest is None:
         missing = [f for f in ("base", "gates") if getattr(args, f) is None]
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
     spec = reference_spec(args, manifest)
     options = options_from_args(args)
-    from ..verify import onnx_candidate, torch_candidate, verify
+    from bake.verify.verifier import onnx_candidate, torch_candidate, verify
 
     candidates = []
     if args.baked is not None:
@@ -131,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
 def finish(report: dict[str, Any], as_json: bool) -> int:
     """Print the report (table or JSON); exit 0 only if every candidate passed."""
-    from ..cli import emit_json
-    from ..metrics import CandidateResult, format_table
+    from bake.cli import emit_json
+    from bake.verify.metrics import CandidateResult, format_table
 
     results = [CandidateResult.from_dict(c) for c in report["candidates"]]
     for line in weight_lines(results):

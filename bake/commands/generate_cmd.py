@@ -1,0 +1,64 @@
+"""``lambda-bake generate``: chat with an ONNX export, streamed, through onnxruntime-genai or lambda-bake's loop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bake.commands import COMMANDS
+from bake.commands.common import say
+from bake.io.paths import EXPORT_FOLDER, path_arg
+from export.options import ENGINES
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate",
+        help=COMMANDS["generate"].help,
+        description=(
+            "Render the prompt with the export's chat template (add_generation_prompt, thinking off), then "
+            "decode greedily through the KV cache until the end-of-turn token or --max-new-tokens, printing "
+            "the reply as it is produced. Runs in onnxruntime-genai's loop when it is installed (for the "
+            "device), else in lambda-bake's own ONNX Runtime loop."
+        ),
+    )
+    p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER),
+                   help="folder written by lambda-bake export")
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--system", help="optional system message")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: "
+                        "onnxruntime-genai when it is installed for the device, else ort)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime (default: one per core)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="onnxruntime-genai on CUDA: capture the decoding step as a CUDA graph (default on)")
+    p.set_defaults(func=run_generate)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from export.install import require_onnxruntime
+
+    require_onnxruntime()
+    from export.runtime.chat import ChatTokenizer
+    from export.runtime.engines import describe, open_engine, stream_reply
+
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    lm = open_engine(args.onnx, args.engine, args.device, args.threads, args.cuda_graph)
+    chat = ChatTokenizer(args.onnx)
+    say(f"running {args.onnx} with {describe(lm)}")
+    for piece in stream_reply(lm, chat, messages, args.max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

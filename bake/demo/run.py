@@ -1,0 +1,92 @@
+"""The embedded default job: bake a built-in tiny Qwen3 with the card's variants, offline, and check it.
+
+Builds a small random-weight Qwen3 (real chat template, small tokenizer) and the four seed variant
+folders, bakes the chosen variant at each of its selected thresholds in the dense and pruned
+layouts, loads each result with plain ``AutoModelForCausalLM`` and compares it with the hooked
+model on chat prompts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
+from bake.verify.reference import load_hooked_model
+from bake.verify.verifier import DEFAULT_BUDGETS, DEFAULT_PROMPTS, TorchCandidate, compare, render_prompts
+from bake.write.pipeline import BakeOptions, bake_checkpoint
+
+DEMO_SPEC = TinyQwen3Spec(num_layers=4, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
+                          head_dim=16)
+DEMO_VARIANT = "chat_energy_optA"
+DEMO_PAD_MULTIPLE = 16
+WORKDIR_ENTRIES = ("base", "gates", "baked")  # all that the demo writes into its workdir
+
+
+def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
+    """The built-in base model and seed gate folders under ``workdir``."""
+    base = build_tiny_qwen3(Path(workdir) / "base", DEMO_SPEC)
+    gates = build_seed_variants(Path(workdir) / "gates", DEMO_SPEC.num_layers, DEMO_SPEC.intermediate_size)
+    return base, gates
+
+
+def run_demo(
+    workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned"),
+    greedy_tokens: int = 8, log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Bake ``variant`` at every selected threshold and layout; one row of metrics per bake."""
+    if variant not in {v.name for v in SEED_VARIANTS}:
+        from bake.errors import GateFileError
+
+        raise GateFileError(f"unknown demo variant {variant!r}; choose one of {', '.join(v.name for v in SEED_VARIANTS)}")
+    own = tempfile.TemporaryDirectory(prefix="lambda-bake-demo-") if workdir is None else None
+    root = Path(own.name if own else workdir)
+    try:
+        base, gates = build_demo_inputs(root)
+        gv = load_variant(gates, variant, num_layers=DEMO_SPEC.num_layers, intermediate_size=DEMO_SPEC.intermediate_size)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), DEFAULT_PROMPTS)
+        rows = []
+        for k in range(1, len(gv.selected_thresholds) + 1):
+            settings = GateSettings(Cut("preset", k), "hard", gv.scale_mode or "mean")
+            scale = compute_gates(gv.logits, settings, gv.selected_thresholds).scale
+            reference = TorchCandidate("hooked", "float32", load_hooked_model(base, scale))
+            cache: dict[str, Any] = {}
+            for layout in layouts:
+                if log:
+                    log(f"  preset {k} ({gv.selected_thresholds[k - 1]:.4f}): bake {layout}, load, compare")
+                out = root / "baked" / f"{variant}-p{k}-{layout}"
+                manifest = bake_checkpoint(base, gv, settings, out, BakeOptions(
+                    layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=False, overwrite=True))
+                baked = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+                r = compare(reference, TorchCandidate(layout, "float32", baked), prompts,
+                            DEFAULT_BUDGETS["float32"], greedy_tokens, cache)
+                rows.append({
+                    "preset": k, "threshold": manifest["cut"]["threshold"], "off_fraction": manifest["off_fraction"],
+                    "layout": layout, "intermediate_size": manifest["intermediate_size"],
+                    "params": manifest["sizes"][layout]["params"], **r.to_dict(),
+                })
+        return rows
+    finally:
+        if own:
+            own.cleanup()
+
+
+def format_demo_table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'preset':>6} {'threshold':>10} {'off':>7} {'layout':<7} {'I':>5} {'params':>9} "
+            f"{'max|logit diff|':>16} {'top-1':>7} {'greedy':>8}  verdict")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['preset']:>6} {r['threshold']:>10.6f} {r['off_fraction']:>7.2%} {r['layout']:<7} "
+            f"{r['intermediate_size']:>5} {r['params']:>9,} {r['max_abs_diff']:>16.3g} {r['top1_agreement']:>7.2%} "
+            f"{r['greedy_summary']:>8}  {'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Where ``--base`` and ``--gates`` point: a local path is used as is; anything else is a Hub repo id.
+
+``bake.hub.client`` (huggingface_hub and its HTTP client) is imported only for a Hub id or a revision, so
+a run on local folders never loads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bake.errors import HubError
+from bake.gates.variant import list_variants
+
+
+def local_path(ref: str, revision: str | None) -> Path | None:
+    """``ref`` as an existing local path (with no revision asked), else None."""
+    path = Path(ref).expanduser()
+    return path if revision is None and path.exists() else None
+
+
+def resolve_base(ref: str, revision: str | None = None, progress: bool = True) -> Path:
+    """A local base model folder, or a Hub repo downloaded (only what a bake needs) into the cache."""
+    local = local_path(ref, revision)
+    if local is not None:
+        return local
+    from bake.hub import client as hub
+
+    return hub.resolve_base(ref, revision, progress=progress)
+
+
+def resolve_gates(ref: str, variant: str | None, revision: str | None = None) -> Path:
+    """A local gates path, or the cached snapshot root of a Hub gates repo holding ``variant``."""
+    local = local_path(ref, revision)
+    if local is not None:
+        return local
+    from bake.hub import client as hub
+
+    return hub.resolve_gates(ref, variant, revision)
+
+
+def gate_variant_names(ref: str, revision: str | None = None) -> list[str]:
+    """Every variant a gates path or Hub repo holds (a variant folder holds itself)."""
+    local = local_path(ref, revision)
+    if local is None:
+        from bake.hub import client as hub
+
+        names, source = hub.list_hub_variants(ref, revision)
+        if source == hub.CACHED_FOLDERS:
+            raise HubError(f"--variant all: the Hub cannot be reached and the cache may hold only some variants of "
+                           f"{ref} (cached: {', '.join(names) or 'none'}); name one with --variant, or run online")
+        return names
+    if local.is_file():
+        return [local.parent.name]
+    return list_variants(local) or [local.name]

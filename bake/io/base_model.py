@@ -1,0 +1,89 @@
+"""Check and describe a base model folder: a Qwen3 causal LM config plus safetensors weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bake.errors import BaseModelError
+from bake.io.dtypes import COMPUTE_DTYPES, DType
+from bake.io.json_files import read_json
+from bake.io.paths import MODEL_FOLDER, require
+from bake.io.tensor_io import CheckpointReader
+
+SUPPORTED_MODEL_TYPES = ("qwen3",)
+MLP_TENSOR = "model.layers.{layer}.mlp.{proj}.weight"
+
+
+@dataclass
+class BaseModel:
+    """A validated base checkpoint: its config and a lazy reader over its tensors."""
+
+    folder: Path
+    config: dict[str, Any]
+    reader: CheckpointReader
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.config["intermediate_size"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_size"])
+
+    @property
+    def dtype(self) -> DType:
+        """The checkpoint's floating dtype (that of down_proj in layer 0)."""
+        return self.reader.tensors[mlp_name(0, "down_proj")].dtype
+
+
+def mlp_name(layer: int, proj: str) -> str:
+    return MLP_TENSOR.format(layer=layer, proj=proj)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = require(folder, "folder", MODEL_FOLDER, BaseModelError) / "config.json"
+    if not path.is_file():
+        raise BaseModelError(f"{folder} has no config.json; it is not a Hugging Face model folder")
+    return read_json(path, BaseModelError, "download it again")
+
+
+def open_base_model(folder: Path) -> BaseModel:
+    """Validate that ``folder`` is a Qwen3 causal LM with every MLP tensor present."""
+    folder = Path(folder)
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        archs = ", ".join(config.get("architectures") or []) or "unknown architecture"
+        raise BaseModelError(
+            f"{folder} is a {model_type!r} model ({archs}); lambda-bake supports Qwen3 dense models "
+            f"(model_type 'qwen3', e.g. Qwen/Qwen3-0.6B) only"
+        )
+    for key in ("num_hidden_layers", "intermediate_size", "hidden_size"):
+        if key not in config:
+            raise BaseModelError(f"{folder}/config.json lacks {key!r}; it is not a complete Qwen3 config")
+    reader = CheckpointReader(folder)
+    base = BaseModel(folder, config, reader)
+    for layer in range(base.num_layers):
+        for proj, shape in (("gate_proj", (base.intermediate_size, base.hidden_size)),
+                            ("up_proj", (base.intermediate_size, base.hidden_size)),
+                            ("down_proj", (base.hidden_size, base.intermediate_size))):
+            name = mlp_name(layer, proj)
+            if name not in reader:
+                raise BaseModelError(f"{folder}: tensor {name} is missing from the checkpoint")
+            if reader.tensors[name].shape != shape:
+                raise BaseModelError(
+                    f"{folder}: {name} has shape {list(reader.tensors[name].shape)}, config says {list(shape)}; "
+                    "the checkpoint does not match its config (already pruned?)"
+                )
+            if not reader.tensors[name].dtype.computable:
+                raise BaseModelError(
+                    f"{folder}: {name} is {reader.tensors[name].dtype.name}; lambda-bake folds "
+                    f"{', '.join(COMPUTE_DTYPES)} checkpoints (a quantized base must be dequantized first)"
+                )
+    return base

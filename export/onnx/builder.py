@@ -1,0 +1,53 @@
+"""Build a Qwen3 decoder ONNX graph with KV cache straight from checkpoint tensors.
+
+Like onnxruntime-genai's model builder, the graph is written node by node with ``onnx.helper``; no
+PyTorch model is built. Three targets compute the same function:
+
+- ``portable``: standard ONNX ops only (``graph_portable``): any runtime, exact to float rounding.
+- ``cpu`` / ``cuda``: ONNX Runtime's fused kernels with an in-place KV cache (``graph_ort``), the
+  graph onnxruntime-genai runs fastest; ``cuda`` also fuses the q/k norms into attention.
+
+``quant`` (int4/int8, ``export.onnx.quantize``) turns every linear layer, lm_head included, into
+com.microsoft ``MatMulNBits`` with blockwise-quantized weights: smaller and faster, no longer exact.
+``ragged=True`` drops, per layer, every MLP neuron whose ``down_proj`` column is entirely zero: such
+a neuron adds exactly 0, so the graph stays exact and each layer gets its own MLP width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bake.errors import ExportError
+from bake.io.tensor_io import CheckpointReader
+from export.onnx.graph_base import ONNX_DTYPES, BuildResult, WeightFile, qwen3_dims
+from export.onnx.graph_ort import OrtGraphBuilder
+from export.onnx.graph_portable import PortableGraphBuilder
+from export.onnx.quantize import QuantSpec
+from export.options import TARGETS
+
+
+def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_path: Path, *, dtype: torch.dtype,
+                      target: str, ragged: bool, quant: QuantSpec | None = None, fuse_qk_norm: bool | None = None,
+                      progress: Callable[[int], None] | None = None) -> BuildResult:
+    """Build the graph for ``target``; weights go to ``data_path`` (raw, external data).
+
+    ``fuse_qk_norm`` defaults to the target's choice (only ``cuda`` fuses); tests turn it off to run
+    the CUDA graph on ONNX Runtime's CPU provider, which lacks the fused q/k norm.
+    """
+    if dtype not in ONNX_DTYPES:
+        raise ExportError(f"dtype {dtype} cannot be exported; use float32 or float16")
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    dims = qwen3_dims(config, reader)
+    with open(data_path, "wb") as f:
+        weights = WeightFile(f, Path(data_path).name)
+        if target == "portable":
+            builder = PortableGraphBuilder(reader, dims, weights, dtype=dtype, quant=quant)
+        else:
+            fuse = target == "cuda" if fuse_qk_norm is None else fuse_qk_norm
+            builder = OrtGraphBuilder(reader, dims, weights, dtype=dtype, quant=quant, fuse_qk_norm=fuse)
+        return builder.build(ragged, progress)

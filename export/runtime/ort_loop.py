@@ -1,0 +1,179 @@
+"""Run an export folder with ONNX Runtime: logits for verify, and greedy decoding through the KV cache.
+
+Two cache conventions, read from onnx_io.json:
+
+- ``concat`` (the portable graph): ``present.*`` is past plus the new keys; it is fed back as the next
+  step's ``past_key_values.*``. The graph returns logits for every position and takes ``position_ids``.
+- ``shared-buffer`` (the ONNX Runtime graph): one buffer per layer of length ``capacity`` is bound as
+  both ``past_key_values.*`` and ``present.*``, and GroupQueryAttention writes the new keys in place at
+  each row's length. Rows are right-padded; the graph returns logits of each row's last real token.
+
+The cache never leaves the execution provider (IO binding; on CUDA the buffers live on the GPU).
+CUDA is used when ``onnxruntime-gpu`` provides it, otherwise the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bake.errors import ExportError
+from export.install import pick_device, providers_for
+from export.onnx.folder import read_export_folder
+
+NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """ONNX Runtime session options for an export: ``threads`` intra-op threads (None: one per core)."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+@dataclass
+class KVCache:
+    """Per-row token counts and the cache tensors of one batch (see the module docstring)."""
+
+    lengths: np.ndarray  # [batch] tokens held per row
+    values: list[ort.OrtValue]  # concat: last present.* (empty at start); shared: the buffers
+    capacity: int | None = None  # shared: buffer length
+    mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))  # concat: mask so far
+
+
+class OnnxCausalLM:
+    """An export folder loaded in ONNX Runtime, with greedy generation through the KV cache."""
+
+    def __init__(self, folder: Path, device: str = "auto", threads: int | None = None):
+        self.folder = Path(folder)
+        self.io = read_export_folder(self.folder)
+        self.device = pick_device(device)
+        if self.io.get("target") == "cuda" and self.device == "cpu":
+            raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; run it "
+                              "on a GPU, or export again with --target cpu for the CPU")
+        providers = providers_for(self.device)
+        try:
+            self.session = ort.InferenceSession(str(self.folder / self.io["model_file"]), session_options(threads),
+                                                providers=providers)
+        except Exception as e:  # ORT raises its own exception types; name the folder and the fix
+            raise ExportError(f"ONNX Runtime cannot load {self.folder}: {e}; export the model again") from e
+        self.np_dtype = NP_DTYPES[self.io["dtype"]]
+        self.shared_kv = self.io.get("kv_cache", "concat") == "shared-buffer"
+        self.last_logits_only = self.io.get("logits", "all") == "last"
+        layers = self.io["num_layers"]
+        self.past_names = [f"past_key_values.{i}.{p}" for i in range(layers) for p in ("key", "value")]
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+
+    # ---- one forward pass ---------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``capacity`` tokens each."""
+        shape = [batch, self.io["num_key_value_heads"], capacity if self.shared_kv else 0, self.io["head_dim"]]
+        if self.shared_kv and self.device == "cuda":
+            values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.np_dtype, "cuda", 0)
+                      for _ in self.past_names]
+        else:
+            values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.np_dtype), self.device, 0)
+                      for _ in self.past_names]
+        return KVCache(np.zeros(batch, np.int64), values, capacity if self.shared_kv else None,
+                       np.zeros((batch, 0), np.int64))
+
+    def forward(self, tokens: np.ndarray, valid: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Feed ``tokens`` [batch, S], right-padded (row b holds ``valid[b]`` real tokens), and extend the cache.
+
+        Returns float32 logits: [batch, S, vocab] for a graph with logits at every position, else
+        [batch, 1, vocab] for each row's last real token.
+        """
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        batch, seq = tokens.shape
+        valid = np.asarray(valid, dtype=np.int64)
+        new = (np.arange(seq)[None, :] < valid[:, None]).astype(np.int64)
+        self._check_positions(cache.lengths + valid)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", tokens)
+        binding.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
+        if self.shared_kv:
+            total = cache.lengths + valid
+            width = seq if not cache.lengths.any() else int(total.max())
+            if width > cache.capacity:
+                raise ExportError(f"{width} tokens do not fit the KV cache of {cache.capacity}; start a larger cache")
+            mask = (np.arange(width)[None, :] < total[:, None]).astype(np.int64)
+            for name, present, value in zip(self.past_names, self.present_names, cache.values):
+                binding.bind_ortvalue_input(name, value)
+                binding.bind_ortvalue_output(present, value)
+        else:
+            mask = np.concatenate([cache.mask, new], axis=1)
+            positions = np.where(new == 1, cache.lengths[:, None] + np.arange(seq)[None, :], 1)
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
+            for name, value in zip(self.past_names, cache.values):
+                binding.bind_ortvalue_input(name, value)
+            for name in self.present_names:
+                binding.bind_output(name, self.device, 0)
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask))
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        if not self.shared_kv:
+            cache.values, cache.mask = list(outputs[1:]), mask
+        cache.lengths = cache.lengths + valid
+        return outputs[0].numpy().astype(np.float32)
+
+    def _check_positions(self, totals: np.ndarray) -> None:
+        limit = self.io.get("max_position_id")
+        if limit is not None and totals.max(initial=0) - 1 > limit:
+            raise ExportError(f"position {int(totals.max()) - 1} is past this export's RoPE tables (max_position_id "
+                              f"{limit}, from max_position_embeddings); shorten the input")
+
+    def last_rows(self, logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """[batch, vocab]: each row's logits at its last real token."""
+        if self.last_logits_only:
+            return logits[:, 0]
+        return logits[np.arange(len(valid)), np.asarray(valid) - 1]
+
+    # ---- what verify and generate use ---------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """[S, vocab] float32 logits of one prompt at every position.
+
+        With last-token logits, positions 0 .. S-2 come from one-token steps through the KV cache and
+        position S-1 from one pass over the whole prompt, so both paths of the graph are checked.
+        """
+        ids = np.asarray([ids], dtype=np.int64)
+        seq = ids.shape[1]
+        if not self.last_logits_only:
+            return self.forward(ids, np.array([seq]), self.new_cache(1, seq))[0]
+        cache = self.new_cache(1, seq)
+        rows = [self.forward(ids[:, t:t + 1], np.array([1]), cache)[0, 0] for t in range(seq - 1)]
+        rows.append(self.forward(ids, np.array([seq]), self.new_cache(1, seq))[0, 0])
+        return np.stack(rows)
+
+    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: set[int],
+               pad_id: int) -> Iterator[np.ndarray]:
+        """Greedy decoding of a batch of prompts (right-padded inside): yields [batch] next tokens per step.
+
+        Rows that finished (emitted an eos) get ``pad_id``; stops when every row has finished.
+        """
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        tokens = np.full((batch, longest), pad_id, np.int64)
+        for b, p in enumerate(prompts):
+            tokens[b, :len(p)] = p
+        valid = np.array([len(p) for p in prompts], np.int64)
+        cache = self.new_cache(batch, longest + max_new_tokens)
+        logits = self.last_rows(self.forward(tokens, valid, cache), valid)
+        done = np.zeros(batch, dtype=bool)
+        ones = np.ones(batch, np.int64)
+        for step in range(max_new_tokens):
+            token = np.where(done, pad_id, logits.argmax(-1)).astype(np.int64)
+            yield token
+            done |= np.isin(token, list(eos_ids))
+            if done.all() or step + 1 == max_new_tokens:
+                return
+            logits = self.last_rows(self.forward(token[:, None], ones, cache), ones)
+
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: set[int],
+               pad_id: int) -> np.ndarray:
+        """Greedy decoding like transformers' generate(do_sample=False): [batch, new] ids (see ``stream``)."""
+        steps = list(self.stream(prompts, max_new_tokens, eos_ids, pad_id))
+        return np.stack(steps, axis=1) if steps else np.zeros((len(prompts), 0), np.int64)
