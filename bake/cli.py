@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import signal
 import sys
-from typing import Any
 
 from bake import __version__
 from bake.commands import COMMANDS
+from bake.commands.output import set_quiet
 from bake.errors import EXIT_USER, BakeError, VerificationFailed
 
 
@@ -47,12 +46,6 @@ def command_in(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def emit_json(report: dict[str, Any]) -> None:
-    """Print a machine-readable report on stdout (progress and messages go to stderr)."""
-    json.dump(report, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
 def _silence_library_progress() -> None:
     """--quiet also mutes huggingface_hub's and transformers' own progress bars. Both read this switch
     when they are first imported, so neither is imported here; one already loaded is told directly."""
@@ -71,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # let atomic writers clean up on `kill`
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(command_in(argv)).parse_args(argv)
+    set_quiet(getattr(args, "quiet", False))
     if getattr(args, "quiet", False):
         _silence_library_progress()
     try:

@@ -1,5 +1,7 @@
-"""ONNX export of a baked Qwen3 checkpoint (with KV cache) and a small ONNX Runtime generator.
+"""Exports of a baked checkpoint for the runtimes people deploy with, and the loops that run them.
 
-``onnx_builder`` builds the graph directly from safetensors tensors (no PyTorch model), ``exporter``
-writes an export folder atomically, ``runtime`` loads and runs one, ``commands`` wires the CLI.
+``onnx/`` writes ONNX exports (graphs, quantization, genai_config.json, the folder format); ``runtime/``
+runs them. ``options`` (the option values the CLI parses) and ``install`` (which runtime packages are
+installed, which devices they serve, and what to install) serve both. ``export`` may import ``bake.io``
+to ``bake.write``, never ``bake.verify`` or the command line.
 """

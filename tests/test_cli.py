@@ -48,10 +48,20 @@ def test_bake_json_report(tiny_base: Path, tiny_gates: Path, tmp_path: Path, cap
 
 def test_human_summary_reports_off_fractions(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates / "chat_energy"),
-                              "--preset", "2", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    args = ["bake", "--base", str(tiny_base), "--gates", str(tiny_gates / "chat_energy"), "--preset", "2"]
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "o")], capsys)
     assert code == 0 and out == ""
     assert "off-fraction 0.2500 (128 of 512 neurons)" in err and "off per layer:" in err
+    assert "padding overhead" not in err  # a dense bake has no padding to speak of
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "p"), "--layout", "pruned", "--pad-multiple", "1"], capsys)
+    assert code == 0 and "pruned padding overhead vs ragged: " in err
+
+
+def test_quiet_prints_nothing_on_success(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates / "chat_energy"),
+                              "--preset", "2", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert (code, out, err) == (0, "", "")
 
 
 @pytest.mark.parametrize("extra,message", [

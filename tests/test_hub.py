@@ -29,7 +29,7 @@ from bake.commands.common import add_hub_args
 from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.errors import BaseModelError, GateFileError, HubError
 from bake.gates.variant import find_variant_folder, load_variant
-from bake.hub import client as hub
+from bake.hub import download, push
 from bake.io.base_model import open_base_model
 
 BASE_ID = "Qwen/Qwen3-0.6B"
@@ -138,8 +138,8 @@ def test_base_patterns_take_safetensors_config_tokenizer_only() -> None:
         "pytorch_model.bin", "pytorch_model.bin.index.json", "model.pth", "flax_model.msgpack", "tf_model.h5",
         "onnx/model.onnx", "onnx/model.onnx_data", "original/model.safetensors", "training_args.bin",
     ]
-    chosen = set(filter_repo_objects(listing, allow_patterns=hub.BASE_ALLOW_PATTERNS,
-                                     ignore_patterns=hub.BASE_IGNORE_PATTERNS))
+    chosen = set(filter_repo_objects(listing, allow_patterns=download.BASE_ALLOW_PATTERNS,
+                                     ignore_patterns=download.BASE_IGNORE_PATTERNS))
     assert chosen == {
         "LICENSE", "README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
         "model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
@@ -153,7 +153,7 @@ def test_resolve_base_uses_offline_cache(offline_cache: Path, tiny_base: Path) -
     # snapshot incomplete).
     snapshot = cache_repo(offline_cache, BASE_ID, tiny_base,
                           listed_only={"pytorch_model.bin": 10, "onnx/model.onnx": 10})
-    folder = hub.resolve_base(BASE_ID, progress=False)
+    folder = download.resolve_base(BASE_ID, progress=False)
     assert folder == snapshot
     assert (folder / "model.safetensors").is_symlink()
     base = open_base_model(folder)
@@ -163,16 +163,16 @@ def test_resolve_base_uses_offline_cache(offline_cache: Path, tiny_base: Path) -
 def test_resolve_base_revision_branch_and_commit(offline_cache: Path, tiny_base: Path) -> None:
     cache_repo(offline_cache, BASE_ID, tiny_base, commit=COMMIT_A)
     pinned = cache_repo(offline_cache, BASE_ID, tiny_base, commit=COMMIT_B, revision="v2")
-    assert hub.resolve_base(BASE_ID, revision="v2", progress=False) == pinned
-    assert hub.resolve_base(BASE_ID, revision=COMMIT_B, progress=False) == pinned
-    assert hub.resolve_base(BASE_ID, progress=False).name == COMMIT_A
+    assert download.resolve_base(BASE_ID, revision="v2", progress=False) == pinned
+    assert download.resolve_base(BASE_ID, revision=COMMIT_B, progress=False) == pinned
+    assert download.resolve_base(BASE_ID, progress=False).name == COMMIT_A
     with pytest.raises(HubError, match=r"revision v3\) is not in the local Hugging Face cache"):
-        hub.resolve_base(BASE_ID, revision="v3")
+        download.resolve_base(BASE_ID, revision="v3")
 
 
 def test_resolve_base_offline_not_cached_names_repo_and_fix(offline_cache: Path) -> None:
     with pytest.raises(HubError) as info:
-        hub.resolve_base(BASE_ID)
+        download.resolve_base(BASE_ID)
     text = str(info.value)
     assert "'Qwen/Qwen3-0.6B'" in text and "not in the local Hugging Face cache" in text
     assert "HF_HUB_OFFLINE is set" in text and str(offline_cache) in text
@@ -182,7 +182,7 @@ def test_resolve_base_offline_not_cached_names_repo_and_fix(offline_cache: Path)
 def test_resolve_base_partial_snapshot_is_reported(offline_cache: Path, tiny_base: Path) -> None:
     cache_repo(offline_cache, BASE_ID, tiny_base, only=["config.json"])  # weights listed, never downloaded
     with pytest.raises(HubError, match=r"cached copy of Qwen/Qwen3-0.6B \(revision main\) is incomplete"):
-        hub.resolve_base(BASE_ID)
+        download.resolve_base(BASE_ID)
 
 
 def test_resolve_base_cached_by_from_pretrained_without_card(
@@ -191,7 +191,7 @@ def test_resolve_base_cached_by_from_pretrained_without_card(
     # transformers downloads config, weights and tokenizer but not README.md / LICENSE.
     only = [p.name for p in tiny_base.iterdir() if p.name not in ("README.md", "LICENSE")]
     snapshot = cache_repo(offline_cache, BASE_ID, tiny_base, only=only)
-    assert hub.resolve_base(BASE_ID, progress=False) == snapshot
+    assert download.resolve_base(BASE_ID, progress=False) == snapshot
     assert "lacks its README.md/LICENSE" in capsys.readouterr().err
 
 
@@ -201,25 +201,25 @@ def test_resolve_base_without_safetensors_is_refused(offline_cache: Path, tmp_pa
     (src / "config.json").write_text("{}")
     cache_repo(offline_cache, "someone/bin-only", src, listed_only={"pytorch_model.bin": 10})
     with pytest.raises(HubError, match="never loads pickled .bin weights"):
-        hub.resolve_base("someone/bin-only")
+        download.resolve_base("someone/bin-only")
 
 
 def test_local_paths_are_returned_as_is(tiny_base: Path, seed_gates: Path) -> None:
-    assert hub.resolve_base(str(tiny_base)) == tiny_base
-    assert hub.resolve_gates(str(seed_gates), "chat_mean") == seed_gates
-    assert hub.resolve_gates(str(seed_gates / "chat_mean"), None) == seed_gates / "chat_mean"
+    assert download.resolve_base(str(tiny_base)) == tiny_base
+    assert download.resolve_gates(str(seed_gates), "chat_mean") == seed_gates
+    assert download.resolve_gates(str(seed_gates / "chat_mean"), None) == seed_gates / "chat_mean"
 
 
 def test_missing_path_and_repo_id_are_told_apart(tiny_base: Path) -> None:
     for ref in ("./no/such/model", "/no/such/model", "a/b/c"):
         with pytest.raises(BaseModelError, match=f"base model path {ref} does not exist"):
-            hub.resolve_base(ref)
+            download.resolve_base(ref)
     with pytest.raises(GateFileError, match="gates path ../gates does not exist"):
-        hub.resolve_gates("../gates", "chat_mean")
+        download.resolve_gates("../gates", "chat_mean")
     with pytest.raises(HubError, match="'missing/model' is not a local path, so it was taken as a Hub repo"):
-        hub.resolve_base("missing/model")
+        download.resolve_base("missing/model")
     with pytest.raises(BaseModelError, match="a revision applies only to Hub repo ids"):
-        hub.resolve_base(str(tiny_base), revision="main")
+        download.resolve_base(str(tiny_base), revision="main")
 
 
 # ---------------------------------------------------------------- gates
@@ -228,7 +228,7 @@ def test_missing_path_and_repo_id_are_told_apart(tiny_base: Path) -> None:
 def test_resolve_gates_returns_snapshot_root_with_variant(offline_cache: Path, seed_gates: Path) -> None:
     only = [f"chat_energy_optA/{p.name}" for p in (seed_gates / "chat_energy_optA").iterdir()]
     snapshot = cache_repo(offline_cache, GATES_ID, seed_gates, only=only)
-    root = hub.resolve_gates(GATES_ID, "chat_energy_optA")
+    root = download.resolve_gates(GATES_ID, "chat_energy_optA")
     assert root == snapshot
     assert find_variant_folder(root, "chat_energy_optA") == snapshot / "chat_energy_optA"
     variant = load_variant(root, "chat_energy_optA", num_layers=SPEC.num_layers,
@@ -241,40 +241,40 @@ def test_resolve_gates_without_variant_lists_them(offline_cache: Path, seed_gate
     cache_repo(offline_cache, GATES_ID, seed_gates, only=["chat_mean/lambda_logits.pt"])
     expected = f"pick a gate variant of {GATES_ID} with --variant; variants in the cached listing"
     with pytest.raises(HubError, match=expected) as info:
-        hub.resolve_gates(GATES_ID, None)
+        download.resolve_gates(GATES_ID, None)
     assert ", ".join(ALL_VARIANTS) in str(info.value)  # from the cached listing, not just the cached folder
 
 
 def test_resolve_gates_unknown_variant_lists_existing(offline_cache: Path, seed_gates: Path) -> None:
     cache_repo(offline_cache, GATES_ID, seed_gates)
     with pytest.raises(HubError, match=f"has no variant 'chat_energy_optC'.*{', '.join(ALL_VARIANTS)}"):
-        hub.resolve_gates(GATES_ID, "chat_energy_optC")
+        download.resolve_gates(GATES_ID, "chat_energy_optC")
 
 
 def test_resolve_gates_variant_on_hub_but_not_cached(offline_cache: Path, seed_gates: Path) -> None:
     cache_repo(offline_cache, GATES_ID, seed_gates, only=["chat_mean/lambda_logits.pt"])
     with pytest.raises(HubError, match=r'is incomplete.*--include "chat_energy/\*"'):
-        hub.resolve_gates(GATES_ID, "chat_energy")
+        download.resolve_gates(GATES_ID, "chat_energy")
 
 
 def test_resolve_gates_old_cache_without_tree_listing(offline_cache: Path, seed_gates: Path) -> None:
     only = [f"{v}/{p.name}" for v in ("chat_energy", "chat_mean") for p in (seed_gates / v).iterdir()]
     cache_repo(offline_cache, GATES_ID, seed_gates, only=only, tree=False)
-    assert hub.list_hub_variants(GATES_ID) == (["chat_energy", "chat_mean"], hub.CACHED_FOLDERS)
-    assert hub.resolve_gates(GATES_ID, "chat_mean").name == COMMIT_A
+    assert download.list_hub_variants(GATES_ID) == (["chat_energy", "chat_mean"], download.CACHED_FOLDERS)
+    assert download.resolve_gates(GATES_ID, "chat_mean").name == COMMIT_A
     with pytest.raises(HubError, match=r"'chat_energy_optB' of .* not in the local cache.*energy, chat_mean"):
-        hub.resolve_gates(GATES_ID, "chat_energy_optB")
+        download.resolve_gates(GATES_ID, "chat_energy_optB")
     with pytest.raises(HubError, match=r"--variant; variants cached so far \(the Hub cannot be reached"):
-        hub.resolve_gates(GATES_ID, None)
+        download.resolve_gates(GATES_ID, None)
 
 
 def test_resolve_gates_offline_not_cached(offline_cache: Path) -> None:
     with pytest.raises(HubError, match=f"'{GATES_ID}' is not a local path.*local folder to --gates"):
-        hub.resolve_gates(GATES_ID, "chat_energy_optA")
+        download.resolve_gates(GATES_ID, "chat_energy_optA")
     with pytest.raises(HubError, match="not in the local Hugging Face cache"):
-        hub.resolve_gates(GATES_ID, None)
+        download.resolve_gates(GATES_ID, None)
     with pytest.raises(GateFileError, match="is not a folder name"):
-        hub.resolve_gates(GATES_ID, "chat_*")
+        download.resolve_gates(GATES_ID, "chat_*")
 
 
 def test_cli_takes_a_missing_owner_name_path_as_a_hub_id(seed_gates: Path, tmp_path: Path,
@@ -382,7 +382,7 @@ EXPECTED_UPLOAD = sorted(["LICENSE", "README.md", "bake_manifest.json", "chat_te
 
 def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> None:
     api = FakeHfApi()
-    url = hub.push_folder(baked, "me/qwen3-baked", private=True, revision="optA-25", api=api)
+    url = push.push_folder(baked, "me/qwen3-baked", private=True, revision="optA-25", api=api)
     assert url == f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}"
     names = [name for name, _ in api.calls]
     assert names == ["create_repo", "repo_info", "create_branch", "upload_folder"]
@@ -395,7 +395,7 @@ def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> 
     assert upload["commit_message"] == (
         "Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25 (threshold 0.4981, 25.0% off), "
         "dense layout")
-    assert api.uploaded == EXPECTED_UPLOAD == hub.upload_file_list(baked)
+    assert api.uploaded == EXPECTED_UPLOAD == push.upload_file_list(baked)
     card = ModelCard(api.readme)
     assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
@@ -404,7 +404,7 @@ def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> 
 
 def test_push_to_main_public_with_own_message(baked: Path) -> None:
     api = FakeHfApi()
-    hub.push_folder(baked, "me/qwen3-baked", commit_message="my message", api=api)
+    push.push_folder(baked, "me/qwen3-baked", commit_message="my message", api=api)
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     calls = dict(api.calls)
     assert calls["create_repo"]["private"] is False
@@ -415,7 +415,7 @@ def test_push_to_main_public_with_own_message(baked: Path) -> None:
 def test_push_private_into_existing_public_repo_is_refused(baked: Path) -> None:
     api = FakeHfApi(existing_private=False)
     with pytest.raises(HubError, match="already exists and is public"):
-        hub.push_folder(baked, "me/public", private=True, api=api)
+        push.push_folder(baked, "me/public", private=True, api=api)
     assert "upload_folder" not in dict(api.calls)
 
 
@@ -423,32 +423,32 @@ def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path)
     api = FakeHfApi()
     (baked / "tokenizer.json").unlink()
     with pytest.raises(HubError, match="lacks files its bake_manifest.json lists: tokenizer.json"):
-        hub.push_folder(baked, "me/x", api=api)
+        push.push_folder(baked, "me/x", api=api)
     (baked / "bake_manifest.json").unlink()
     with pytest.raises(HubError, match="has no bake_manifest.json.*--allow-unbaked"):
-        hub.push_folder(baked, "me/x", api=api)
+        push.push_folder(baked, "me/x", api=api)
     (baked / "model.safetensors").unlink()
     with pytest.raises(HubError, match="not a model folder"):
-        hub.push_folder(baked, "me/x", api=api)
+        push.push_folder(baked, "me/x", api=api)
     with pytest.raises(HubError, match="nowhere does not exist; expected a baked model folder"):
-        hub.push_folder(tmp_path / "nowhere", "me/x", api=api)
+        push.push_folder(tmp_path / "nowhere", "me/x", api=api)
     with pytest.raises(HubError, match="not a Hub repo id"):
-        hub.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
+        push.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
     assert api.calls == []
-    hub.push_folder(baked, "me/x", allow_unbaked=True, api=api)
+    push.push_folder(baked, "me/x", allow_unbaked=True, api=api)
     assert dict(api.calls)["upload_folder"]["commit_message"] == "Upload model folder with lambda-bake"
 
 
 def test_push_with_real_api_offline_is_a_clear_error(baked: Path) -> None:
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set, so me/x cannot be reached on the Hub"):
-        hub.push_folder(baked, "me/x")
+        push.push_folder(baked, "me/x")
 
 
 def test_push_command_json(
     baked: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     api = FakeHfApi()
-    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    monkeypatch.setattr(push, "HfApi", lambda: api)
     parser = argparse.ArgumentParser()
     push_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["push", str(baked), "--repo-id", "me/qwen3-baked", "--private", "--json"])
@@ -461,8 +461,8 @@ def test_push_command_json(
 
 def test_quiet_progress_bar_stays_silent(capsys: pytest.CaptureFixture) -> None:
     # snapshot_download builds its bars with _create_progress_bar and hf_thread_map from tqdm_class.
-    assert hf_thread_map(lambda x: x * 2, [1, 2], tqdm_class=hub._NoProgress, desc="files") == [2, 4]
-    bar = _create_progress_bar(cls=hub._NoProgress, log_level=logging.INFO, name="x", total=2, desc="bytes")
+    assert hf_thread_map(lambda x: x * 2, [1, 2], tqdm_class=download._NoProgress, desc="files") == [2, 4]
+    bar = _create_progress_bar(cls=download._NoProgress, log_level=logging.INFO, name="x", total=2, desc="bytes")
     bar.update(2)
     bar.close()
     assert bar.disable and capsys.readouterr().err == ""
@@ -524,14 +524,14 @@ def test_bake_push_to_uploads_the_real_bake(
     from bake.cli import main
 
     api = FakeHfApi()
-    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    monkeypatch.setattr(push, "HfApi", lambda: api)
     assert main(["bake", "--base", str(tiny_base), "--gates", str(seed_gates), "--variant", "chat_mean",
                  "--off-fraction", "0.5", "--layout", "pruned", "--out", str(tmp_path / "o"), "--quiet",
                  "--push-to", "me/tiny-baked", "--private"]) == 0
     uploads = [c for c in api.calls if c[0] == "upload_folder"]
     assert len(uploads) == 1
     manifest = json.loads((tmp_path / "o" / "bake_manifest.json").read_text())
-    assert uploads[0][1]["commit_message"] == hub.default_commit_message(manifest)
+    assert uploads[0][1]["commit_message"] == push.default_commit_message(manifest)
     assert "chat_mean" in uploads[0][1]["commit_message"] and "pruned" in uploads[0][1]["commit_message"]
     assert api.uploaded == sorted(manifest["files"]) and api.private is True
     card = ModelCard.load(tmp_path / "o" / "README.md")

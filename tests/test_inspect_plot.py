@@ -13,7 +13,7 @@ import torch
 from helpers import by_gid, png_size, svg_size
 
 from bake.cli import main
-from bake.plots import figure as plots
+from bake.plots import inspect_plot
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--num-layers", "4", "--pad-multiple", "8"]
@@ -60,8 +60,8 @@ def test_the_plotted_numbers_are_the_json_report(tiny_gates: Path, tmp_path: Pat
         drawn.append((report, fig))
         return fig
 
-    real = plots.inspect_figure
-    monkeypatch.setattr(plots, "inspect_figure", spy)
+    real = inspect_plot.inspect_figure
+    monkeypatch.setattr(inspect_plot, "inspect_figure", spy)
     code, out, err = run_cli(["inspect", "--gates", str(tiny_gates), *TINY_ARGS, "--thresholds", "0.5",
                               "--plot", str(tmp_path / "f.svg"), "--json"], capsys)
     assert code == 0, err

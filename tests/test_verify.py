@@ -137,8 +137,8 @@ def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: P
                                                    variant: str) -> None:
     """Every selected threshold x {dense, pruned, ragged} x {torch, onnx portable/cpu graph} passes the float32
     budget."""
+    from bake.verify.prompts import DEFAULT_PROMPTS
     from bake.verify.verifier import (
-        DEFAULT_PROMPTS,
         VerifyOptions,
         onnx_candidate,
         spec_from_manifest,
@@ -221,3 +221,14 @@ def test_reference_overrides_and_no_manifest(tiny_base: Path, tiny_gates: Path, 
                                    str(tiny_gates), "--variant", "chat_mean", "--preset", "3", "--gate-mode",
                                    "soft-masked", "--scale-mode", "mean", "--scale-scope", "global"], capsys)
     assert code == 0 and report["candidates"][0]["name"] == "checkpoint (no manifest)"
+
+
+def test_table_columns_stay_aligned_with_long_candidate_names() -> None:
+    from bake.verify.metrics import CandidateResult, format_table
+
+    def result(name: str) -> CandidateResult:
+        return CandidateResult(name, "float32", 1e-6, 1e-7, 1e-7, 0.0, 0.0, 1.0, None, 16, passed=True)
+
+    lines = format_table([result("checkpoint (dense)"), result("onnx (cpu graph, as-is, on cpu)")]).splitlines()
+    assert lines[2].index("float32") == lines[3].index("float32") == lines[0].index("dtype")
+    assert lines[2].index("16/16") == lines[3].index("16/16")

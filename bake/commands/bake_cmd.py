@@ -7,19 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bake.cli import emit_json
 from bake.commands import COMMANDS
 from bake.commands.common import (
     BASE_ARG,
     add_gate_args,
     add_hub_args,
-    add_output_args,
     format_layer_counts,
     load_base_and_gates,
-    say,
     settings_from_args,
 )
 from bake.commands.export_cmd import add_graph_args
+from bake.commands.output import add_output_args, emit_json, say
 from bake.commands.sweep_cmd import is_sweep, one_cut, run_sweep_command
 from bake.commands.verify_cmd import add_budget_args, options_from_args
 from bake.errors import ExportError, PlotError
@@ -121,12 +119,12 @@ def run(args: argparse.Namespace) -> int:
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
     if args.push_to:
-        from bake.hub.client import push_folder
+        from bake.hub.push import push_folder
 
         pushed = push_folder(args.out, args.push_to, private=args.private, revision=args.push_revision)
     if args.json:
         emit_json({"ok": True, "out": str(args.out), "manifest": manifest, "pushed": pushed})
-    else:
+    elif not args.quiet:
         print_summary(manifest, str(args.out))
     return 0
 
@@ -139,6 +137,7 @@ def options_from(args: argparse.Namespace) -> BakeOptions:
 
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
+    from bake.hub.sources import resolve_reference
     from bake.verify.metrics import CandidateResult, format_table
     from bake.verify.verifier import onnx_candidate, spec_from_manifest, torch_candidate, verify
 
@@ -149,7 +148,8 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
         candidates = [torch_candidate(folder)]
         if (folder / "onnx").is_dir():
             candidates.append(onnx_candidate(folder / "onnx"))
-        report = verify(spec_from_manifest(read_manifest(folder)), candidates, options, bake=folder)
+        spec = resolve_reference(spec_from_manifest(read_manifest(folder)))
+        report = verify(spec, candidates, options, bake=folder)
         say(format_table([CandidateResult.from_dict(c) for c in report["candidates"]]))
         return report
 
@@ -188,5 +188,5 @@ def print_summary(m: dict, out: str) -> None:
     say(f"  layout {layout}: intermediate_size {m['intermediate_size']}, {chosen['params']:,} params, "
         f"{chosen['mlp_flops_per_token']:,} MLP FLOPs/token (dense {s['dense']['mlp_flops_per_token']:,}, "
         f"ragged {s['ragged']['mlp_flops_per_token']:,})")
-    if s["pruned_padding_overhead"] is not None:
+    if layout == "pruned" and s["pruned_padding_overhead"] is not None:
         say(f"  pruned padding overhead vs ragged: {s['pruned_padding_overhead']:.2%} extra neurons")

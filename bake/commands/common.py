@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +63,6 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
                        help="branch, tag or commit of the --gates Hub repo (default: main)")
 
 
-def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print a machine-readable JSON report on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def cut_from_args(args: argparse.Namespace) -> Cut:
     if args.threshold is not None:
         return Cut("threshold", args.threshold)
@@ -124,10 +118,7 @@ def load_base_and_gates(args: argparse.Namespace) -> tuple[BaseModel, GateVarian
     return model, gv, base_sources | gate_sources
 
 
-def say(msg: str) -> None:
-    """Human-facing messages go to stderr so stdout stays clean for --json."""
-    print(msg, file=sys.stderr)
-
-
 def format_layer_counts(counts: list[int], total: int) -> str:
     return " ".join(f"{c}" for c in counts) + f"  (of {total} each)"
+
+

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bake.commands import COMMANDS
-from bake.commands.common import add_output_args, say
+from bake.commands.output import add_output_args, say
 from bake.demo.assets import SEED_VARIANTS
 from bake.demo.run import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     rows = run_demo(args.workdir, args.variant, log=None if args.quiet else say)
     ok = all(r["passed"] for r in rows)
     if args.json:
-        from bake.cli import emit_json
+        from bake.commands.output import emit_json
 
         emit_json({"ok": ok, "variant": args.variant, "rows": rows})
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.commands import COMMANDS
-from bake.commands.common import add_output_args, say
+from bake.commands.output import add_output_args, say
 from bake.io.paths import MODEL_FOLDER, path_arg
 from export.options import DEVICES, DTYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
@@ -83,7 +83,7 @@ def register(sub: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bake.cli import emit_json
+    from bake.commands.output import emit_json
     from export.install import require_onnxruntime
 
     require_onnxruntime()

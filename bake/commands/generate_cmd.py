@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from bake.commands import COMMANDS
-from bake.commands.common import say
+from bake.commands.output import say
 from bake.io.paths import EXPORT_FOLDER, path_arg
 from export.options import ENGINES
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from bake.commands import COMMANDS
-from bake.commands.common import BASE_ARG, add_gate_args, add_output_args, load_base_and_gates, say, settings_from_args
+from bake.commands.common import BASE_ARG, add_gate_args, load_base_and_gates, settings_from_args
+from bake.commands.output import add_output_args, say
 from bake.gates.gate_math import compute_gates
 
 DESCRIPTION = """\
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         out = model.generate(**ids, max_new_tokens=args.max_new_tokens, do_sample=False)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     if args.json:
-        from bake.cli import emit_json
+        from bake.commands.output import emit_json
 
         emit_json({"reply": reply, "off_fraction": gates.off_fraction, "threshold": gates.threshold})
     else:

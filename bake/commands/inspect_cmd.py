@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from bake.commands import COMMANDS
-from bake.commands.common import add_output_args, say
+from bake.commands.output import add_output_args, show
 from bake.fold.plan import DEFAULT_PAD_MULTIPLE
 from bake.gates.report import inspect_report
 from bake.gates.variant import ALL_VARIANTS, load_variant, variant_folders
 from bake.io.base_model import open_base_model
 from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
 from bake.plots import figure as plots
+from bake.plots import inspect_plot
 
 DESCRIPTION = f"""\
 Show a gate variant: neuron count, sigmoid statistics, scale mode, and for every selected
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(report, args.plot, args.plot_size)
     if args.json:
-        from bake.cli import emit_json
+        from bake.commands.output import emit_json
 
         emit_json(report)
     else:
@@ -72,23 +73,23 @@ def run(args: argparse.Namespace) -> int:
 
 def write_plot(report: dict[str, Any], path: Path, size: tuple[int, int] | None) -> None:
     """Draw the inspect report (the dict --json prints) to ``path``."""
-    size = size or plots.inspect_size(report)
-    plots.write_figure(plots.inspect_figure(report, size), path)
-    say(f"figure: {path} ({size[0]}x{size[1]} px)")
+    size = size or inspect_plot.inspect_size(report)
+    plots.write_figure(inspect_plot.inspect_figure(report, size), path)
+    show(f"figure: {path} ({size[0]}x{size[1]} px)")
 
 
 def print_report(r: dict[str, Any]) -> None:
-    say(f"variant {r['variant']}  ({r['gate_file']}, sha256 {r['sha256'][:12]})")
-    say(f"  neurons {r['num_neurons']:,} = {r['num_layers']} layers x {r['intermediate_size']}; "
+    show(f"variant {r['variant']}  ({r['gate_file']}, sha256 {r['sha256'][:12]})")
+    show(f"  neurons {r['num_neurons']:,} = {r['num_layers']} layers x {r['intermediate_size']}; "
         f"sigmoid mean {r['sigmoid_mean']:.4f} std {r['sigmoid_std']:.4f} "
         f"[{r['sigmoid_min']:.4f}, {r['sigmoid_max']:.4f}]")
-    say(f"  scale mode {r['scale_mode'] or 'unknown'} (from {r['scale_mode_source']}); "
+    show(f"  scale mode {r['scale_mode'] or 'unknown'} (from {r['scale_mode_source']}); "
         f"knowledge neurons listed {r['knowledge_neurons_listed']}, lambda < 0.5: {r['below_0_5']}")
     if not r["thresholds"]:
-        say("  no selected_thresholds.txt: use --threshold or --off-fraction")
+        show("  no selected_thresholds.txt: use --threshold or --off-fraction")
     for row in r["thresholds"]:
-        say(f"  {row['label']:<14} t={row['threshold']:.6f}  off {row['off_fraction']:7.2%}  "
+        show(f"  {row['label']:<14} t={row['threshold']:.6f}  off {row['off_fraction']:7.2%}  "
             f"pruned width {row['pruned_width']} (pad {r['pad_multiple']})")
-        say(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
-        say(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
+        show(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
+        show(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bake.cli import emit_json
 from bake.commands import COMMANDS
-from bake.commands.common import add_output_args
+from bake.commands.output import add_output_args, emit_json
 from bake.io.paths import BAKED_FOLDER, path_arg
 
 
@@ -35,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bake.hub.client import push_folder, upload_file_list
+    from bake.hub.push import push_folder, upload_file_list
 
     url = push_folder(
         args.folder, args.repo_id, private=args.private, revision=args.revision,

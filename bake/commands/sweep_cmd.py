@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bake.commands.common import ALL, load_base, load_gates, say, settings_from_args
+from bake.commands.common import ALL, load_base, load_gates, settings_from_args
+from bake.commands.output import say, show
 from bake.errors import CutError, OutputError, PlotError
 from bake.fold.plan import BakeOptions
 from bake.gates.gate_math import Cut
@@ -89,7 +90,7 @@ def sweep_report(outcomes: list[CutOutcome], out: Path) -> dict[str, Any]:
 def print_sweep(report: dict[str, Any], as_json: bool) -> None:
     """The JSON report or a table; failures are named either way."""
     if as_json:
-        from bake.cli import emit_json
+        from bake.commands.output import emit_json
 
         emit_json(report)
     else:
@@ -98,8 +99,8 @@ def print_sweep(report: dict[str, Any], as_json: bool) -> None:
             say(_row(o))
     outputs = report["outputs"]
     failed = ", ".join(f"{o['name']} (exit {o['exit_code']})" for o in outputs if not o["ok"])
-    say(f"wrote {len(outputs) - len(report['failed'])} of {len(outputs)} outputs under {report['out']}"
-        + (f"; FAILED: {failed}" if failed else ""))
+    (show if failed else say)(f"wrote {len(outputs) - len(report['failed'])} of {len(outputs)} outputs under "
+                              f"{report['out']}" + (f"; FAILED: {failed}" if failed else ""))
 
 
 def check_plot(plot: Path, out: Path) -> None:
@@ -117,7 +118,7 @@ def write_plot(report: dict[str, Any], path: Path, size: tuple[int, int] | None)
     """Draw the sweep report (the dict --json prints) to ``path``, written in one rename."""
     size = size or sweep_plot.sweep_size(report)
     plots.write_figure(sweep_plot.sweep_figure(report, size), path)
-    say(f"figure: {path} ({size[0]}x{size[1]} px)")
+    show(f"figure: {path} ({size[0]}x{size[1]} px)")
 
 
 def _row(r: dict[str, Any]) -> str:

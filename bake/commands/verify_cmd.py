@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bake.commands import COMMANDS
-from bake.commands.common import BASE_ARG, add_gate_args, add_output_args, cut_from_args, say
+from bake.commands.common import BASE_ARG, add_gate_args, cut_from_args
+from bake.commands.output import add_output_args, say, show
 from bake.errors import BakeError, VerificationFailed
 from bake.gates.gate_math import GateSettings
 from bake.io.dtypes import COMPUTE_DTYPES
@@ -69,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
     import torch
 
-    from bake.verify.verifier import DEFAULT_PROMPTS, VerifyOptions, read_prompts_file
+    from bake.verify.prompts import DEFAULT_PROMPTS, read_prompts_file
+    from bake.verify.verifier import VerifyOptions
 
     return VerifyOptions(
         prompts=read_prompts_file(args.prompts) if args.prompts else DEFAULT_PROMPTS,
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
     spec = reference_spec(args, manifest)
     options = options_from_args(args)
+    from bake.hub.sources import resolve_reference
     from bake.verify.verifier import onnx_candidate, torch_candidate, verify
 
     candidates = []
@@ -125,18 +128,18 @@ def run(args: argparse.Namespace) -> int:
         candidates.append(onnx_candidate(args.onnx))
     say(f"verifying {len(candidates)} candidate(s) against the hooked reference ({spec.variant}, "
         f"{spec.settings.cut.describe()})")
-    report = verify(spec, candidates, options, bake=args.baked)
+    report = verify(resolve_reference(spec), candidates, options, bake=args.baked)
     return finish(report, args.json)
 
 
 def finish(report: dict[str, Any], as_json: bool) -> int:
     """Print the report (table or JSON); exit 0 only if every candidate passed."""
-    from bake.cli import emit_json
+    from bake.commands.output import emit_json
     from bake.verify.metrics import CandidateResult, format_table
 
     results = [CandidateResult.from_dict(c) for c in report["candidates"]]
     for line in weight_lines(results):
-        say(line)
+        show(line)  # part of the verdict: shown with --quiet too
     if as_json:
         emit_json(report)
     else:

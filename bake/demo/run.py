@@ -18,8 +18,10 @@ import torch
 from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
+from bake.verify.metrics import DEFAULT_BUDGETS, compare
+from bake.verify.prompts import DEFAULT_PROMPTS, render_prompts
 from bake.verify.reference import load_hooked_model
-from bake.verify.verifier import DEFAULT_BUDGETS, DEFAULT_PROMPTS, TorchCandidate, compare, render_prompts
+from bake.verify.verifier import TorchCandidate
 from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 DEMO_SPEC = TinyQwen3Spec(num_layers=4, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,

@@ -1,15 +1,20 @@
 """Where ``--base`` and ``--gates`` point: a local path is used as is; anything else is a Hub repo id.
 
-``bake.hub.client`` (huggingface_hub and its HTTP client) is imported only for a Hub id or a revision, so
+``bake.hub.download`` (huggingface_hub and its HTTP client) is imported only for a Hub id or a revision, so
 a run on local folders never loads them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bake.errors import HubError
 from bake.gates.variant import list_variants
+
+if TYPE_CHECKING:  # bake.verify imports torch; a bake on local folders never loads it
+    from bake.verify.verifier import ReferenceSpec
 
 
 def local_path(ref: str, revision: str | None) -> Path | None:
@@ -23,7 +28,7 @@ def resolve_base(ref: str, revision: str | None = None, progress: bool = True) -
     local = local_path(ref, revision)
     if local is not None:
         return local
-    from bake.hub import client as hub
+    from bake.hub import download as hub
 
     return hub.resolve_base(ref, revision, progress=progress)
 
@@ -33,7 +38,7 @@ def resolve_gates(ref: str, variant: str | None, revision: str | None = None) ->
     local = local_path(ref, revision)
     if local is not None:
         return local
-    from bake.hub import client as hub
+    from bake.hub import download as hub
 
     return hub.resolve_gates(ref, variant, revision)
 
@@ -42,7 +47,7 @@ def gate_variant_names(ref: str, revision: str | None = None) -> list[str]:
     """Every variant a gates path or Hub repo holds (a variant folder holds itself)."""
     local = local_path(ref, revision)
     if local is None:
-        from bake.hub import client as hub
+        from bake.hub import download as hub
 
         names, source = hub.list_hub_variants(ref, revision)
         if source == hub.CACHED_FOLDERS:
@@ -52,3 +57,9 @@ def gate_variant_names(ref: str, revision: str | None = None) -> list[str]:
     if local.is_file():
         return [local.parent.name]
     return list_variants(local) or [local.name]
+
+
+def resolve_reference(spec: ReferenceSpec, progress: bool = False) -> ReferenceSpec:
+    """``spec`` with its base and gates as local folders (Hub ids fetched into the cache), as ``verify`` takes it."""
+    return replace(spec, base=resolve_base(str(spec.base), spec.base_revision, progress=progress),
+                   gates=resolve_gates(str(spec.gates), spec.variant, spec.gates_revision))

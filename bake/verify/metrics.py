@@ -187,7 +187,9 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def format_table(results: list[CandidateResult]) -> str:
-    head = f"{'candidate':<22} {'dtype':<8} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
+    """One row per candidate under a header, the name column as wide as the longest name."""
+    width = max([len("candidate"), *(len(r.name) for r in results)])
+    head = f"{'candidate':<{width}} {'dtype':<8} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
            f"{'top-1':>7} {'greedy':>16} {'weights':>14}  verdict"
     rows = [head, "-" * len(head)]
     for r in results:
@@ -197,9 +199,8 @@ def format_table(results: list[CandidateResult]) -> str:
         else:
             figures = f"{'logits not run':>66}"
         rows.append(
-            f"{r.name:<22} {r.dtype:<8} {figures} {r.weights_summary:>14}  "
+            f"{r.name:<{width}} {r.dtype:<8} {figures} {r.weights_summary:>14}  "
             + ("pass" if r.passed else "FAIL: " + "; ".join(r.failures))
             + (f" ({r.note})" if r.note else "")
         )
     return "\n".join(rows)
-

@@ -9,7 +9,6 @@ export through onnxruntime. Metrics and budgets are in ``bake.verify.metrics``.
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,40 +20,13 @@ from bake.errors import BakeError, ManifestMismatch
 from bake.fold.plan import BakeOptions, plan_bake
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
-from bake.hub.sources import resolve_base, resolve_gates
 from bake.io.base_model import open_base_model, read_config
-from bake.io.paths import PROMPTS_FILE, require
 from bake.verify.bake_tensors import BakeFolder, PlannedBake
 from bake.verify.metrics import DEFAULT_BUDGETS, Budget, CandidateResult, compare
+from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompts
 from bake.verify.reference import load_hooked_model
 from bake.verify.weight_check import check_export_weights
 from bake.write.manifest import MANIFEST_NAME, read_manifest
-
-Messages = list[dict[str, str]]
-
-DEFAULT_PROMPTS: tuple[Messages, ...] = (
-    [{"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "Solve for x: 3x + 5 = 20. Show each step."}],
-    [{"role": "system", "content": "You are a careful math tutor."},
-     {"role": "user", "content": "Explain why the derivative of x squared is two x, then integrate 2x."}],
-    [{"role": "user", "content": "List three prime numbers and say why each is prime."},
-     {"role": "assistant", "content": "2, 3 and 5: each has exactly two divisors."},
-     {"role": "user", "content": "Now give the next three, and the sum of all six."}],
-    [{"role": "user", "content": "def add(a, b): return a + b -- what does add(2, 3) return and why?"}],
-    [{"role": "user", "content": "Who wrote the novel set in Paris in the year the tower was built? "
-      "If you are not sure, reason about what you know of the city, the tower and the year, step by step."}],
-)
-
-
-def render_prompts(tokenizer: Any, prompts: Sequence[Messages | str]) -> list[list[int]]:
-    """Chat-template each prompt (add_generation_prompt=True, enable_thinking=False) to token ids."""
-    out = []
-    for p in prompts:
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             enable_thinking=False)
-        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return out
 
 
 @dataclass
@@ -145,9 +117,9 @@ def verify(
     from transformers import AutoTokenizer
 
     options = options or VerifyOptions()
-    base = resolve_base(str(spec.base), spec.base_revision, progress=False)
+    base = Path(spec.base)
     config = read_config(base)
-    gates = resolve_gates(str(spec.gates), spec.variant, spec.gates_revision)
+    gates = Path(spec.gates)
     variant = load_variant(gates, spec.variant, num_layers=int(config["num_hidden_layers"]),
                            intermediate_size=int(config["intermediate_size"]))
     if spec.gate_sha256 is not None and variant.sha256 != spec.gate_sha256:
@@ -254,21 +226,3 @@ def planned_bake(export: Path, base: Path, variant: Any, settings: GateSettings)
     return PlannedBake(plan, f"the bake {Path(export) / MANIFEST_NAME} describes, rebuilt from {base}")
 
 
-def read_prompts_file(path: Path) -> list[Messages | str]:
-    """JSONL: each line a list of messages, an object with "messages", or a string; other lines are plain text."""
-    prompts: list[Messages | str] = []
-    for n, line in enumerate(require(path, "file", PROMPTS_FILE).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            item = line
-        if isinstance(item, dict):
-            item = item.get("messages", item.get("prompt", item.get("text")))
-        if not (isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item))):
-            raise BakeError(f"{path}:{n}: expected a string, a list of messages or {{\"messages\": [...]}}")
-        prompts.append(item)
-    if not prompts:
-        raise BakeError(f"{path} holds no prompts")
-    return prompts
