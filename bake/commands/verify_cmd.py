@@ -28,7 +28,7 @@ KL(ref || candidate), top-1 agreement and the first step where greedy continuati
 
 Base, gates and cut default to what the bake manifest records; any of them can be given instead.
 Budgets depend on the candidate's dtype (float32: max |diff| <= 1e-4 x max |logit|, mean KL <= 1e-6,
-top-1 >= 99 %, all greedy tokens equal; the others: see the README) and can be tightened.
+top-1 >= 99 %, all greedy tokens equal; the others: see docs/VERIFY.md) and can be tightened.
 
 An ONNX export's weights are also checked, tensor by tensor, against the bake: --baked when given,
 else the bake its own bake_manifest.json describes (rebuilt in memory). Float weights must be the

@@ -19,7 +19,7 @@ from bake.demo.assets import seed_gate_logits, write_gate_folder
 from bake.errors import EXIT_INTERNAL, EXIT_USER
 from bake.io.tensor_io import CheckpointReader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def bake_args(base: Path, gates: Path, out: Path, *extra: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Lowest first. A module may import its own wing and the wings before it, never one after it.
 WINGS: list[tuple[str, ...]] = [
     ("bake", "bake.errors"),

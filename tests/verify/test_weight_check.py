@@ -2,7 +2,7 @@
 
 Random-weight models have flat logits, so int4/int8 exports of a wrong bake can pass the logit
 budgets; the weight check must catch them anyway. The default int4/int8 budgets are calibrated on a
-trained model with peaked logits (README, "Verify before you publish"); on these random models
+trained model with peaked logits (docs/VERIFY.md); on these random models
 top-1 is noise and KL grows with depth, so their quantized exports run with the logit budgets
 waived (``RANDOM_MODEL``) and the weight check is the verdict.
 """
@@ -38,7 +38,7 @@ FAST = ["--quiet", "--json", "--greedy-tokens", "0"]
 WRONG = ("wrong scale mode", "one extra neuron off", "a layer's gates shuffled", "another variant")
 SHUFFLED_LAYER = 2
 RANDOM_MODEL = ("--min-top1", "0", "--max-mean-kl", "10")  # logit budgets waived: random weights
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 
 from bake.demo.assets import write_gate_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HUB = {"huggingface_hub", "httpx", "httpx2", "requests", "bake.hub.download", "bake.hub.push", "bake.hub.hub_errors"}
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "safetensors"}
 RUN = """

@@ -39,7 +39,7 @@ def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
     """pyproject: the CPU and GPU builds are two extras; the base and the other extras pull in neither."""
     import tomllib
 
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     names = lambda reqs: {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in reqs}  # noqa: E731
     extras = project["optional-dependencies"]
     runtimes = {"onnxruntime", "onnxruntime-genai", "onnxruntime-gpu", "onnxruntime-genai-cuda"}

@@ -29,7 +29,7 @@ from bake.gates.variant import load_variant
 from bake.io.atomic import atomic_output_dir, exchange
 from bake.write.pipeline import BakeOptions, bake_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def listing(folder: Path) -> list[str]:

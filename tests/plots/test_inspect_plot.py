@@ -15,7 +15,7 @@ from helpers import by_gid, png_size, svg_size
 from bake.cli import main
 from bake.plots import inspect_plot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["--num-layers", "4", "--pad-multiple", "8"]
 
 
