@@ -13,7 +13,7 @@ SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B"}  # specs in bake.demo.asse
 _BUILD = """
 import sys, torch
 from pathlib import Path
-from bake import demo_assets
+from bake.demo import assets as demo_assets
 from bake.demo.assets import build_tiny_qwen3, seed_gate_logits, write_gate_folder
 root, variant, spec = Path(sys.argv[1]), sys.argv[2], getattr(demo_assets, sys.argv[3])
 build_tiny_qwen3(root / "base", spec, dtype=torch.bfloat16)

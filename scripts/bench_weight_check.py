@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time verify's weight check (``bake.verify.weight_check``) on the int4 export of a 0.6B-shape bake.
+"""Time verify's weight check (``bake.verify.weights.weight_check``) on the int4 export of a 0.6B-shape bake.
 
 Builds (once, under --workdir) the random-weight Qwen3-0.6B of ``bench_inputs.py``, a dense bf16
 bake at 50 % off (hard gates, energy scale) and its ``--target cpu --quantize int4`` export, then
@@ -27,8 +27,8 @@ from bench_inputs import REPO, ensure_inputs  # noqa: E402
 
 CHECK = """
 import json, sys, time
-from bake.verify.bake_tensors import BakeFolder
-from bake.verify.weight_check import check_export_weights
+from bake.verify.weights.bake_tensors import BakeFolder
+from bake.verify.weights.weight_check import check_export_weights
 start = time.perf_counter()
 report = check_export_weights(sys.argv[2], BakeFolder(sys.argv[1]))
 print(json.dumps({"check_s": time.perf_counter() - start, "passed": report.passed,

@@ -37,8 +37,9 @@ from bake.demo.trained import build_trained_qwen3  # noqa: E402
 from bake.fold.plan import BakeOptions  # noqa: E402
 from bake.gates.gate_math import Cut, GateSettings, compute_gates  # noqa: E402
 from bake.gates.variant import load_variant  # noqa: E402
+from bake.verify.candidates import onnx_candidate  # noqa: E402
 from bake.verify.prompts import DEFAULT_PROMPTS, render_prompts  # noqa: E402
-from bake.verify.verifier import VerifyOptions, onnx_candidate, spec_from_manifest, verify  # noqa: E402
+from bake.verify.verifier import VerifyOptions, spec_from_manifest, verify  # noqa: E402
 from bake.write.pipeline import bake_checkpoint  # noqa: E402
 from export.onnx.exporter import export_onnx  # noqa: E402
 

@@ -138,8 +138,9 @@ def options_from(args: argparse.Namespace) -> BakeOptions:
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
     from bake.hub.sources import resolve_reference
+    from bake.verify.candidates import onnx_candidate, torch_candidate
     from bake.verify.metrics import CandidateResult, format_table
-    from bake.verify.verifier import onnx_candidate, spec_from_manifest, torch_candidate, verify
+    from bake.verify.verifier import spec_from_manifest, verify
 
     options = options_from_args(args)
 

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     spec = reference_spec(args, manifest)
     options = options_from_args(args)
     from bake.hub.sources import resolve_reference
-    from bake.verify.verifier import onnx_candidate, torch_candidate, verify
+    from bake.verify.candidates import onnx_candidate, torch_candidate
+    from bake.verify.verifier import verify
 
     candidates = []
     if args.baked is not None:

@@ -18,10 +18,12 @@ import torch
 from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
-from bake.verify.metrics import DEFAULT_BUDGETS, compare
+from bake.verify import precision
+from bake.verify.candidates import TorchRunner, collect
+from bake.verify.metrics import DEFAULT_BUDGETS, Comparison, Tally
+from bake.verify.precision import checkpoint_chain
 from bake.verify.prompts import DEFAULT_PROMPTS, render_prompts
 from bake.verify.reference import load_hooked_model
-from bake.verify.verifier import TorchCandidate
 from bake.write.pipeline import BakeOptions, bake_checkpoint
 
 DEMO_SPEC = TinyQwen3Spec(num_layers=4, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2,
@@ -59,17 +61,20 @@ def run_demo(
         for k in range(1, len(gv.selected_thresholds) + 1):
             settings = GateSettings(Cut("preset", k), "hard", gv.scale_mode or "mean")
             scale = compute_gates(gv.logits, settings, gv.selected_thresholds).scale
-            reference = TorchCandidate("hooked", "float32", load_hooked_model(base, scale))
-            cache: dict[str, Any] = {}
+            reference = collect(TorchRunner(load_hooked_model(base, scale)), prompts, greedy_tokens)
             for layout in layouts:
                 if log:
                     log(f"  preset {k} ({gv.selected_thresholds[k - 1]:.4f}): bake {layout}, load, compare")
                 out = root / "baked" / f"{variant}-p{k}-{layout}"
                 manifest = bake_checkpoint(base, gv, settings, out, BakeOptions(
                     layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=False, overwrite=True))
-                baked = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-                r = compare(reference, TorchCandidate(layout, "float32", baked), prompts,
-                            DEFAULT_BUDGETS["float32"], greedy_tokens, cache)
+                baked = TorchRunner(AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval())
+                tally = Tally(greedy_tokens)
+                for i, ids in enumerate(prompts):
+                    logits, tokens = baked.run(ids, greedy_tokens)
+                    tally.add(reference.logits[i], logits, reference.greedy[i], tokens)
+                r = Comparison("the hooked reference", tally.figures(), DEFAULT_BUDGETS["float32"], "float32",
+                               precision.why(checkpoint_chain("float32")))
                 rows.append({
                     "preset": k, "threshold": manifest["cut"]["threshold"], "off_fraction": manifest["off_fraction"],
                     "layout": layout, "intermediate_size": manifest["intermediate_size"],

@@ -123,5 +123,5 @@ def test_no_import_circle() -> None:
 def test_the_detector_sees_lazy_and_relative_imports() -> None:
     """The checks above would pass vacuously if the import walk missed lazy imports; it does not."""
     assert "bake.hub.sources" in GRAPH["bake.commands.verify_cmd"]  # imported inside run()
-    assert "export.onnx.folder" in GRAPH["bake.verify.weight_check"]  # inside check_export_weights()
-    assert wing_of("bake.verify.weight_check") > wing_of("export.onnx.folder") > wing_of("bake.write.manifest")
+    assert "export.onnx.folder" in GRAPH["bake.verify.weights.weight_check"]  # inside check_export_weights()
+    assert wing_of("bake.verify.weights.weight_check") > wing_of("export.onnx.folder") > wing_of("bake.write.manifest")

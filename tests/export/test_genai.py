@@ -20,8 +20,8 @@ from bake.cli import main
 from bake.errors import ExportError
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
+from bake.verify.candidates import TorchRunner
 from bake.verify.reference import load_hooked_model
-from bake.verify.verifier import TorchCandidate
 from bake.write.pipeline import BakeOptions, bake_checkpoint
 from export.onnx.exporter import export_onnx
 from export.onnx.genai_config import genai_config
@@ -57,10 +57,10 @@ def bakes(tiny_base: Path, tiny_gates: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def hooked(tiny_base: Path, tiny_gates: Path) -> TorchCandidate:
+def hooked(tiny_base: Path, tiny_gates: Path) -> TorchRunner:
     v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
     scale = compute_gates(v.logits, GateSettings(Cut("preset", 3), "hard", "energy"), v.selected_thresholds).scale
-    return TorchCandidate("hooked", "float32", load_hooked_model(tiny_base, scale))
+    return TorchRunner(load_hooked_model(tiny_base, scale))
 
 
 @pytest.fixture(scope="module")

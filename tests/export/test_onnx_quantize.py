@@ -203,7 +203,8 @@ def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Pa
     ("int4", "ragged", "cpu", "float16"), ("int8", "as-is", "cpu", "float16")])
 def test_quantized_export_passes_its_verify_budget(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
                                                    quantize: str, layout: str, target: str, dtype: str) -> None:
-    from bake.verify.verifier import VerifyOptions, onnx_candidate, spec_from_manifest, verify
+    from bake.verify.candidates import onnx_candidate
+    from bake.verify.verifier import VerifyOptions, spec_from_manifest, verify
 
     v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
     manifest = bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 4), "hard", "energy"), tmp_path / "b",

@@ -137,14 +137,9 @@ def test_matrix_thresholds_layouts_torch_and_onnx(tiny_base: Path, tiny_gates: P
                                                    variant: str) -> None:
     """Every selected threshold x {dense, pruned, ragged} x {torch, onnx portable/cpu graph} passes the float32
     budget."""
+    from bake.verify.candidates import onnx_candidate, torch_candidate
     from bake.verify.prompts import DEFAULT_PROMPTS
-    from bake.verify.verifier import (
-        VerifyOptions,
-        onnx_candidate,
-        spec_from_manifest,
-        torch_candidate,
-        verify,
-    )
+    from bake.verify.verifier import VerifyOptions, spec_from_manifest, verify
     from export.onnx.exporter import export_onnx
 
     v = load_variant(tiny_gates, variant, num_layers=4, intermediate_size=128)

@@ -27,10 +27,10 @@ from bake.demo.assets import write_gate_folder
 from bake.fold.plan import BakeOptions
 from bake.gates.gate_math import Cut, GateSettings, gate_values
 from bake.gates.variant import load_variant
-from bake.verify.bake_tensors import BakeFolder, Stored
-from bake.verify.nbits import unpack_codes
-from bake.verify.quant_check import quant_error
-from bake.verify.weight_check import check_export_weights
+from bake.verify.weights.bake_tensors import BakeFolder, Stored
+from bake.verify.weights.nbits import unpack_codes
+from bake.verify.weights.quant_check import quant_error
+from bake.verify.weights.weight_check import check_export_weights
 from bake.write.pipeline import bake_checkpoint
 from export.onnx.exporter import export_onnx
 
@@ -346,7 +346,7 @@ def test_weight_check_is_numpy_only(bakes: dict[tuple[str, str], Bakes], tmp_pat
     """The check (graph, bake, unpacking, comparison) runs without importing torch or transformers."""
     correct = bakes["tiny", "pruned"].folders["correct"]
     export_onnx(correct, tmp_path / "x", target="cpu", quantize="int4", layout="ragged", progress=False)
-    code = ("import json, sys\nfrom bake.verify.bake_tensors import BakeFolder\nfrom bake.verify.weight_check import "
+    code = ("import json, sys\nfrom bake.verify.weights.bake_tensors import BakeFolder\nfrom bake.verify.weights.weight_check import "
             "check_export_weights\nr = check_export_weights(sys.argv[1], BakeFolder(sys.argv[2]))\n"
             "print(json.dumps([r.passed, sorted({'torch', 'transformers'} & set(sys.modules))]))")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x"), str(correct)], cwd=REPO,

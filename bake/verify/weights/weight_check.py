@@ -1,9 +1,9 @@
 """Weight-level proof that an ONNX export is the float32, float16, int4 or int8 image of a bake.
 
 Every initializer of the graph is traced back to the bake tensors it was made from
-(``bake.verify.weight_map``) and checked against them:
+(``bake.verify.weights.weight_map``) and checked against them:
 
-- ``MatMulNBits`` weights, read back here (``bake.verify.nbits``, not the exporter's quantizer): every
+- ``MatMulNBits`` weights, read back here (``bake.verify.weights.nbits``, not the exporter's quantizer): every
   element lies within half a quantization step of the bake's weight, ``|(code - zero_point) *
   scale - w| <= |scale| / 2`` (plus ``STEP_SLACK`` of a step for float32 rounding of ``w / scale``),
   and a bake weight that is exactly 0 (an off neuron, a padding neuron) must come back as exactly 0;
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from bake.verify.bake_tensors import BakeTensors, Stored
-from bake.verify.onnx_weights import ExportGraph, Use
-from bake.verify.quant_check import Worst, quant_error
-from bake.verify.weight_map import Part, live_columns, projection_parts
+from bake.verify.weights.bake_tensors import BakeTensors, Stored
+from bake.verify.weights.onnx_weights import ExportGraph, Use
+from bake.verify.weights.quant_check import Worst, quant_error
+from bake.verify.weights.weight_map import Part, live_columns, projection_parts
 
 STEP_SLACK = 1e-3  # of a step: float32 rounding of w / scale is below 2e-5 steps even for int8's 255 codes
 CHUNK_ELEMENTS = 1 << 20  # float weights are compared this many elements at a time

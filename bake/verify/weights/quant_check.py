@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bake.verify.bake_tensors import Stored
-from bake.verify.nbits import unpack_codes
+from bake.verify.weights.bake_tensors import Stored
+from bake.verify.weights.nbits import unpack_codes
 
 CHUNK_ELEMENTS = 1 << 18
 
