@@ -19,7 +19,7 @@ from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, 
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
 from bake.verify import precision
-from bake.verify.candidates import TorchRunner, collect
+from bake.verify.candidates import TorchRunner
 from bake.verify.metrics import DEFAULT_BUDGETS, Comparison, Tally
 from bake.verify.precision import checkpoint_chain
 from bake.verify.prompts import DEFAULT_PROMPTS, render_prompts
@@ -61,7 +61,7 @@ def run_demo(
         for k in range(1, len(gv.selected_thresholds) + 1):
             settings = GateSettings(Cut("preset", k), "hard", gv.scale_mode or "mean")
             scale = compute_gates(gv.logits, settings, gv.selected_thresholds).scale
-            reference = collect(TorchRunner(load_hooked_model(base, scale)), prompts, greedy_tokens)
+            sequences, reference = TorchRunner(load_hooked_model(base, scale)).generate(prompts, greedy_tokens)
             for layout in layouts:
                 if log:
                     log(f"  preset {k} ({gv.selected_thresholds[k - 1]:.4f}): bake {layout}, load, compare")
@@ -70,9 +70,8 @@ def run_demo(
                     layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=False, overwrite=True))
                 baked = TorchRunner(AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval())
                 tally = Tally(greedy_tokens)
-                for i, ids in enumerate(prompts):
-                    logits, tokens = baked.run(ids, greedy_tokens)
-                    tally.add(reference.logits[i], logits, reference.greedy[i], tokens)
+                for i, logits in enumerate(baked.score(sequences.inputs)):
+                    tally.add(reference.logits[i], logits, reference.continuation[i], sequences.continuation(i, logits))
                 r = Comparison("the hooked reference", tally.figures(), DEFAULT_BUDGETS["float32"], "float32",
                                precision.why(checkpoint_chain("float32")))
                 rows.append({

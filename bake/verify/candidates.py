@@ -1,6 +1,12 @@
 """What verify runs: the candidates (a baked checkpoint through transformers, an ONNX export through ONNX
-Runtime) and the yardsticks (any transformers model), each as a runner that gives, per prompt, the logits
-at every position and the greedy continuation.
+Runtime) and the yardsticks (the hooked reference, the bake, an export's dequantized weights).
+
+The hooked reference decodes greedily from each prompt (``TorchRunner.generate``). Everything else is
+scored on the reference's own sequences, the prompt followed by the reference's greedy tokens (teacher
+forcing): its logits at every position are compared with the reference's, and its greedy agreement is the
+first continuation step at which its argmax differs, which is exactly where its own greedy decoding
+would first diverge. One pass per sequence (transformers), or every sequence stepped together through the
+KV cache (ONNX Runtime), instead of a decode loop per candidate.
 
 A candidate is described when it is named and loaded only when its turn comes (``open``), so verify holds
 one model at a time.
@@ -8,11 +14,16 @@ one model at a time.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import inspect
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from bake.io.base_model import read_config
@@ -21,38 +32,95 @@ from bake.write.manifest import MANIFEST_NAME, read_manifest
 
 
 class Runner(Protocol):
-    def run(self, ids: list[int], greedy_tokens: int) -> tuple[torch.Tensor, list[int]]:
-        """[S, V] float32 logits at every position of ``ids``, and the greedy continuation (new ids only)."""
+    def score(self, seqs: list[list[int]]) -> Iterable[torch.Tensor]:
+        """For each sequence in turn, [len(seq), V] float32 logits at every position."""
+
+
+class LogitStore:
+    """Logits kept for later comparisons, in an unnamed temporary file rather than in memory: one sequence's
+    [S, V] float32 logits are read back at a time, so keeping the reference's (and the bake's) costs page
+    cache, not the process's memory (at Qwen3-0.6B's vocabulary: 0.6 MB per position, 300 MB per run)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="lambda-bake-logits-")
+        self._where: list[tuple[int, tuple[int, ...]]] = []
+
+    def append(self, logits: torch.Tensor) -> None:
+        a = np.ascontiguousarray(logits.numpy(), dtype=np.float32)
+        self._file.seek(0, 2)
+        self._where.append((self._file.tell(), a.shape))
+        self._file.write(memoryview(a.reshape(-1).view(np.uint8)))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        offset, shape = self._where[i]
+        self._file.seek(offset)
+        a = np.fromfile(self._file, dtype=np.float32, count=int(np.prod(shape)))
+        if a.size != int(np.prod(shape)):
+            raise OSError(f"the temporary file of kept logits is cut short (sequence {i}); is the disk full?")
+        return torch.from_numpy(a.reshape(shape))
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 @dataclass
 class Outputs:
-    """What a runner gave on every prompt: logits per prompt and greedy continuations."""
+    """A model's logits on every scored sequence, and its continuation: the tokens its argmax picks after the
+    prompt (for the reference, the greedy tokens it decoded)."""
 
-    logits: list[torch.Tensor] = field(default_factory=list)
-    greedy: list[list[int]] = field(default_factory=list)
+    logits: LogitStore = field(default_factory=LogitStore)
+    continuation: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """The reference's sequences: each prompt and the greedy tokens after it (all but the last are inputs)."""
+
+    prompts: list[list[int]]
+    greedy: list[list[int]]
+
+    @property
+    def inputs(self) -> list[list[int]]:
+        return [p + g[:-1] for p, g in zip(self.prompts, self.greedy)]
+
+    def continuation(self, i: int, logits: torch.Tensor) -> list[int]:
+        """The argmax tokens of ``logits`` (of sequence ``i``) at the positions that predict the continuation."""
+        start = len(self.prompts[i]) - 1
+        return [int(t) for t in logits[start:start + len(self.greedy[i])].argmax(-1)]
 
 
 class TorchRunner:
-    """A transformers causal LM: one pass over the prompt gives every position's logits and the KV cache
-    that the greedy continuation (a pure argmax chain; EOS not special, so every model runs N steps) goes on from."""
+    """A transformers causal LM."""
 
     def __init__(self, model: Any):
         self.model = model
 
-    def run(self, ids: list[int], greedy_tokens: int) -> tuple[torch.Tensor, list[int]]:
-        tokens: list[int] = []
+    def generate(self, prompts: list[list[int]], greedy_tokens: int) -> tuple[Sequences, Outputs]:
+        """Greedy decoding from each prompt (a pure argmax chain; EOS not special, so every sequence runs N steps):
+        the sequences, and the logits at every position of each (the prompt's pass, then each step's)."""
+        outputs, greedy = Outputs(), []
         with torch.no_grad():
-            out = self.model(torch.tensor([ids]), use_cache=greedy_tokens > 1)
-            logits = out.logits[0].to(torch.float32)
-            while len(tokens) < greedy_tokens:
-                tokens.append(int(out.logits[0, -1].argmax()))
-                if len(tokens) < greedy_tokens:
-                    out = self.model(torch.tensor([[tokens[-1]]]), use_cache=True, **_cache_kwargs(self.model, out))
-        return logits, tokens
+            for ids in prompts:
+                out = self.model(torch.tensor([ids]), use_cache=greedy_tokens > 1)
+                rows, tokens = [out.logits[0].to(torch.float32)], []
+                while len(tokens) < greedy_tokens:
+                    tokens.append(int(out.logits[0, -1].argmax()))
+                    if len(tokens) < greedy_tokens:
+                        out = self.model(torch.tensor([[tokens[-1]]]), use_cache=True,
+                                         **_cache_kwargs(self.model, out))
+                        rows.append(out.logits[0].to(torch.float32))
+                outputs.logits.append(torch.cat(rows))
+                outputs.continuation.append(tokens)
+                greedy.append(tokens)
+        return Sequences(prompts, greedy), outputs
 
     def greedy(self, ids: list[int], greedy_tokens: int) -> list[int]:
-        return self.run(ids, greedy_tokens)[1]
+        return self.generate([ids], greedy_tokens)[0].greedy[0]
+
+    def score(self, seqs: list[list[int]]) -> Iterator[torch.Tensor]:
+        with torch.no_grad():
+            for ids in seqs:
+                yield self.model(torch.tensor([ids])).logits[0].to(torch.float32)
 
 
 def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
@@ -63,25 +131,27 @@ def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
 
 
 class OnnxRunner:
-    """An export in lambda-bake's ONNX Runtime loop (``export.runtime.ort_loop``): both paths of the shipped graph,
-    the full prompt and one-token steps through the KV cache, are what give its logits."""
+    """An export in lambda-bake's ONNX Runtime loop (``export.runtime.ort_loop.OnnxCausalLM.score``): both paths
+    of the shipped graph, one-token steps through the KV cache and a pass over a whole sequence, give its logits."""
 
     def __init__(self, model: Any):
         self.model = model
 
-    def run(self, ids: list[int], greedy_tokens: int) -> tuple[torch.Tensor, list[int]]:
-        logits = torch.from_numpy(self.model.logits(ids))
-        tokens = [int(t) for t in self.model.greedy([ids], greedy_tokens, eos_ids=set(), pad_id=0)[0]]
-        return logits, tokens
+    def score(self, seqs: list[list[int]]) -> Iterator[torch.Tensor]:
+        rows = self.model.score(seqs)
+        rows.reverse()
+        while rows:  # each sequence's logits are let go once the caller has counted them
+            yield torch.from_numpy(rows.pop())
 
 
-def collect(runner: Runner, prompts: list[list[int]], greedy_tokens: int) -> Outputs:
-    out = Outputs()
-    for ids in prompts:
-        logits, tokens = runner.run(ids, greedy_tokens)
-        out.logits.append(logits)
-        out.greedy.append(tokens)
-    return out
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system: glibc keeps freed blocks below its mmap
+    threshold (up to 32 MB, the size of a layer's weights) in the heap, so a freed model would stay resident."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        pass
 
 
 @dataclass

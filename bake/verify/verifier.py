@@ -23,8 +23,7 @@ Every export's weights are also checked tensor by tensor against the bake (``bak
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import GateVariant, load_variant
 from bake.io.base_model import open_base_model, read_config
 from bake.verify import precision
-from bake.verify.candidates import Candidate, OnnxRunner, Outputs, Runner, TorchRunner, collect
+from bake.verify.candidates import Candidate, OnnxRunner, Outputs, Runner, Sequences, TorchRunner, release_memory
 from bake.verify.metrics import (
     DEFAULT_BUDGETS,
     INT8_ACTIVATIONS_BOUND,
@@ -104,7 +103,7 @@ class _Run:
     spec: ReferenceSpec
     variant: GateVariant
     options: VerifyOptions
-    prompts: list[list[int]]
+    sequences: Sequences
     reference: Outputs
     bake_dir: Path | None
     bake_outputs: Outputs | None = None
@@ -137,15 +136,16 @@ def verify(
         )
     prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), options.prompts)
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
-    reference = _collect_and_free(TorchRunner(load_hooked_model(base, scale, torch.float32)), prompts,
-                                  options.greedy_tokens)
-    run = _Run(spec, variant, options, prompts, reference, Path(bake) if bake is not None else None)
+    sequences, reference = _generate(lambda: TorchRunner(load_hooked_model(base, scale, torch.float32)), prompts,
+                                     options.greedy_tokens)
+    run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None)
     results = [_verify_one(run, c) for c in candidates]
     return {
         "passed": all(r.passed for r in results),
         "reference": spec.describe() | {"gate_sha256": variant.sha256},
         "num_prompts": len(prompts),
         "prompt_tokens": [len(p) for p in prompts],
+        "positions": sum(len(seq) for seq in sequences.inputs),
         "greedy_tokens": options.greedy_tokens,
         "candidates": [r.to_dict() for r in results],
     }
@@ -190,7 +190,7 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
             from export.onnx.folder import read_export_folder
 
             with float_activations(c.folder, read_export_folder(c.folder)) as copy:
-                checks += _run_against(_open_onnx(copy, c.device), run, [exact], c.name)[1]
+                checks += _run_against(lambda: _open_onnx(copy, c.device), run, [exact], c.name)[1]
             yardsticks.append(Yardstick(
                 DEQUANTIZED, dequantized, Budget(INT8_ACTIVATIONS_BOUND, None, None, None), "int8-act",
                 f"ONNX Runtime's CPU MatMulNBits (accuracy level {level}) quantizes the activations to int8, which "
@@ -199,7 +199,7 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
         else:
             yardsticks.append(exact)
     keep = c.kind == "checkpoint" and run.bake_outputs is None
-    outputs, comparisons = _run_against(c.open(), run, [Yardstick(REFERENCE, run.reference, budget,
+    outputs, comparisons = _run_against(c.open, run, [Yardstick(REFERENCE, run.reference, budget,
                                                                    precision.coarsest(c.chain).dtype,
                                                                    precision.why(c.chain), not_judged),
                                                          *yardsticks], c.name, keep=keep)
@@ -227,35 +227,51 @@ class Yardstick:
     not_judged: str | None = None
 
 
-def _run_against(runner: Runner, run: _Run, yardsticks: list[Yardstick], name: str, keep: bool = False
+def _run_against(make: Callable[[], Runner], run: _Run, yardsticks: list[Yardstick], name: str, keep: bool = False
                  ) -> tuple[Outputs | None, list[Comparison]]:
-    """Run ``runner`` on every prompt, counting it against each yardstick as it goes; then free it."""
+    """Load a model (``make``), score it on the reference's sequences, counting it against each yardstick as it
+    goes, and free it. With ``keep``, also return its outputs."""
     tallies = [Tally(run.options.greedy_tokens) for _ in yardsticks]
     outputs = Outputs() if keep else None
-    for i, ids in enumerate(run.prompts):
-        logits, tokens = runner.run(ids, run.options.greedy_tokens)
+    runner = make()
+    for i, logits in enumerate(runner.score(run.sequences.inputs)):
+        continuation = run.sequences.continuation(i, logits)
         for tally, y in zip(tallies, yardsticks):
-            tally.add(y.outputs.logits[i], logits, y.outputs.greedy[i], tokens, name)
+            tally.add(y.outputs.logits[i], logits, y.outputs.continuation[i], continuation, name)
         if outputs is not None:
             outputs.logits.append(logits)
-            outputs.greedy.append(tokens)
+            outputs.continuation.append(continuation)
     del runner
-    gc.collect()
+    release_memory()
     return outputs, [Comparison(y.against, t.figures(), y.budget, y.budget_dtype, y.why, y.not_judged)
                      for t, y in zip(tallies, yardsticks)]
+
+
+def _score(make: Callable[[], Runner], run: _Run) -> Outputs:
+    """A yardstick's outputs on the reference's sequences (the model is loaded, run and freed here)."""
+    runner = make()
+    out = Outputs()
+    for i, logits in enumerate(runner.score(run.sequences.inputs)):
+        out.logits.append(logits)
+        out.continuation.append(run.sequences.continuation(i, logits))
+    del runner
+    release_memory()
+    return out
+
+
+def _generate(make: Callable[[], TorchRunner], prompts: list[list[int]], greedy_tokens: int
+              ) -> tuple[Sequences, Outputs]:
+    runner = make()
+    result = runner.generate(prompts, greedy_tokens)
+    del runner
+    release_memory()
+    return result
 
 
 def _open_onnx(folder: Path, device: str) -> Runner:
     from export.runtime.ort_loop import OnnxCausalLM
 
     return OnnxRunner(OnnxCausalLM(folder, device=device))
-
-
-def _collect_and_free(runner: TorchRunner, prompts: list[list[int]], greedy_tokens: int) -> Outputs:
-    out = collect(runner, prompts, greedy_tokens)
-    del runner
-    gc.collect()
-    return out
 
 
 def _bake_tensors(run: _Run, export: Path) -> BakeTensors:
@@ -269,8 +285,8 @@ def _bake_outputs(run: _Run, export: Path) -> Outputs:
     """The bake's run: the checkpoint candidate's, when it ran before; else the bake's tensors run in transformers."""
     if run.bake_outputs is None:
         bake = _bake_tensors(run, export)
-        model = qwen3_model(bake.config, ((n, bake.tensor(n).values()) for n in bake.names()))
-        run.bake_outputs = _collect_and_free(TorchRunner(model), run.prompts, run.options.greedy_tokens)
+        run.bake_outputs = _score(lambda: TorchRunner(qwen3_model(bake.config, ((n, bake.tensor(n).values())
+                                                                               for n in bake.names()))), run)
     return run.bake_outputs
 
 
@@ -278,8 +294,7 @@ def _dequantized_outputs(run: _Run, c: Candidate) -> Outputs:
     from bake.verify.export_model import export_model
     from export.onnx.folder import read_export_folder
 
-    model = export_model(c.folder, read_export_folder(c.folder))
-    return _collect_and_free(TorchRunner(model), run.prompts, run.options.greedy_tokens)
+    return _score(lambda: TorchRunner(export_model(c.folder, read_export_folder(c.folder))), run)
 
 
 def _flatness(reference: Outputs, dequantized: Outputs, budget: Budget) -> str | None:

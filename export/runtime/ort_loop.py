@@ -135,19 +135,38 @@ class OnnxCausalLM:
 
     # ---- what verify and generate use ---------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """[S, vocab] float32 logits of one prompt at every position.
+        """[S, vocab] float32 logits of one prompt at every position (``score`` of one sequence)."""
+        return self.score([ids])[0]
 
-        With last-token logits, positions 0 .. S-2 come from one-token steps through the KV cache and
-        position S-1 from one pass over the whole prompt, so both paths of the graph are checked.
+    def score(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """[len(seq), vocab] float32 logits at every position of each sequence.
+
+        A graph with logits at every position runs each sequence in one pass. With last-token logits, all
+        sequences step one token at a time through the KV cache as one batch (a row past its end is fed its
+        last token again, and those logits are dropped: rows never see each other), and each row's last
+        position comes from one batched pass over the whole sequences, right-padded: both paths of the graph.
         """
-        ids = np.asarray([ids], dtype=np.int64)
-        seq = ids.shape[1]
+        seqs = [list(s) for s in seqs]
         if not self.last_logits_only:
-            return self.forward(ids, np.array([seq]), self.new_cache(1, seq))[0]
-        cache = self.new_cache(1, seq)
-        rows = [self.forward(ids[:, t:t + 1], np.array([1]), cache)[0, 0] for t in range(seq - 1)]
-        rows.append(self.forward(ids, np.array([seq]), self.new_cache(1, seq))[0, 0])
-        return np.stack(rows)
+            return [self.forward(np.asarray([s], np.int64), np.array([len(s)]), self.new_cache(1, len(s)))[0]
+                    for s in seqs]
+        lengths = np.array([len(s) for s in seqs], np.int64)
+        batch, longest = len(seqs), int(lengths.max())
+        tokens = np.empty((batch, longest), np.int64)
+        for b, s in enumerate(seqs):
+            tokens[b, :len(s)] = s
+            tokens[b, len(s):] = s[-1]
+        vocab = int(self.io["vocab_size"])
+        out = [np.empty((len(s), vocab), np.float32) for s in seqs]
+        cache, ones = self.new_cache(batch, longest), np.ones(batch, np.int64)
+        for t in range(longest - 1):
+            step = self.forward(tokens[:, t:t + 1], ones, cache)[:, 0]
+            for b in np.flatnonzero(lengths - 1 > t):
+                out[b][t] = step[b]
+        last = self.forward(tokens, lengths, self.new_cache(batch, longest))[:, 0]
+        for b in range(batch):
+            out[b][-1] = last[b]
+        return out
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: set[int],
                pad_id: int) -> Iterator[np.ndarray]:
