@@ -37,6 +37,18 @@ def full_gates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_bf16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model stored in bfloat16, as Qwen3 ships."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-bf16") / "base", TINY, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def full_base_bf16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real 28 x 3072 gate shape, stored in bfloat16."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("full-bf16") / "base", FULL_SHAPE, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
 def prompt_ids() -> torch.Tensor:
     """A fixed batch of token ids (vocabulary of the tiny tokenizer is 384)."""
     return torch.randint(5, 384, (2, 24), generator=torch.Generator().manual_seed(7))

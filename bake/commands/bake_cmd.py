@@ -191,3 +191,12 @@ def print_summary(m: dict, out: str) -> None:
         f"ragged {s['ragged']['mlp_flops_per_token']:,})")
     if layout == "pruned" and s["pruned_padding_overhead"] is not None:
         say(f"  pruned padding overhead vs ragged: {s['pruned_padding_overhead']:.2%} extra neurons")
+    if m.get("uniform_cut"):
+        say("  " + uniform_line(m["uniform_cut"], m["base"]["intermediate_size"]))
+
+
+def uniform_line(u: dict, width: int) -> str:
+    """What the uniform cut did, and what it switched differently from the threshold cut, in one line."""
+    return (f"uniform width: every layer switches off {u['switched_off_per_layer']} of {width} (its lowest lambdas); "
+            f"against the threshold cut at the same off-fraction: {u['on_to_off']:,} neurons on -> off, "
+            f"{u['off_to_on']:,} off -> on (per layer: {' '.join(map(str, u['on_to_off_per_layer']))})")

@@ -43,6 +43,10 @@ def add_gate_args(p: argparse.ArgumentParser, *, gates_required: bool = True, sw
                    help="rescaling after gating; auto takes it from gate_stats.json or the folder name")
     p.add_argument("--scale-scope", choices=SCALE_SCOPES, default="layer",
                    help="take the scale statistic per layer (default) or over all neurons")
+    p.add_argument("--uniform-width", action="store_true",
+                   help="switch off the same number of neurons in every layer, k = round(F x I), its k lowest-lambda "
+                        "ones, where F is --off-fraction or what --threshold/--preset gives with the ordinary cut: "
+                        "pruned checkpoints without padding, for every runtime; the report says what it changes")
 
 
 def _preset(text: str) -> int | str:
@@ -89,7 +93,8 @@ def settings_from_args(args: argparse.Namespace, variant: GateVariant, cut: Cut 
                        ) -> tuple[GateSettings, str]:
     """The gate settings (for ``cut``, default: the one on the command line) and the scale mode's source."""
     scale_mode, source = scale_mode_from_args(args, variant)
-    return GateSettings(cut or cut_from_args(args), args.gate_mode, scale_mode, args.scale_scope), source
+    rule = "uniform" if getattr(args, "uniform_width", False) else "threshold"
+    return GateSettings(cut or cut_from_args(args), args.gate_mode, scale_mode, args.scale_scope, rule), source
 
 
 def load_base(args: argparse.Namespace) -> tuple[BaseModel, dict[str, Any]]:

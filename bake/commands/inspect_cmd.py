@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,
                    help="extra thresholds to evaluate besides the selected ones")
+    p.add_argument("--uniform-width", action="store_true",
+                   help="also show, for each threshold, the uniform-width cut at its off-fraction (the same number "
+                        "of neurons off in every layer): its width and what it switches differently; --plot draws "
+                        "its width next to the threshold cut's")
     plots.add_plot_args(p, "the report", "120 + 420 per variant, at least 800, by 1300")
     add_output_args(p)
     p.set_defaults(func=run)
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         base = open_base_model(Path(args.base))
         shape = {"num_layers": base.num_layers, "intermediate_size": base.intermediate_size}
     folders = variant_folders(Path(args.gates), args.variant or ALL_VARIANTS)
-    report = inspect_report([load_variant(f, **shape) for f in folders], args.pad_multiple, args.thresholds or [])
+    report = inspect_report([load_variant(f, **shape) for f in folders], args.pad_multiple, args.thresholds or [],
+                            uniform=args.uniform_width)
     if args.plot:
         write_plot(report, args.plot, args.plot_size)
     if args.json:
@@ -92,4 +97,9 @@ def print_report(r: dict[str, Any]) -> None:
             f"pruned width {row['pruned_width']} (pad {r['pad_multiple']})")
         show(f"      off per layer:  {' '.join(map(str, row['off_per_layer']))}")
         show(f"      kept per layer: {' '.join(map(str, row['kept_per_layer']))}")
+        if "uniform_cut" in row:
+            u = row["uniform_cut"]
+            show(f"      uniform width: {u['kept_per_layer'][0]} kept in every layer (pruned width {u['pruned_width']}); "
+                 f"{u['on_to_off']:,} on -> off, {u['off_to_on']:,} off -> on against this cut; per layer "
+                 f"on -> off: {' '.join(map(str, u['on_to_off_per_layer']))}")
 

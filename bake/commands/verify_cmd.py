@@ -21,21 +21,26 @@ if TYPE_CHECKING:  # bake.verify.verifier imports torch: load it when a verifica
     from bake.verify.verifier import ReferenceSpec, VerifyOptions
 
 DESCRIPTION = """\
-Run the hooked reference (the unmodified base model with down_proj pre-hooks) and each candidate
-(the baked checkpoint through transformers; with --onnx, the ONNX export through onnxruntime) on
-chat-templated prompts, and report per candidate: max and mean |logit diff|, mean and max
-KL(ref || candidate), top-1 agreement and the first step where greedy continuations diverge.
+Run the hooked reference (the unmodified base model with down_proj pre-hooks) on chat-templated prompts,
+decoding greedily, then each candidate in turn (the baked checkpoint through transformers; with --onnx,
+the ONNX export through ONNX Runtime) on the reference's sequences, one model in memory at a time, and
+report per candidate: max and mean |logit diff|, mean and max KL(ref || candidate), top-1 agreement and
+the first step where its greedy continuation would diverge.
 
 Base, gates and cut default to what the bake manifest records; any of them can be given instead.
-Budgets depend on the candidate's dtype (float32: max |diff| <= 1e-4 x max |logit|, mean KL <= 1e-6,
-top-1 >= 99 %, all greedy tokens equal; the others: see docs/VERIFY.md) and can be tightened.
+Each candidate is judged by the coarsest step of its precision chain (bake dtype -> export dtype ->
+quantization): float32: max |diff| <= 1e-4 x max |logit|, mean KL <= 1e-6, top-1 >= 99 %, all greedy
+tokens equal; bfloat16, float16, int8, int4: see docs/VERIFY.md. The options below tighten it.
+An export is also proven against what it must equal: a float export against the bake (float32: to float
+rounding), a quantized one against its own weights dequantized and run in float32 (the same graph with
+float activations, to float rounding). Where the hooked logits are too flat for top-1/KL to tell a right
+quantized export from a wrong one, those are reported, not judged, and the report says why.
 
-An ONNX export's weights are also checked, tensor by tensor, against the bake: --baked when given,
-else the bake its own bake_manifest.json describes (rebuilt in memory). Float weights must be the
-bake's rounded to the export dtype exactly; int4/int8 weights within half a quantization step, with
-zeroed neurons exactly 0. A --target cuda export on a machine without CUDA gets the weight check only
-(its logits are not run, and the report says so). Exit code 0 only when every candidate passes, 3
-when one fails (the metric or the tensor is named).
+Weights are proven too: every checkpoint tensor bit for bit against what the base and the gates define;
+every export tensor against the bake (--baked, else the bake the base and gates define): float weights
+exactly, int4/int8 within half a quantization step, off neurons exactly 0. A --target cuda export on a
+machine without CUDA gets the weight check only (its logits are not run, and the report says so).
+Exit code 0 only when every candidate passes, 3 when one fails (the metric or the tensor is named).
 """
 
 
@@ -95,7 +100,8 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
         if args.scale_mode in (None, "auto"):
             raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
         return ReferenceSpec(Path(args.base), Path(args.gates), args.variant,
-                             GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer"))
+                             GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer",
+                                          "uniform" if args.uniform_width else "threshold"))
     spec = spec_from_manifest(manifest)
     st = spec.settings
     cut = cut_from_args(args) if cut_from_args(args).kind != "none" else st.cut
@@ -103,6 +109,7 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
         cut, args.gate_mode or st.gate_mode,
         args.scale_mode if args.scale_mode not in (None, "auto") else st.scale_mode,
         args.scale_scope or st.scale_scope,
+        "uniform" if args.uniform_width else st.rule,
     )
     return replace(
         spec, base=Path(args.base) if args.base else spec.base, gates=Path(args.gates) if args.gates else spec.gates,

@@ -25,10 +25,12 @@ GateMode = Literal["hard", "soft-masked", "soft"]
 ScaleMode = Literal["mean", "energy", "none"]
 ScaleScope = Literal["layer", "global"]
 CutKind = Literal["threshold", "off_fraction", "preset", "none"]
+CutRule = Literal["threshold", "uniform"]
 
 GATE_MODES: tuple[str, ...] = ("hard", "soft-masked", "soft")
 SCALE_MODES: tuple[str, ...] = ("mean", "energy", "none")
 SCALE_SCOPES: tuple[str, ...] = ("layer", "global")
+CUT_RULES: tuple[str, ...] = ("threshold", "uniform")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class GateSettings:
     gate_mode: GateMode = "hard"
     scale_mode: ScaleMode = "mean"
     scale_scope: ScaleScope = "layer"
+    rule: CutRule = "threshold"  # "uniform": every layer switches off the same number of neurons
 
     def __post_init__(self) -> None:
         if self.gate_mode not in GATE_MODES:
@@ -75,6 +78,11 @@ class GateSettings:
             raise CutError(
                 f"gate mode {self.gate_mode!r} needs a cut: give --threshold T, --off-fraction F or --preset K"
             )
+        if self.rule not in CUT_RULES:
+            raise CutError(f"unknown cut rule {self.rule!r}; choose threshold or uniform")
+        if self.rule == "uniform" and self.gate_mode == "soft":
+            raise CutError("--uniform-width switches off the same number of neurons in every layer, and gate mode "
+                           "'soft' switches off none; drop --uniform-width or choose --gate-mode hard or soft-masked")
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,10 @@ class GateResult:
     threshold: float | None
     mask: np.ndarray  # [L, I] float32, m
     scale: np.ndarray  # [L, I] float32, s
-    off: np.ndarray  # [L, I] bool, lambda < t
+    off: np.ndarray  # [L, I] bool: lambda < t (threshold rule), or each layer's k lowest lambdas (uniform rule)
+    rule: CutRule = "threshold"
+    target_off_fraction: float | None = None  # uniform: the F that gives k = round(F * I)
+    threshold_off: np.ndarray | None = None  # uniform: what the threshold cut at the same off-fraction switches off
 
     @property
     def off_fraction(self) -> float:
@@ -156,14 +167,33 @@ def resolve_threshold(lam: np.ndarray, cut: Cut, presets: list[float] | None = N
     raise CutError(f"unknown cut kind {cut.kind!r}")
 
 
-def gate_mask(lam: np.ndarray, threshold: float | None, gate_mode: GateMode) -> np.ndarray:
-    """SPEC mask m: hard ``1[lambda>=t]``, soft-masked ``lambda*1[lambda>=t]``, soft ``lambda``."""
+def uniform_off(lam: np.ndarray, fraction: float) -> np.ndarray:
+    """SPEC's uniform-width cut: in every layer its ``k = round(F * I)`` lowest-lambda neurons are off.
+
+    Ties go to the lower neuron index first (a stable sort). The result is an [L, I] bool mask.
+    """
+    if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
+        raise CutError(f"the uniform cut needs an off-fraction in [0, 1], got {fraction}")
+    layers, width = lam.shape
+    k = round(fraction * width)
+    order = np.argsort(lam, axis=1, kind="stable")[:, :k]
+    off = np.zeros(lam.shape, dtype=bool)
+    np.put_along_axis(off, order, True, axis=1)
+    return off
+
+
+def gate_mask(lam: np.ndarray, threshold: float | None, gate_mode: GateMode, off: np.ndarray | None = None
+              ) -> np.ndarray:
+    """SPEC mask m: hard ``1[lambda>=t]``, soft-masked ``lambda*1[lambda>=t]``, soft ``lambda``.
+
+    ``off`` (the uniform rule's mask) replaces ``lambda < t`` when given.
+    """
     lam = np.asarray(lam, dtype=np.float32)
     if gate_mode == "soft":
         return lam.copy()
-    if threshold is None:
+    if off is None and threshold is None:
         raise CutError(f"gate mode {gate_mode!r} needs a threshold")
-    on = (lam >= _f32(threshold)).astype(np.float32)
+    on = (~off if off is not None else lam >= _f32(threshold)).astype(np.float32)
     if gate_mode == "hard":
         return on
     if gate_mode == "soft-masked":
@@ -201,13 +231,25 @@ def _sum32(x: np.ndarray, axis: int | None) -> np.ndarray:
 def compute_gates(
     logits: np.ndarray, settings: GateSettings, presets: list[float] | None = None
 ) -> GateResult:
-    """Apply a cut to [L, I] gate logits: threshold, mask, scale and the off set."""
+    """Apply a cut to [L, I] gate logits: threshold, mask, scale and the off set.
+
+    With the uniform rule the off-fraction is ``--off-fraction F`` itself, or the one the threshold (or
+    preset) gives with the ordinary cut; each layer then loses its ``round(F * I)`` lowest-lambda neurons,
+    and the threshold cut at that off-fraction is kept beside it (``threshold_off``) for the report.
+    """
     lam = gate_values(logits)
     t = resolve_threshold(lam, settings.cut, presets)
-    mask = gate_mask(lam, t, settings.gate_mode)
+    threshold_off = lam < _f32(t) if t is not None else np.zeros(lam.shape, dtype=bool)
+    if settings.rule != "uniform":
+        mask = gate_mask(lam, t, settings.gate_mode)
+        scale = scale_from_mask(mask, settings.scale_mode, settings.scale_scope)
+        return GateResult(threshold=t, mask=mask, scale=scale, off=threshold_off)
+    fraction = float(settings.cut.value) if settings.cut.kind == "off_fraction" else off_fraction_at(lam, t)
+    off = uniform_off(lam, fraction)
+    mask = gate_mask(lam, t, settings.gate_mode, off=off)
     scale = scale_from_mask(mask, settings.scale_mode, settings.scale_scope)
-    off = lam < _f32(t) if t is not None else np.zeros(lam.shape, dtype=bool)
-    return GateResult(threshold=t, mask=mask, scale=scale, off=off)
+    return GateResult(threshold=t, mask=mask, scale=scale, off=off, rule="uniform", target_off_fraction=fraction,
+                      threshold_off=threshold_off)
 
 
 def _f32(x: float) -> np.float32:

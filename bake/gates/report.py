@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bake.gates.gate_math import Cut, GateSettings, compute_gates, gate_values
+from bake.gates.gate_math import Cut, GateResult, GateSettings, compute_gates, gate_values
 from bake.gates.variant import GateVariant
 from bake.gates.widths import padded_width, padding_overhead
 
@@ -19,15 +19,17 @@ from bake.gates.widths import padded_width, padding_overhead
 LAMBDA_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def inspect_report(variants: list[GateVariant], pad_multiple: int, extra: list[float]) -> dict[str, Any]:
+def inspect_report(variants: list[GateVariant], pad_multiple: int, extra: list[float], uniform: bool = False
+                   ) -> dict[str, Any]:
     """``{"variants": [...]}``: one ``describe_variant`` entry per variant, in the order given."""
-    return {"variants": [describe_variant(v, pad_multiple, extra) for v in variants]}
+    return {"variants": [describe_variant(v, pad_multiple, extra, uniform) for v in variants]}
 
 
-def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float]) -> dict[str, Any]:
+def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float], uniform: bool = False) -> dict[str, Any]:
     """Statistics, lambda quantiles per layer and, per threshold, the achieved off-fraction and pruned widths.
 
-    The thresholds are the variant's selected ones (``preset K``) followed by ``extra``.
+    The thresholds are the variant's selected ones (``preset K``) followed by ``extra``. With ``uniform``,
+    each threshold's row also holds the uniform-width cut at the same off-fraction (``uniform_cut``).
     """
     lam = gate_values(v.logits)
     candidates = [(f"preset {i + 1}", t) for i, t in enumerate(v.selected_thresholds)]
@@ -41,22 +43,53 @@ def describe_variant(v: GateVariant, pad_multiple: int, extra: list[float]) -> d
         "knowledge_neurons_listed": v.knowledge_neurons, "below_0_5": int((lam < 0.5).sum()),
         "lambda_quantiles": lambda_quantiles(lam),
         "pad_multiple": pad_multiple,
-        "thresholds": [describe_threshold(v, label, t, pad_multiple) for label, t in candidates],
+        "thresholds": [describe_threshold(v, label, t, pad_multiple, uniform) for label, t in candidates],
     }
 
 
-def describe_threshold(v: GateVariant, label: str, threshold: float, pad_multiple: int) -> dict[str, Any]:
+def describe_threshold(v: GateVariant, label: str, threshold: float, pad_multiple: int, uniform: bool = False
+                       ) -> dict[str, Any]:
     """What a hard cut at ``threshold`` switches off, per layer, and the pruned layout it gives."""
-    g = compute_gates(v.logits, GateSettings(Cut("threshold", threshold), "hard", "none"))
+    cut = Cut("threshold", threshold)
+    row = {"label": label, "threshold": threshold,
+           **describe_cut(v, compute_gates(v.logits, GateSettings(cut, "hard", "none")), pad_multiple)}
+    if uniform:
+        u = compute_gates(v.logits, GateSettings(cut, "hard", "none", rule="uniform"))
+        row["uniform_cut"] = describe_cut(v, u, pad_multiple) | uniform_cost(v.logits, u)
+    return row
+
+
+def describe_cut(v: GateVariant, g: GateResult, pad_multiple: int) -> dict[str, Any]:
+    """Off and kept neurons per layer of a cut, and the pruned width and padding they give."""
     kept = g.kept_per_layer
     width = padded_width(kept, pad_multiple)
     return {
-        "label": label, "threshold": threshold, "off_fraction": g.off_fraction,
+        "off_fraction": g.off_fraction,
         "off_per_layer": g.off_per_layer,
         "off_share_per_layer": [n / v.intermediate_size for n in g.off_per_layer],
         "kept_per_layer": kept, "pruned_width": width,
         "padding_neurons": v.num_layers * width - sum(kept),
         "padding_overhead": padding_overhead(kept, width),
+    }
+
+
+def uniform_cost(logits: np.ndarray, g: GateResult) -> dict[str, Any]:
+    """What the uniform cut does differently from the threshold cut at the same off-fraction, per layer and in
+    total: neurons the threshold cut keeps and the uniform one switches off (on -> off), the reverse
+    (off -> on), and the range of lambda the uniform cut switches off in each layer."""
+    if g.rule != "uniform":
+        raise ValueError("uniform_cost describes a uniform-width cut")
+    lam = gate_values(logits)
+    on_to_off = (g.off & ~g.threshold_off).sum(axis=1)
+    off_to_on = (g.threshold_off & ~g.off).sum(axis=1)
+    ranges = [[float(lam[i][g.off[i]].min()), float(lam[i][g.off[i]].max())] if g.off[i].any() else None
+              for i in range(lam.shape[0])]
+    return {
+        "rule": "uniform", "target_off_fraction": g.target_off_fraction,
+        "switched_off_per_layer": int(g.off[0].sum()),
+        "on_to_off_per_layer": [int(x) for x in on_to_off], "off_to_on_per_layer": [int(x) for x in off_to_on],
+        "on_to_off": int(on_to_off.sum()), "off_to_on": int(off_to_on.sum()),
+        "lambda_off_range_per_layer": ranges,
     }
 
 

@@ -9,7 +9,6 @@ tensors and plain containers and runs nothing (no torch needed); only a file in 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from bake.gates.pt_reader import DamagedArchive, LegacyFormat, UnsafePickle, loa
 from bake.io.dtypes import to_float32
 from bake.io.json_files import read_json
 from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, require
+from bake.io.provenance import sha256_file
 from bake.io.tensor_io import read_header, read_rows
 
 GATE_FILENAMES = ("lambda_logits.pt", "lambda_logits.safetensors")
@@ -187,14 +187,6 @@ def infer_scale_mode(folder_name: str, stats: dict[str, Any]) -> tuple[str | Non
     if len(hits) == 1:
         return hits[0], "folder name"
     return None, "unknown"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _find_gate_file(folder: Path) -> Path | None:

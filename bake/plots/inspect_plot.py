@@ -65,6 +65,8 @@ def inspect_figure(report: dict[str, Any], size: tuple[int, int]) -> Figure:
             Patch(color="0.3", alpha=0.2, label="padding (zero neurons)"),
             Line2D([], [], color="0.5", ls=":", label="dense width"),
         ]
+        if any("uniform_cut" in row for v in report["variants"] for row in v["thresholds"]):
+            handles.append(Line2D([], [], color="0.3", ls="-.", lw=1.6, label="uniform width (every layer)"))
         fig.legend(handles=handles, loc="outside lower center", ncols=max(1, min(len(handles), size[0] // 200)),
                    frameon=False)
     return fig
@@ -112,6 +114,9 @@ def _draw_widths(ax: Axes, v: dict[str, Any], colour: dict[str, Any]) -> None:
         ax.plot(layers, row["kept_per_layer"], color=c, marker="o", ms=2.5, lw=1.2, gid=f"{v['variant']}/kept/{i}")
         ax.axhline(row["pruned_width"], color=c, ls="--", lw=1, gid=f"{v['variant']}/pruned_width/{i}")
         ax.fill_between(layers, row["kept_per_layer"], row["pruned_width"], color=c, alpha=0.2, lw=0)
+        if "uniform_cut" in row:  # the uniform-width cut at the same off-fraction: one width, no padding
+            ax.plot(layers, row["uniform_cut"]["kept_per_layer"], color=c, ls="-.", lw=1.6,
+                    gid=f"{v['variant']}/uniform/{i}")
     ax.set_ylim(0, v["intermediate_size"] * 1.04)
     ax.set_xlabel("layer")
     ax.grid(alpha=0.3)
@@ -122,10 +127,13 @@ def _draw_table(ax: Axes, v: dict[str, Any], colour: dict[str, Any]) -> None:
     if not v["thresholds"]:
         ax.text(0.5, 0.5, "no selected thresholds: pass --thresholds", ha="center", va="center")
         return
+    uniform = any("uniform_cut" in row for row in v["thresholds"])
     cells = [[row["label"], f"{row['threshold']:.4f}", f"{row['off_fraction']:.1%}", str(row["pruned_width"]),
               "-" if row["padding_overhead"] is None else f"+{row['padding_overhead']:.1%}"]
+             + ([f"{row['uniform_cut']['pruned_width']} ({row['uniform_cut']['on_to_off']:,} moved)"] if uniform else [])
              for row in v["thresholds"]]
-    table = ax.table(cellText=cells, colLabels=["cut", "threshold", "off", "pruned width", "padding"],
+    labels = ["cut", "threshold", "off", "pruned width", "padding"] + (["uniform width"] if uniform else [])
+    table = ax.table(cellText=cells, colLabels=labels,
                      loc="upper center", cellLoc="center", edges="horizontal")
     table.auto_set_font_size(False)
     table.set_fontsize(8)

@@ -96,23 +96,39 @@ class TorchRunner:
         self.model = model
 
     def generate(self, prompts: list[list[int]], greedy_tokens: int) -> tuple[Sequences, Outputs]:
-        """Greedy decoding from each prompt (a pure argmax chain; EOS not special, so every sequence runs N steps):
-        the sequences, and the logits at every position of each (the prompt's pass, then each step's)."""
-        outputs, greedy = Outputs(), []
+        """Greedy decoding from every prompt at once (left-padded, one step for all rows; a pure argmax chain, EOS
+        not special, so every sequence runs N steps): the sequences, and each one's logits at every position (its
+        prompt's, then each step's)."""
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros((batch, longest), dtype=torch.long)
+        mask = torch.zeros((batch, longest), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, longest - len(p):] = torch.tensor(p)
+            mask[b, longest - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        rows: list[list[torch.Tensor]] = [[] for _ in prompts]
+        tokens: list[list[int]] = [[] for _ in prompts]
         with torch.no_grad():
-            for ids in prompts:
-                out = self.model(torch.tensor([ids]), use_cache=greedy_tokens > 1)
-                rows, tokens = [out.logits[0].to(torch.float32)], []
-                while len(tokens) < greedy_tokens:
-                    tokens.append(int(out.logits[0, -1].argmax()))
-                    if len(tokens) < greedy_tokens:
-                        out = self.model(torch.tensor([[tokens[-1]]]), use_cache=True,
-                                         **_cache_kwargs(self.model, out))
-                        rows.append(out.logits[0].to(torch.float32))
-                outputs.logits.append(torch.cat(rows))
-                outputs.continuation.append(tokens)
-                greedy.append(tokens)
-        return Sequences(prompts, greedy), outputs
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=greedy_tokens > 1)
+            for b, p in enumerate(prompts):
+                rows[b].append(out.logits[b, longest - len(p):].to(torch.float32))
+            for step in range(greedy_tokens):
+                nxt = out.logits[:, -1].argmax(-1)
+                for b in range(batch):
+                    tokens[b].append(int(nxt[b]))
+                if step + 1 == greedy_tokens:
+                    break
+                mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **_cache_kwargs(self.model, out))
+                for b in range(batch):
+                    rows[b].append(out.logits[b].to(torch.float32))
+        outputs = Outputs()
+        for b in range(batch):
+            outputs.logits.append(torch.cat(rows[b]))
+            outputs.continuation.append(tokens[b])
+        return Sequences(prompts, tokens), outputs
 
     def greedy(self, ids: list[int], greedy_tokens: int) -> list[int]:
         return self.generate([ids], greedy_tokens)[0].greedy[0]

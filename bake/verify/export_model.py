@@ -12,15 +12,13 @@ the bake's logits look like (``bake.verify.verifier``).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from bake.errors import ExportError
 from bake.io.json_files import read_json
@@ -60,18 +58,27 @@ def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> Iterator[tuple
         yield from _unpacked(prefix, suffix, value, sizes)
 
 
-def dequantize(graph: ExportGraph, use: Any) -> np.ndarray:
-    """A MatMulNBits weight [N, K] as float32: ``(code - zero_point) * scale`` per block of K."""
+def dequantize(graph: ExportGraph, use: Any, rows_per_chunk: int = 4096) -> np.ndarray:
+    """A MatMulNBits weight [N, K] as float32: ``(code - zero_point) * scale`` per block of K, a few rows at a time
+    (the temporaries of a whole lm_head would be three times its float32 size)."""
     bits, block = int(use.attrs["bits"]), int(use.attrs["block_size"])
     n, k = int(use.attrs["N"]), int(use.attrs["K"])
-    codes = unpack_codes(np.ascontiguousarray(graph.tensor(use.inputs[1])), bits)  # [N, blocks, block]
-    blocks = codes.shape[1]
-    scales = graph.tensor(use.inputs[2]).astype(np.float32).reshape(n, blocks)
-    if len(use.inputs) > 3 and use.inputs[3]:
-        zero = unpack_codes(np.ascontiguousarray(graph.tensor(use.inputs[3])), bits)[:, :blocks]
-    else:
-        zero = np.full((n, blocks), float(1 << (bits - 1)), np.float32)
-    return ((codes - zero[..., None]) * scales[..., None]).reshape(n, blocks * block)[:, :k]
+    packed = graph.tensor(use.inputs[1])  # [N, blocks, block * bits / 8]
+    blocks = packed.shape[1]
+    scales = graph.tensor(use.inputs[2]).reshape(n, blocks)
+    zero_points = graph.tensor(use.inputs[3]) if len(use.inputs) > 3 and use.inputs[3] else None
+    out = np.empty((n, k), np.float32)
+    for r0 in range(0, n, rows_per_chunk):
+        r1 = min(n, r0 + rows_per_chunk)
+        codes = unpack_codes(np.ascontiguousarray(packed[r0:r1]), bits)  # [rows, blocks, block]
+        if zero_points is not None:
+            zero = unpack_codes(np.ascontiguousarray(zero_points[r0:r1]), bits)[:, :blocks]
+        else:
+            zero = np.full((r1 - r0, blocks), float(1 << (bits - 1)), np.float32)
+        codes -= zero[..., None]
+        codes *= scales[r0:r1].astype(np.float32)[..., None]
+        out[r0:r1] = codes.reshape(r1 - r0, blocks * block)[:, :k]
+    return out
 
 
 def _read_transposed(graph: ExportGraph, name: str) -> bool:
@@ -97,14 +104,14 @@ def _unpacked(prefix: str, suffix: str, value: np.ndarray, qkv_sizes: list[int]
         yield f"{prefix}.{suffix}", value
 
 
-@contextmanager
-def float_activations(folder: Path, io: dict[str, Any]) -> Iterator[Path]:
-    """A temporary copy of the export whose MatMulNBits compute with float activations (accuracy_level 0).
+def float_activations(folder: Path, io: dict[str, Any]) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The export's graph with its MatMulNBits computing on float activations (accuracy_level 0), serialized, and
+    its externally stored weights as memory-mapped arrays, for ``OnnxCausalLM(graph=...)``.
 
-    Nothing else changes: the same nodes, the same packed weights (the external-data file is linked,
-    not copied). ONNX Runtime's CPU kernel at accuracy level 4 quantizes activations to int8, which moves
-    the logits by several percent on deep models; at level 0 the graph must reproduce its dequantized
-    weights to float rounding, which is the exact check of a quantized export's graph.
+    Nothing else changes: the same nodes, the same packed weights. ONNX Runtime's CPU kernel at accuracy
+    level 4 quantizes activations to int8, which moves the logits by several percent on deep models; at
+    level 0 the graph must reproduce its dequantized weights to float rounding, which is the exact check of
+    a quantized export's graph. Nothing is written: the weights are read from the export's own data file.
     """
     folder = Path(folder)
     model = onnx.load(str(folder / io["model_file"]), load_external_data=False)
@@ -113,11 +120,10 @@ def float_activations(folder: Path, io: dict[str, Any]) -> Iterator[Path]:
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend(kept)
-    with tempfile.TemporaryDirectory(prefix="lambda-bake-verify-") as tmp:
-        copy = Path(tmp)
-        onnx.save(model, str(copy / io["model_file"]))
-        if io.get("external_data_file"):
-            (copy / io["external_data_file"]).symlink_to((folder / io["external_data_file"]).resolve())
-        for name in ("onnx_io.json", "config.json"):
-            shutil.copy2(folder / name, copy / name)
-        yield copy
+    external = {}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            external[t.name] = np.memmap(folder / info["location"], dtype=helper.tensor_dtype_to_np_dtype(t.data_type),
+                                         mode="r", offset=int(info.get("offset", 0)), shape=tuple(t.dims))
+    return model.SerializeToString(), external

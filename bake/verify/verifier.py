@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from bake.errors import BakeError, ManifestMismatch
-from bake.fold.plan import BakeOptions, plan_bake
+from bake.errors import ManifestMismatch
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import GateVariant, load_variant
-from bake.io.base_model import open_base_model, read_config
+from bake.gates.widths import padded_width
+from bake.io.base_model import read_config
 from bake.verify import precision
 from bake.verify.candidates import Candidate, OnnxRunner, Outputs, Runner, Sequences, TorchRunner, release_memory
 from bake.verify.metrics import (
@@ -49,7 +50,8 @@ from bake.verify.metrics import (
 from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompts
 from bake.verify.reference import load_hooked_model
 from bake.verify.tensor_model import qwen3_model
-from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, PlannedBake
+from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
+from bake.verify.weights.checkpoint_check import check_bake_weights
 from bake.verify.weights.weight_check import check_export_weights
 from bake.write.manifest import MANIFEST_NAME, read_manifest
 
@@ -74,15 +76,17 @@ class ReferenceSpec:
     def describe(self) -> dict[str, Any]:
         st = self.settings
         return {"base": str(self.base), "gates": str(self.gates), "variant": self.variant,
-                "cut": {"kind": st.cut.kind, "value": st.cut.value}, "gate_mode": st.gate_mode,
+                "cut": {"kind": st.cut.kind, "value": st.cut.value, "rule": st.rule}, "gate_mode": st.gate_mode,
                 "scale_mode": st.scale_mode, "scale_scope": st.scale_scope}
 
 
 def spec_from_manifest(manifest: dict[str, Any]) -> ReferenceSpec:
     """The reference a bake manifest describes (its threshold reproduces the cut exactly)."""
-    t = manifest["cut"]["threshold"]
+    t, rule = manifest["cut"]["threshold"], manifest["cut"].get("rule", "threshold")
     cut = Cut("none") if t is None else Cut("threshold", float(t))
-    settings = GateSettings(cut, manifest["gate_mode"], manifest["scale_mode"], manifest["scale_scope"])
+    if rule == "uniform":  # the same k per layer: round(F * I) with the F the bake used
+        cut = Cut("off_fraction", float(manifest["cut"]["target_off_fraction"]))
+    settings = GateSettings(cut, manifest["gate_mode"], manifest["scale_mode"], manifest["scale_scope"], rule)
     return ReferenceSpec(Path(manifest["base"]["source"]), Path(manifest["gates"]["source"]),
                          manifest["gates"]["variant"], settings, manifest["gates"]["sha256"],
                          manifest["base"].get("revision"), manifest["gates"].get("revision"))
@@ -106,6 +110,7 @@ class _Run:
     sequences: Sequences
     reference: Outputs
     bake_dir: Path | None
+    scale: np.ndarray
     bake_outputs: Outputs | None = None
 
 
@@ -138,7 +143,7 @@ def verify(
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
     sequences, reference = _generate(lambda: TorchRunner(load_hooked_model(base, scale, torch.float32)), prompts,
                                      options.greedy_tokens)
-    run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None)
+    run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale)
     results = [_verify_one(run, c) for c in candidates]
     return {
         "passed": all(r.passed for r in results),
@@ -154,11 +159,15 @@ def verify(
 def _verify_one(run: _Run, c: Candidate) -> CandidateResult:
     """One candidate: its weight check (exports), its run, and its comparisons."""
     chain = [s.label() for s in c.chain]
-    weights = None
-    if c.kind == "onnx":  # first: it is quick, and a missing bake is a user error
+    if c.kind == "onnx":  # first: it is quick, and a wrong export fails on it whatever its logits say
         weights = check_export_weights(c.folder, _bake_tensors(run, c.folder))
+    else:
+        weights = check_bake_weights(BakeFolder(c.folder), _derived_bake(run, c.folder))
     if c.not_run:
         result = CandidateResult.not_run(c.name, c.dtype, c.not_run, chain)
+    elif c.kind == "onnx" and not weights.passed:  # a wrong export: three more model runs would only say so again
+        result = CandidateResult.not_run(c.name, c.dtype, "logits not compared: its weights are not the bake's "
+                                                          "(see the weight check)", chain)
     else:
         result = _compare(run, c, chain)
     if weights is not None:
@@ -184,13 +193,16 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
         exact = Yardstick(DEQ_FLOAT if level else DEQUANTIZED, dequantized, own_budget(c.export_dtype), c.export_dtype,
                           f"the yardstick is the export's own weights, dequantized by verify and run in float32 by "
                           f"transformers; with float activations the graph may differ from it only by its own "
-                          f"{c.export_dtype} arithmetic")
+                          f"{c.export_dtype} arithmetic" + (" (run on the shortest and the longest sequence)" if level else ""))
         if level:
             from bake.verify.export_model import float_activations
             from export.onnx.folder import read_export_folder
 
-            with float_activations(c.folder, read_export_folder(c.folder)) as copy:
-                checks += _run_against(lambda: _open_onnx(copy, c.device), run, [exact], c.name)[1]
+            graph = float_activations(c.folder, read_export_folder(c.folder))
+            lengths = [len(seq) for seq in run.sequences.inputs]  # the graph's structure, not the prompts, is on
+            ends = sorted({lengths.index(min(lengths)), lengths.index(max(lengths))})  # trial: its shortest and longest
+            checks += _run_against(lambda: _open_onnx(c.folder, c.device, graph), run, [exact], c.name, subset=ends)[1]
+            del graph
             yardsticks.append(Yardstick(
                 DEQUANTIZED, dequantized, Budget(INT8_ACTIVATIONS_BOUND, None, None, None), "int8-act",
                 f"ONNX Runtime's CPU MatMulNBits (accuracy level {level}) quantizes the activations to int8, which "
@@ -227,14 +239,15 @@ class Yardstick:
     not_judged: str | None = None
 
 
-def _run_against(make: Callable[[], Runner], run: _Run, yardsticks: list[Yardstick], name: str, keep: bool = False
-                 ) -> tuple[Outputs | None, list[Comparison]]:
-    """Load a model (``make``), score it on the reference's sequences, counting it against each yardstick as it
-    goes, and free it. With ``keep``, also return its outputs."""
+def _run_against(make: Callable[[], Runner], run: _Run, yardsticks: list[Yardstick], name: str, keep: bool = False,
+                 subset: list[int] | None = None) -> tuple[Outputs | None, list[Comparison]]:
+    """Load a model (``make``), score it on the reference's sequences (or the ``subset`` of them), counting it
+    against each yardstick as it goes, and free it. With ``keep``, also return its outputs."""
     tallies = [Tally(run.options.greedy_tokens) for _ in yardsticks]
     outputs = Outputs() if keep else None
     runner = make()
-    for i, logits in enumerate(runner.score(run.sequences.inputs)):
+    chosen = list(range(len(run.sequences.inputs))) if subset is None else subset
+    for i, logits in zip(chosen, runner.score([run.sequences.inputs[i] for i in chosen])):
         continuation = run.sequences.continuation(i, logits)
         for tally, y in zip(tallies, yardsticks):
             tally.add(y.outputs.logits[i], logits, y.outputs.continuation[i], continuation, name)
@@ -268,17 +281,34 @@ def _generate(make: Callable[[], TorchRunner], prompts: list[list[int]], greedy_
     return result
 
 
-def _open_onnx(folder: Path, device: str) -> Runner:
+def _open_onnx(folder: Path, device: str, graph: tuple[bytes, dict[str, Any]]) -> Runner:
     from export.runtime.ort_loop import OnnxCausalLM
 
-    return OnnxRunner(OnnxCausalLM(folder, device=device))
+    return OnnxRunner(OnnxCausalLM(folder, device=device, graph=graph))
 
 
 def _bake_tensors(run: _Run, export: Path) -> BakeTensors:
-    """The bake an export is checked against: the baked folder given, else the one its manifest describes."""
-    if run.bake_dir is not None:
-        return BakeFolder(run.bake_dir)
-    return planned_bake(export, Path(run.spec.base), run.variant, run.spec.settings)
+    """The bake an export is checked against: the baked folder given (itself proven by the checkpoint's check),
+    else the bake that the base and the gates define, in the layout the export's manifest records."""
+    return BakeFolder(run.bake_dir) if run.bake_dir is not None else _derived_bake(run, export)
+
+
+def _derived_bake(run: _Run, folder: Path) -> DerivedBake:
+    """What a bake must hold, derived from the base and the gates (``DerivedBake``), in the layout, dtype and
+    width that ``folder``'s manifest records (a checkpoint without one: its config's)."""
+    base = Path(run.spec.base)
+    if (Path(folder) / MANIFEST_NAME).is_file():  # the layout and dtype it claims; the width its cut gives
+        m = read_manifest(folder)
+        layout, dtype = m["layout"], m["dtype"]
+        kept = [int(k) for k in (run.scale != 0).sum(axis=1)]
+        width = padded_width(kept, m.get("pad_multiple") or 1) if layout == "pruned" else None
+    else:
+        config, base_width = read_config(folder), int(read_config(base)["intermediate_size"])
+        dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+        width = int(config["intermediate_size"])
+        layout = "dense" if width == base_width else "pruned"
+    return DerivedBake(base, run.scale, layout=layout, dtype=dtype, width=width,
+                       label=f"the {layout} {dtype} bake that {base} and the gates define")
 
 
 def _bake_outputs(run: _Run, export: Path) -> Outputs:
@@ -318,17 +348,3 @@ def _flatness(reference: Outputs, dequantized: Outputs, budget: Budget) -> str |
             f"positions have a top-2 margin above twice the quantization's own logit error (top-1 needs "
             f"{budget.min_top1:.0%}); they are reported, not judged, and the verdict rests on the weight check and "
             "the exact comparison with its dequantized weights")
-
-
-def planned_bake(export: Path, base: Path, variant: Any, settings: GateSettings) -> PlannedBake:
-    """The bake an export's own ``bake_manifest.json`` describes (layout, dtype, padding), with ``settings``."""
-    if not (Path(export) / MANIFEST_NAME).is_file():
-        raise BakeError(f"{export} has no {MANIFEST_NAME}, so the bake it was made from is unknown and its weights "
-                        "cannot be checked: give --baked with the baked folder it was exported from")
-    m = read_manifest(export)
-    options = BakeOptions(layout=m["layout"], dtype=m["dtype"], pad_multiple=m.get("pad_multiple") or 1,
-                          allow_all_off=True, progress=False)
-    plan = plan_bake(open_base_model(base), variant, settings, options)
-    return PlannedBake(plan, f"the bake {Path(export) / MANIFEST_NAME} describes, rebuilt from {base}")
-
-

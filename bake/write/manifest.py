@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from bake import __version__
 from bake.errors import ManifestMismatch
+from bake.gates.report import uniform_cost
 from bake.io.json_files import read_json
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str]) ->
             "sha256": v.sha256,
             "num_neurons": int(v.logits.size),
         },
-        "cut": {"kind": st.cut.kind, "value": st.cut.value, "threshold": g.threshold},
+        "cut": {"kind": st.cut.kind, "value": st.cut.value, "threshold": g.threshold, "rule": g.rule,
+                "target_off_fraction": g.target_off_fraction},
+        "uniform_cut": uniform_cost(v.logits, g) if g.rule == "uniform" else None,
         "gate_mode": st.gate_mode,
         "scale_mode": st.scale_mode,
         "scale_mode_source": sources.get("scale_mode_source", "user"),

@@ -56,6 +56,7 @@ def render_model_card(manifest: dict[str, Any], license_name: str | None = None)
         f"| gates | `{g['source']}` variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
         f"| cut | {manifest['cut']['kind']} {manifest['cut']['value']:g}, threshold on lambda "
         f"{'n/a' if threshold is None else f'{threshold:.6g}'} |",
+        f"| cut rule | {_rule(manifest)} |",
         f"| neurons switched off | {manifest['off_fraction']:.2%} of {g['num_neurons']:,} |",
         f"| gate / scale | {manifest['gate_mode']} / {manifest['scale_mode']} ({manifest['scale_scope']} scope) |",
         f"| layout | {layout} (intermediate_size {manifest['intermediate_size']}) |",
@@ -83,6 +84,15 @@ def render_model_card(manifest: dict[str, Any], license_name: str | None = None)
         "The full bake record is in `bake_manifest.json`.", "",
     ]
     return "\n".join(lines)
+
+
+def _rule(manifest: dict[str, Any]) -> str:
+    u = manifest.get("uniform_cut")
+    if not u:
+        return "threshold: a neuron is off when lambda < threshold (layers keep different widths)"
+    return (f"uniform width: every layer switches off its {u['switched_off_per_layer']} lowest-lambda neurons "
+            f"({u['on_to_off']:,} on -> off and {u['off_to_on']:,} off -> on against the threshold cut at the same "
+            "off-fraction)")
 
 
 def write_model_card(out_dir: Path, manifest: dict[str, Any], base_dir: Path) -> Path:

@@ -36,7 +36,8 @@ class SweepCut:
 
     @property
     def name(self) -> str:
-        return cut_folder_name(self.variant.name, self.settings.cut)
+        return cut_folder_name(self.variant.name, self.settings.cut) + ("-uniform" if self.settings.rule == "uniform"
+                                                                        else "")
 
 
 @dataclass

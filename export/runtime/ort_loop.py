@@ -49,7 +49,10 @@ class KVCache:
 class OnnxCausalLM:
     """An export folder loaded in ONNX Runtime, with greedy generation through the KV cache."""
 
-    def __init__(self, folder: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, folder: Path, device: str = "auto", threads: int | None = None,
+                 graph: tuple[bytes, dict[str, np.ndarray]] | None = None):
+        """``graph``: run this serialized model instead of the folder's ``model.onnx`` (same inputs and outputs), with
+        the arrays of its externally stored initializers by name (verify runs a variant of the shipped graph)."""
         self.folder = Path(folder)
         self.io = read_export_folder(self.folder)
         self.device = pick_device(device)
@@ -57,9 +60,16 @@ class OnnxCausalLM:
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; run it "
                               "on a GPU, or export again with --target cpu for the CPU")
         providers = providers_for(self.device)
+        options = session_options(threads)
+        source: str | bytes = str(self.folder / self.io["model_file"])
+        if graph is not None:
+            source, external = graph
+            if external:
+                names = list(external)
+                self._external = [ort.OrtValue.ortvalue_from_numpy(external[n]) for n in names]  # kept alive here
+                options.add_external_initializers(names, self._external)
         try:
-            self.session = ort.InferenceSession(str(self.folder / self.io["model_file"]), session_options(threads),
-                                                providers=providers)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # ORT raises its own exception types; name the folder and the fix
             raise ExportError(f"ONNX Runtime cannot load {self.folder}: {e}; export the model again") from e
         self.np_dtype = NP_DTYPES[self.io["dtype"]]

@@ -345,3 +345,18 @@ def test_cli_export_json_and_generate(tiny, tmp_path, capsys):
                                   "--max-new-tokens", "4", "--engine", engine])
         assert args.func(args) == 0
         assert capsys.readouterr().out.endswith("\n")
+
+
+@pytest.mark.parametrize("target", ["portable", "cpu"])
+def test_score_of_several_sequences_equals_transformers_at_every_position(tiny, tiny_hf, tmp_path, target):
+    """What verify runs: sequences of different lengths scored together (cpu: stepped as one batch through the
+    in-place KV cache, each last position from one padded pass) give every position's logits of each alone."""
+    export_onnx(tiny, tmp_path / "x", target=target, progress=False)
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(5, 380, size=n).tolist() for n in (7, 19, 1, 12)]
+    scored = OnnxCausalLM(tmp_path / "x", device="cpu").score(seqs)
+    assert [s.shape[0] for s in scored] == [7, 19, 1, 12]
+    for seq, got in zip(seqs, scored):
+        with torch.no_grad():
+            want = tiny_hf(torch.tensor([seq])).logits[0].numpy()
+        assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5

@@ -140,7 +140,9 @@ def test_output_folder_contents_and_manifest(tiny_base: Path, tiny_gates: Path, 
     assert m["tool"] == {"name": "lambda-bake", "version": __version__}
     assert m["gates"]["sha256"] == hashlib.sha256((v.gate_file).read_bytes()).hexdigest()
     assert m["gates"]["variant"] == "chat_energy_optA" and m["gates"]["num_neurons"] == 512
-    assert m["cut"] == {"kind": "preset", "value": 2, "threshold": v.selected_thresholds[1]}
+    assert m["cut"] == {"kind": "preset", "value": 2, "threshold": v.selected_thresholds[1], "rule": "threshold",
+                        "target_off_fraction": None}
+    assert m["uniform_cut"] is None
     assert m["off_fraction"] == g.off_fraction and m["off_per_layer"] == g.off_per_layer
     lam = (1 / (1 + np.exp(-v.logits.astype(np.float64)))).astype(np.float32)
     assert sum(m["off_per_layer"]) == int((lam < np.float32(v.selected_thresholds[1])).sum())

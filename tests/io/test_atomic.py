@@ -187,7 +187,8 @@ def test_bake_race_with_another_run_never_both_succeed(tiny_base: Path, tiny_gat
     assert main(bake_args(tiny_base, tiny_gates, out, "--threshold", "0.5", *flag)) == 0
     assert second["code"] == EXIT_USER
     assert str(second["err"]).splitlines()[-1] == LOCKED.format(out=out, pid=os.getpid())
-    assert manifest(out)["cut"] == {"kind": "threshold", "value": 0.5, "threshold": 0.5}
+    assert manifest(out)["cut"] == {"kind": "threshold", "value": 0.5, "threshold": 0.5, "rule": "threshold",
+                                    "target_off_fraction": None}
     assert listing(out) == manifest(out)["files"] and listing(out.parent) == ["out"]
 
 

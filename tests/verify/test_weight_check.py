@@ -252,7 +252,7 @@ def test_stray_initializer_and_missing_bake_tensor_fail(bakes: dict[tuple[str, s
     assert missing.tensor == "model.layers.3.input_layernorm.weight" and "not in the export" in missing.message
 
 
-def test_export_alone_is_checked_against_the_bake_its_manifest_describes(
+def test_export_alone_is_checked_against_the_bake_the_base_and_gates_define(
         bakes: dict[tuple[str, str], Bakes], tiny_base: Path, tiny_gates: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     b = bakes["tiny", "pruned"]
@@ -260,14 +260,14 @@ def test_export_alone_is_checked_against_the_bake_its_manifest_describes(
                 progress=False)
     assert main(["verify", "--onnx", str(tmp_path / "x"), *FAST, *RANDOM_MODEL]) == 0
     weights = json.loads(capsys.readouterr().out)["candidates"][0]["weights"]
-    assert weights["passed"] and weights["bake"].endswith(f"bake_manifest.json describes, rebuilt from {tiny_base}")
+    assert weights["passed"] and weights["bake"] == f"the pruned float32 bake that {tiny_base} and the gates define"
     manifest = json.loads((tmp_path / "x" / "bake_manifest.json").read_text())
     (tmp_path / "x" / "bake_manifest.json").unlink()
     assert main(["verify", "--onnx", str(tmp_path / "x"), "--quiet", "--base", str(tiny_base), "--gates",
                  str(tiny_gates), "--variant", "chat_energy_optA", "--threshold", str(manifest["cut"]["threshold"]),
-                 "--scale-mode", "energy"]) == 2
-    err = capsys.readouterr().err
-    assert "has no bake_manifest.json" in err and "give --baked with the baked folder" in err
+                 "--scale-mode", "energy", "--json", *RANDOM_MODEL]) == 0  # the layout comes from its config
+    weights = json.loads(capsys.readouterr().out)["candidates"][0]["weights"]
+    assert weights["passed"] and weights["bake"] == f"the pruned float32 bake that {tiny_base} and the gates define"
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -50,7 +50,8 @@ def test_preset_all_writes_every_cut_each_equal_to_its_single_bake(
         folder = tmp_path / "sweep" / o["name"]
         manifest = read_manifest(folder)
         assert o["ok"] and o["out"] == str(folder) and o["manifest"] == manifest
-        assert manifest["cut"] == {"kind": "preset", "value": k, "threshold": v.selected_thresholds[k - 1]}
+        assert manifest["cut"] == {"kind": "preset", "value": k, "threshold": v.selected_thresholds[k - 1],
+                                   "rule": "threshold", "target_off_fraction": None}
         assert (o["threshold"], o["off_fraction"], o["intermediate_size"], o["layout"]) == (
             v.selected_thresholds[k - 1], manifest["off_fraction"], manifest["intermediate_size"], "pruned")
         assert o["params"] == manifest["sizes"]["pruned"]["params"] and o["verified"] is None

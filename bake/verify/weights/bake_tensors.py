@@ -1,6 +1,6 @@
-"""A bake as a set of named tensors: a baked folder on disk, or the bake a manifest describes, rebuilt in memory.
+"""A bake as a set of named tensors: a baked folder on disk, or the bake a base, a scale and a layout define.
 
-The weight check compares an ONNX export with one of these. Tensors are numpy arrays of their raw
+The weight checks compare a checkpoint or an ONNX export with one of these. Tensors are numpy arrays of their raw
 storage type, as everywhere in the bake (``bake.io.dtypes``: bfloat16 as uint16), with their dtype.
 A folder is read with the ``safetensors`` library itself (not ``bake.io.tensor_io``, the reader the
 exporter reads the bake with), one tensor at a time.
@@ -8,21 +8,20 @@ exporter reads the bake with), one tensor at a time.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy reader needs; onnx requires it)
+import ml_dtypes  # bfloat16 in numpy: safetensors' numpy reader needs it registered, and DerivedBake rounds with it
 import numpy as np
 from safetensors import safe_open
 
 from bake.errors import BaseModelError
-from bake.fold.plan import BakePlan
-from bake.fold.weights import gather
 from bake.io.base_model import read_config
 from bake.io.dtypes import BY_NAME, DType, to_float32
 from bake.io.json_files import read_json
-from bake.io.tensor_io import INDEX_NAME, SINGLE_NAME, read_rows
+from bake.io.tensor_io import INDEX_NAME, SINGLE_NAME
 
 
 @dataclass(frozen=True)
@@ -88,18 +87,51 @@ class BakeFolder:
         return Stored(a.view(dtype.storage), dtype)
 
 
-class PlannedBake:
-    """The bake a plan describes (``bake.fold.plan.plan_bake``), produced tensor by tensor, never written."""
+class DerivedBake:
+    """The bake a base, a scale and a layout define, derived here from SPEC.md's formulas by code the bake does
+    not run: the base is read with the ``safetensors`` library, ``down_proj`` columns are ``W * s`` in float32
+    rounded with ``ml_dtypes``' own conversion (the bake rounds with bit arithmetic, ``bake.io.dtypes``), the
+    pruned layout keeps the neurons whose scale is nonzero, in order, then zeros up to ``width``. Only the
+    scale comes from the gate math, its one source of truth.
+    """
 
-    def __init__(self, plan: BakePlan, label: str):
-        self.label = label
-        self.config = dict(plan.base.config) | {"intermediate_size": plan.width}
-        self._tensors = {t.name: t for t in plan.tensors()}
+    def __init__(self, base: Path, scale: np.ndarray, *, layout: str, dtype: str, width: int | None = None,
+                 label: str | None = None):
+        self.base = BakeFolder(base)
+        self.scale = np.asarray(scale, np.float32)
+        self.layout, self.dtype = layout, BY_NAME[dtype]
+        self.width = int(self.base.config["intermediate_size"]) if width is None else int(width)
+        self.config = dict(self.base.config) | {"intermediate_size": self.width}
+        self.label = label or f"the bake derived from {base} and the gates ({layout}, {dtype})"
 
     def names(self) -> list[str]:
-        return list(self._tensors)
+        return self.base.names()
 
     def tensor(self, name: str) -> Stored:
-        t = self._tensors[name]
-        raw = read_rows(t.copy_from) if t.produce is None else gather(t.produce(), t.shape, t.dtype)
-        return Stored(raw, t.dtype)
+        t = self.base.tensor(name)
+        m = _MLP.match(name)
+        if m is None:
+            return t if t.dtype == self.dtype or not t.dtype.floating else Stored(_rounded(t.values(), self.dtype),
+                                                                                    self.dtype)
+        layer, proj = int(m.group(1)), m.group(2)
+        s = self.scale[layer]
+        keep = np.flatnonzero(s != 0) if self.layout == "pruned" else np.arange(s.size)
+        w = t.values()
+        extra = max(self.width - keep.size, 0)  # a width too small for the cut: the shape check will say so
+        if proj == "down_proj":
+            w = w[:, keep] * s[keep][None, :]
+            pad = ((0, 0), (0, extra))
+        else:
+            w = w[keep]
+            pad = ((0, extra), (0, 0))
+        return Stored(_rounded(np.pad(w, pad), self.dtype), self.dtype)
+
+
+_MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$")
+_ROUNDED = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _rounded(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """float32 ``x`` rounded to ``dtype`` (nearest, ties to even) and viewed as its raw storage."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(x.astype(_ROUNDED[dtype.name])).view(dtype.storage)

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Peak memory and time of ``lambda-bake verify`` at the real Qwen3 shapes: a checkpoint and one export.
+
+Builds (once, under --workdir) the random-weight bf16 Qwen3 of ``bench_inputs.py`` at each --shape, a
+dense bf16 bake at 50 % off (hard gates, energy scale) and its exports, then runs
+``lambda-bake verify --baked BAKE --onnx EXPORT --json`` in a fresh child process per case and repeat,
+recording its wall time and peak RSS (``os.wait4``) and the verdict. The targets (issue 23) are, at the
+0.6B shape: peak RSS <= 2x the model's float32 size (4.8 GB) and <= 90 s; at 1.7B: fits in 12 GB.
+
+    python scripts/bench_verify.py --workdir /work/bench-verify --shape 0.6b 1.7b --json docs/bench/bench_verify.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bake import measure  # noqa: E402
+from bench_inputs import REPO, ensure_inputs  # noqa: E402
+
+# name -> export options (the checkpoint is always a candidate too)
+EXPORTS = {
+    "float32": ["--target", "cpu"],
+    "int4-ragged": ["--target", "cpu", "--quantize", "int4", "--layout", "ragged"],
+}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bake.cli", *args, "--quiet"]
+
+
+def run_shape(shape: str, workdir: Path, exports: list[str], repeats: int) -> dict:
+    base, gates = ensure_inputs(workdir / shape, shape)
+    bake = workdir / shape / "bake-50-dense"
+    if not bake.exists():
+        subprocess.run(cli("bake", "--base", str(base), "--gates", str(gates), "--off-fraction", "0.5",
+                           "--out", str(bake)), cwd=REPO, check=True)
+    params = json.loads((bake / "bake_manifest.json").read_text())["sizes"]["dense"]["params"]
+    cases = {}
+    for name in exports:
+        export = workdir / shape / f"export-{name}"
+        if not export.exists():
+            subprocess.run(cli("export", "--model", str(bake), "--out", str(export), *EXPORTS[name]), cwd=REPO,
+                           check=True)
+        runs = []
+        for _ in range(repeats):
+            r = measure(cli("verify", "--baked", str(bake), "--onnx", str(export), "--json"), [], reports=True)
+            runs.append({"wall_s": round(r["wall_s"], 1), "peak_rss_mib": round(r["peak_rss_mib"]),
+                         "passed": r["passed"], "positions": r["positions"],
+                         "candidates": [{k: c[k] for k in ("name", "passed", "max_rel_diff", "top1_agreement")}
+                                        | {"checks": [(k["against"], k["max_rel_diff"]) for k in c["checks"]],
+                                           "weights_s": (c["weights"] or {}).get("seconds")}
+                                        for c in r["candidates"]]})
+            print(f"{shape} checkpoint + {name}: {runs[-1]['wall_s']} s, peak RSS {runs[-1]['peak_rss_mib']} MiB "
+                  f"(float32 size {params * 4 / 2**20:.0f} MiB), passed {r['passed']}", file=sys.stderr)
+        cases[name] = {"runs": runs, "best_s": min(r["wall_s"] for r in runs),
+                       "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+    return {"params": params, "float32_mib": round(params * 4 / 2**20), "cases": cases}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lambda-bake-bench-verify"))
+    ap.add_argument("--shape", nargs="+", choices=("0.6b", "1.7b"), default=["0.6b"])
+    ap.add_argument("--exports", nargs="+", choices=tuple(EXPORTS), default=list(EXPORTS))
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "command": "lambda-bake verify --baked BAKE --onnx EXPORT --json (a fresh process per run)",
+        "shapes": {s: run_shape(s, args.workdir, args.exports, args.repeats) for s in args.shape},
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
