@@ -18,7 +18,7 @@ import sys
 from bake import __version__
 from bake.commands import COMMANDS
 from bake.commands.output import set_quiet
-from bake.errors import EXIT_USER, BakeError, VerificationFailed
+from bake.errors import EXIT_INTERNAL, EXIT_USER, BakeError, VerificationFailed
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -32,6 +32,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 internal error, 2 user error, 3 verification failed.",
     )
     parser.add_argument("--version", action="version", version=f"lambda-bake {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         if command in COMMANDS and name != command:
@@ -60,6 +62,9 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
+DEBUG_ENV = "LAMBDA_BAKE_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)  # let atomic writers clean up on `kill`
     argv = sys.argv[1:] if argv is None else argv
@@ -79,11 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: no output was written", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno != 28:  # anything but a full disk is unexpected: traceback, exit code 1
-            raise
-        print(f"error: disk full while writing ({e}); nothing was left behind. Free space and rerun.",
-              file=sys.stderr)
-        return EXIT_USER
+        if e.errno == 28:
+            print(f"error: disk full while writing ({e}); nothing was left behind. Free space and rerun.",
+                  file=sys.stderr)
+            return EXIT_USER
+        return _internal_error(e, args)
+    except Exception as e:  # noqa: BLE001 - a bug of ours still gets an answer, not a bare traceback
+        return _internal_error(e, args)
+
+
+def _internal_error(e: BaseException, args: argparse.Namespace) -> int:
+    """One line for an unexpected exception (a bug: input problems are BakeErrors), or the traceback with --debug."""
+    if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise e
+    first = str(e).splitlines()[0][:300] if str(e) else ""
+    print(f"internal error (a bug in lambda-bake {__version__}, not in your input): {type(e).__name__}"
+          f"{': ' + first if first else ''}. Rerun with `lambda-bake --debug {args.command} ...` (or {DEBUG_ENV}=1) "
+          "for the full traceback, and please report it.", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

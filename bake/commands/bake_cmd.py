@@ -12,6 +12,7 @@ from bake.commands.common import (
     BASE_ARG,
     add_gate_args,
     add_hub_args,
+    add_provenance_args,
     format_layer_counts,
     load_base_and_gates,
     settings_from_args,
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, type=BASE_ARG, help="base Qwen3 model: a local folder or a Hub repo id")
     add_gate_args(p, sweep=True)
     add_hub_args(p)
+    add_provenance_args(p)
     p.add_argument("--out", required=True, type=Path,
                    help="output folder: new, empty, or an earlier output to replace with --overwrite; for a sweep, "
                         "the folder that receives one output folder per cut")

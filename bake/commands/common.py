@@ -11,7 +11,7 @@ from bake.gates.gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from bake.gates.variant import GateVariant, load_variant
 from bake.hub.sources import resolve_base, resolve_gates
 from bake.io.base_model import BaseModel, open_base_model
-from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, path_arg
+from bake.io.paths import GATE_FILE_SUFFIXES, GATES_PATH, MODEL_FOLDER, is_repo_id, path_arg
 
 # argparse types of --base and --gates where a Hub repo id is accepted too.
 BASE_ARG = path_arg("folder", MODEL_FOLDER, hub=True)
@@ -67,6 +67,26 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
                        help="branch, tag or commit of the --gates Hub repo (default: main)")
 
 
+def add_provenance_args(parser: argparse.ArgumentParser) -> None:
+    """``--base-id`` / ``--gates-id``: the Hub repos local --base / --gates folders are copies of."""
+    group = parser.add_argument_group("where local inputs came from (recorded in the manifest and the model card)")
+    group.add_argument("--base-id", metavar="REPO[@REV]", type=repo_ref,
+                       help="the Hub repo the local --base folder is a copy of (e.g. Qwen/Qwen3-0.6B): the card's "
+                            "base_model. REV (a commit) is read from `hf download --local-dir` records when omitted")
+    group.add_argument("--gates-id", metavar="REPO[@REV]", type=repo_ref,
+                       help="the Hub repo the local --gates folder is a copy of "
+                            "(e.g. hyunseoki/qwen3-0.6b-lambda-gates-chat)")
+
+
+def repo_ref(text: str) -> tuple[str, str | None]:
+    """argparse type of ``REPO[@REV]``."""
+    repo, at, rev = text.partition("@")
+    if "/" not in repo or not is_repo_id(repo) or (at and not rev):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Hub repo id with an optional revision; "
+                                         "expected OWNER/NAME or OWNER/NAME@REVISION")
+    return repo, rev or None
+
+
 def cut_from_args(args: argparse.Namespace) -> Cut:
     if args.threshold is not None:
         return Cut("threshold", args.threshold)
@@ -102,6 +122,8 @@ def load_base(args: argparse.Namespace) -> tuple[BaseModel, dict[str, Any]]:
     progress = not getattr(args, "quiet", False)
     base_dir = resolve_base(str(args.base), getattr(args, "base_revision", None), progress=progress)
     sources = {"base": str(args.base), "base_revision": base_dir.name} if base_dir != Path(args.base) else {}
+    if getattr(args, "base_id", None):
+        sources = {"base": args.base_id[0], "base_revision": args.base_id[1]}
     return open_base_model(base_dir), sources
 
 
@@ -110,6 +132,8 @@ def load_gates(args: argparse.Namespace, base: BaseModel, variant: str | None) -
     gates_dir = resolve_gates(str(args.gates), variant, getattr(args, "gates_revision", None))
     gv = load_variant(gates_dir, variant, num_layers=base.num_layers, intermediate_size=base.intermediate_size)
     sources = {"gates": str(args.gates), "gates_revision": gates_dir.name} if gates_dir != Path(args.gates) else {}
+    if getattr(args, "gates_id", None):
+        sources = {"gates": args.gates_id[0], "gates_revision": args.gates_id[1]}
     return gv, sources
 
 

@@ -16,7 +16,9 @@ def register(subparsers: Any) -> None:
         help=COMMANDS["push"].help,
         description=(
             "Upload DIR (the output of `lambda-bake bake`) to a Hub model repo in one commit, creating "
-            "the repo and the branch if needed. The token comes from HF_TOKEN or `hf auth login`."
+            "the repo and the branch if needed. The token comes from HF_TOKEN or `hf auth login`. The manifests "
+            "go as their public copies (no local paths) and the model card is rendered for the repo (its "
+            "run instructions name it); a text file that still holds a path of this machine stops the push."
         ),
     )
     p.add_argument("folder", metavar="DIR", type=path_arg("folder", BAKED_FOLDER), help="baked model folder")
@@ -29,12 +31,27 @@ def register(subparsers: Any) -> None:
                    help="default: names the variant, cut and layout from bake_manifest.json")
     p.add_argument("--allow-unbaked", action="store_true",
                    help="push a folder that lacks bake_manifest.json or config.json + safetensors weights")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be uploaded (files, sizes, which are rewritten, the model card and its "
+                        "metadata, checked as the Hub parses it) and upload nothing: no network, no token")
     add_output_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bake.hub.push import push_folder, upload_file_list
+    from bake.hub.push import plan_upload, push_folder, upload_file_list
+
+    if args.dry_run:
+        plan = plan_upload(args.folder, args.repo_id, args.allow_unbaked).describe()
+        if args.json:
+            emit_json(plan | {"dry_run": True})
+        else:
+            for f in plan["files"]:
+                print(f"{f['bytes']:>14,}  {f['path']}" + ("  (rewritten for the Hub)" if f["rewritten"] else ""))
+            print(f"{plan['bytes']:>14,}  bytes in {len(plan['files'])} files to {plan['repo_id']}; nothing uploaded "
+                  "(dry run)\n")
+            print(plan["card"])
+        return 0
 
     url = push_folder(
         args.folder, args.repo_id, private=args.private, revision=args.revision,

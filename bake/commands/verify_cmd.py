@@ -101,7 +101,9 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
             raise BakeError("without a bake manifest, give --scale-mode mean, energy or none")
         return ReferenceSpec(Path(args.base), Path(args.gates), args.variant,
                              GateSettings(cut_from_args(args), gate_mode, args.scale_mode, args.scale_scope or "layer",
-                                          "uniform" if args.uniform_width else "threshold"))
+                                          "uniform" if args.uniform_width else "threshold"),
+                             base_hub_id=None if Path(args.base).exists() else str(args.base),
+                             gates_hub_id=None if Path(args.gates).exists() else str(args.gates))
     spec = spec_from_manifest(manifest)
     st = spec.settings
     cut = cut_from_args(args) if cut_from_args(args).kind != "none" else st.cut
@@ -111,11 +113,14 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
         args.scale_scope or st.scale_scope,
         "uniform" if args.uniform_width else st.rule,
     )
-    return replace(
-        spec, base=Path(args.base) if args.base else spec.base, gates=Path(args.gates) if args.gates else spec.gates,
-        variant=args.variant or spec.variant, settings=settings,
-        gate_sha256=None if args.ignore_manifest else spec.gate_sha256,
-    )
+    given = {}
+    for flag in ("base", "gates"):
+        value = getattr(args, flag)
+        if value is not None:  # a folder that exists, or a Hub id (path_arg passes ids on as strings)
+            hub = None if Path(value).exists() else str(value)
+            given |= {flag: Path(value), f"{flag}_hub_id": hub, f"{flag}_revision": getattr(args, f"{flag}_revision", None)}
+    return replace(spec, variant=args.variant or spec.variant, settings=settings,
+                   gate_sha256=None if args.ignore_manifest else spec.gate_sha256, **given)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,12 +1,22 @@
-"""Upload a baked folder to a Hub model repo in one commit, after checking it against its ``bake_manifest.json``."""
+"""Upload a baked folder to a Hub model repo in one commit, after checking it against its ``bake_manifest.json``.
+
+What is sent is planned first (``plan_upload``): every file of the folder, except that each
+``bake_manifest.json`` goes as its public copy (no ``local_path``, no machine path in any string) and the
+model card is rendered again for the repo it goes to. Then every text file of the plan is scanned for the
+absolute paths of this bake's inputs and output and for the home folder; one that still holds one stops
+the push with the file named. ``push --dry-run`` shows the plan and uploads nothing.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import (
     HFValidationError,
 )
@@ -16,7 +26,98 @@ from bake.errors import HubError
 from bake.hub.hub_errors import hub_errors
 from bake.io.json_files import read_json
 from bake.io.paths import BAKED_FOLDER, require
-from bake.write.manifest import MANIFEST_NAME
+from bake.write.manifest import MANIFEST_NAME, public_manifest
+from bake.write.model_card import CARD_NAME, render_model_card
+
+TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py", ".model")
+SCAN_LIMIT = 64 << 20  # bytes: larger files are weights, not text
+
+
+@dataclass
+class Upload:
+    """One push, planned: each repo path with the bytes that replace the file on disk (None: the file as it is)."""
+
+    folder: Path
+    repo_id: str
+    files: dict[str, bytes | None]
+    manifest: dict[str, Any] | None
+
+    def size(self, name: str) -> int:
+        data = self.files[name]
+        return len(data) if data is not None else (self.folder / name).stat().st_size
+
+    def operations(self) -> list[CommitOperationAdd]:
+        return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if data is not None
+                                   else str(self.folder / name)) for name, data in self.files.items()]
+
+    def card(self) -> str:
+        data = self.files.get(CARD_NAME)
+        return data.decode() if data is not None else (self.folder / CARD_NAME).read_text()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``--dry-run`` prints: the files and sizes, which ones are rewritten, and the card with its metadata."""
+        card = ModelCard(self.card())
+        return {"repo_id": self.repo_id, "files": [{"path": n, "bytes": self.size(n), "rewritten": d is not None}
+                                                   for n, d in self.files.items()],
+                "bytes": sum(self.size(n) for n in self.files), "card_metadata": card.data.to_dict(),
+                "card": self.card()}
+
+
+def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Upload:
+    """Check the folder and the repo id, and decide what each uploaded file holds (see the module docstring)."""
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"--repo-id {repo_id!r} is not a Hub repo id ({e}); use USER/NAME") from e
+    names = upload_file_list(folder)
+    manifest = check_push_folder(folder, names, allow_unbaked)
+    files: dict[str, bytes | None] = dict.fromkeys(names)
+    if manifest is not None:
+        public = public_manifest(manifest, folder)
+        for name in names:
+            if name == MANIFEST_NAME or name.endswith("/" + MANIFEST_NAME):
+                inner = read_json(folder / name, HubError, "bake the folder again")
+                files[name] = (json.dumps(public_manifest(inner, folder) if name != MANIFEST_NAME else public,
+                                          indent=2) + "\n").encode()
+        files[CARD_NAME] = render_model_card(public, folder, repo_id).encode()
+        _check_card(files[CARD_NAME].decode())
+    upload = Upload(folder, repo_id, files, manifest)
+    _refuse_leaks(upload, _local_paths(folder, manifest))
+    return upload
+
+
+def _check_card(text: str) -> None:
+    """The card's metadata must parse as the Hub parses it (huggingface_hub's ModelCard, offline)."""
+    try:
+        data = ModelCard(text).data
+        ModelCardData(**data.to_dict())
+    except Exception as e:  # huggingface_hub raises ValueError or yaml errors for a broken card
+        raise RuntimeError(f"the rendered model card does not parse as a Hub card ({e})") from e  # a bug of ours
+
+
+def _local_paths(folder: Path, manifest: dict[str, Any] | None) -> list[str]:
+    """Strings no uploaded file may hold: the absolute paths of this bake's inputs and output, and the home folder."""
+    paths = {str(Path(folder).resolve()), str(Path(folder).absolute())}
+    for key in ("base", "gates"):
+        local = ((manifest or {}).get(key) or {}).get("local_path")
+        if local:
+            paths.add(local)
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~"):
+        paths.add(home.rstrip("/") + "/")
+    return sorted(p for p in paths if len(p) > 1)
+
+
+def _refuse_leaks(upload: Upload, paths: list[str]) -> None:
+    for name, data in upload.files.items():
+        if not name.endswith(TEXT_SUFFIXES) or upload.size(name) > SCAN_LIMIT:
+            continue
+        text = (data if data is not None else (upload.folder / name).read_bytes()).decode("utf-8", errors="replace")
+        found = [p for p in paths if p in text]
+        if found:
+            raise HubError(f"{name} holds the machine-local path {found[0]!r}, which would be published; remove it "
+                           f"from {upload.folder / name} (or bake again), then push")
 
 
 def push_folder(
@@ -29,24 +130,18 @@ def push_folder(
     allow_unbaked: bool = False,
     api: Any = None,
 ) -> str:
-    """Upload a baked folder to ``repo_id`` in one commit and return the commit URL.
+    """Upload a baked folder to ``repo_id`` in one commit (as ``plan_upload`` plans it); return the commit URL.
 
     Creates the repo (``private`` applies at creation; an existing public repo is refused when
     ``private`` is asked) and the branch ``revision`` if missing. The token comes from
     huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``) and is never printed.
     """
-    folder = Path(folder)
-    files = upload_file_list(folder)
-    manifest = check_push_folder(folder, files, allow_unbaked)
+    upload = plan_upload(folder, repo_id, allow_unbaked)
     api = api if api is not None else HfApi()
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise HubError(f"--repo-id {repo_id!r} is not a Hub repo id ({e}); use USER/NAME") from e
-    message = commit_message or default_commit_message(manifest)
-    size = sum((folder / f).stat().st_size for f in files)
+    message = commit_message or default_commit_message(upload.manifest)
     where = f"{repo_id}" + (f" (branch {revision})" if revision else "")
-    print(f"pushing {len(files)} files ({size / 1e6:.1f} MB) from {folder} to {where} in one commit",
+    size = sum(upload.size(n) for n in upload.files)
+    print(f"pushing {len(upload.files)} files ({size / 1e6:.1f} MB) from {folder} to {where} in one commit",
           file=sys.stderr)
     with hub_errors(repo_id, revision, include=None, flag="--repo-id", pushing=True):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -57,10 +152,8 @@ def push_folder(
             )
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-            commit_message=message,
-        )
+        info = api.create_commit(repo_id=repo_id, operations=upload.operations(), commit_message=message,
+                                 repo_type="model", revision=revision)
     print(f"pushed: {info.commit_url}", file=sys.stderr)
     return str(info.commit_url)
 

@@ -60,6 +60,20 @@ def gate_variant_names(ref: str, revision: str | None = None) -> list[str]:
 
 
 def resolve_reference(spec: ReferenceSpec, progress: bool = False) -> ReferenceSpec:
-    """``spec`` with its base and gates as local folders (Hub ids fetched into the cache), as ``verify`` takes it."""
-    return replace(spec, base=resolve_base(str(spec.base), spec.base_revision, progress=progress),
-                   gates=resolve_gates(str(spec.gates), spec.variant, spec.gates_revision))
+    """``spec`` with its base and gates as local folders, as ``verify`` takes them: a folder that exists here is
+    used; otherwise its Hub id is fetched into the cache (offline: from the cache)."""
+    return replace(spec, base=_folder(spec.base, spec.base_hub_id, spec.base_revision, "--base", progress),
+                   gates=_folder(spec.gates, spec.gates_hub_id, spec.gates_revision, "--gates", progress,
+                                 spec.variant))
+
+
+def _folder(ref: Path | str, hub_id: str | None, revision: str | None, flag: str, progress: bool,
+            variant: str | None = None) -> Path:
+    if Path(ref).expanduser().exists():
+        return Path(ref).expanduser()
+    if hub_id is None:
+        raise HubError(f"the bake manifest records {flag.lstrip('-')} as the local folder {str(ref)!r}, which is not on "
+                       f"this machine, and no Hub id for it; give {flag} with that folder (or its Hub repo id)")
+    if flag == "--base":
+        return resolve_base(hub_id, revision, progress=progress)
+    return resolve_gates(hub_id, variant, revision)

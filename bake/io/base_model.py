@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ from bake.errors import BaseModelError
 from bake.io.dtypes import COMPUTE_DTYPES, DType
 from bake.io.json_files import read_json
 from bake.io.paths import MODEL_FOLDER, require
+from bake.io.provenance import describe_local
 from bake.io.tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
@@ -23,6 +24,7 @@ class BaseModel:
     folder: Path
     config: dict[str, Any]
     reader: CheckpointReader
+    _local: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -35,6 +37,17 @@ class BaseModel:
     @property
     def hidden_size(self) -> int:
         return int(self.config["hidden_size"])
+
+    def weight_files(self) -> list[str]:
+        """The checkpoint's safetensors files, relative to its folder."""
+        return sorted({info.file.name for info in self.reader.tensors.values()})
+
+    def describe_local(self) -> dict[str, Any]:
+        """The folder as it may be published: name, sha256 of config and weights, downloaded revision (computed
+        once: hashing reads every weight byte)."""
+        if self._local is None:
+            self._local = describe_local(self.folder, ["config.json", *self.weight_files()])
+        return self._local
 
     @property
     def dtype(self) -> DType:

@@ -51,7 +51,12 @@ def describe_local(folder: Path, files: list[str]) -> dict[str, Any]:
         record = download_metadata(folder, name)
         if record is not None:
             commits.add(record["commit"])
-        hashes[name] = record["etag"] if record is not None and _SHA256.match(record["etag"]) else sha256_file(
-            folder / name)
+        blob = (folder / name).resolve().name if (folder / name).is_symlink() else ""  # the Hub cache: blobs/<sha256>
+        if record is not None and _SHA256.match(record["etag"]):
+            hashes[name] = record["etag"]
+        elif _SHA256.match(blob):
+            hashes[name] = blob
+        else:
+            hashes[name] = sha256_file(folder / name)
     return {"name": folder.resolve().name, "sha256": hashes,
             "downloaded_revision": commits.pop() if len(commits) == 1 else None}

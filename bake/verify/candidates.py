@@ -70,6 +70,21 @@ class Outputs:
 
     logits: LogitStore = field(default_factory=LogitStore)
     continuation: list[list[int]] = field(default_factory=list)
+    which: list[int] | None = None  # the sequences held, when only some were scored (default: all, in order)
+
+    def add(self, i: int, logits: torch.Tensor, continuation: list[int]) -> None:
+        if self.which is not None:
+            self.which.append(i)
+        self.logits.append(logits)
+        self.continuation.append(continuation)
+
+    def holds(self, i: int) -> bool:
+        return self.which is None or i in self.which
+
+    def of(self, i: int) -> tuple[torch.Tensor, list[int]]:
+        """Sequence ``i``'s logits and continuation."""
+        k = i if self.which is None else self.which.index(i)
+        return self.logits[k], self.continuation[k]
 
 
 @dataclass(frozen=True)

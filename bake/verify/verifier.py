@@ -72,6 +72,8 @@ class ReferenceSpec:
     gate_sha256: str | None = None  # what the manifest recorded, if any
     base_revision: str | None = None  # Hub commit, when base/gates are Hub ids
     gates_revision: str | None = None
+    base_hub_id: str | None = None  # where to fetch base/gates when their recorded folder is not on this machine
+    gates_hub_id: str | None = None
 
     def describe(self) -> dict[str, Any]:
         st = self.settings
@@ -81,15 +83,24 @@ class ReferenceSpec:
 
 
 def spec_from_manifest(manifest: dict[str, Any]) -> ReferenceSpec:
-    """The reference a bake manifest describes (its threshold reproduces the cut exactly)."""
+    """The reference a bake manifest describes (its threshold, or its uniform off-fraction, reproduces the cut
+    exactly). Inputs are the recorded local folders where they still exist, else their Hub ids."""
     t, rule = manifest["cut"]["threshold"], manifest["cut"].get("rule", "threshold")
     cut = Cut("none") if t is None else Cut("threshold", float(t))
     if rule == "uniform":  # the same k per layer: round(F * I) with the F the bake used
         cut = Cut("off_fraction", float(manifest["cut"]["target_off_fraction"]))
     settings = GateSettings(cut, manifest["gate_mode"], manifest["scale_mode"], manifest["scale_scope"], rule)
-    return ReferenceSpec(Path(manifest["base"]["source"]), Path(manifest["gates"]["source"]),
-                         manifest["gates"]["variant"], settings, manifest["gates"]["sha256"],
-                         manifest["base"].get("revision"), manifest["gates"].get("revision"))
+    (base, base_id), (gates, gates_id) = (_recorded(manifest[k]) for k in ("base", "gates"))
+    return ReferenceSpec(base, gates, manifest["gates"]["variant"], settings, manifest["gates"]["sha256"],
+                         manifest["base"].get("revision"), manifest["gates"].get("revision"), base_id, gates_id)
+
+
+def _recorded(entry: dict[str, Any]) -> tuple[Path, str | None]:
+    """An input as a manifest records it: (its folder here, or its public source; its Hub id). A manifest of format
+    1 recorded a Hub id or an absolute path in ``source`` (a Hub id with a revision)."""
+    hub_id = entry["hub_id"] if "hub_id" in entry else (entry["source"] if entry.get("revision") else None)
+    local = entry.get("local_path")
+    return Path(local if local and Path(local).exists() else entry["source"]), hub_id
 
 
 @dataclass
@@ -187,27 +198,28 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
             "the export holds the bake's weights (the weight check proves it), so it may differ from the bake only "
             f"by its own {c.export_dtype} arithmetic"))
     elif c.kind == "onnx":
-        dequantized = _dequantized_outputs(run, c)
+        lengths = [len(seq) for seq in run.sequences.inputs]  # the graph's structure, not the prompts, is on
+        ends = sorted({lengths.index(min(lengths)), lengths.index(max(lengths))})  # trial: its shortest and longest
+        dequantized = _dequantized_outputs(run, c, ends)
         not_judged = _flatness(run.reference, dequantized, budget)
         level = int(c.quantization.get("accuracy_level", 0))
         exact = Yardstick(DEQ_FLOAT if level else DEQUANTIZED, dequantized, own_budget(c.export_dtype), c.export_dtype,
                           f"the yardstick is the export's own weights, dequantized by verify and run in float32 by "
                           f"transformers; with float activations the graph may differ from it only by its own "
-                          f"{c.export_dtype} arithmetic" + (" (run on the shortest and the longest sequence)" if level else ""))
+                          f"{c.export_dtype} arithmetic (on the shortest and the longest sequence)")
         if level:
             from bake.verify.export_model import float_activations
             from export.onnx.folder import read_export_folder
 
             graph = float_activations(c.folder, read_export_folder(c.folder))
-            lengths = [len(seq) for seq in run.sequences.inputs]  # the graph's structure, not the prompts, is on
-            ends = sorted({lengths.index(min(lengths)), lengths.index(max(lengths))})  # trial: its shortest and longest
             checks += _run_against(lambda: _open_onnx(c.folder, c.device, graph), run, [exact], c.name, subset=ends)[1]
             del graph
             yardsticks.append(Yardstick(
                 DEQUANTIZED, dequantized, Budget(INT8_ACTIVATIONS_BOUND, None, None, None), "int8-act",
                 f"ONNX Runtime's CPU MatMulNBits (accuracy level {level}) quantizes the activations to int8, which "
                 f"moved the logits of correct exports by up to {INT8_ACTIVATIONS_MEASURED:.1%} of the largest on "
-                "the 28-layer test model; this bound only catches gross kernel errors"))
+                "the 28-layer test model; this bound only catches gross kernel errors (on the shortest and the "
+                "longest sequence)"))
         else:
             yardsticks.append(exact)
     keep = c.kind == "checkpoint" and run.bake_outputs is None
@@ -250,23 +262,24 @@ def _run_against(make: Callable[[], Runner], run: _Run, yardsticks: list[Yardsti
     for i, logits in zip(chosen, runner.score([run.sequences.inputs[i] for i in chosen])):
         continuation = run.sequences.continuation(i, logits)
         for tally, y in zip(tallies, yardsticks):
-            tally.add(y.outputs.logits[i], logits, y.outputs.continuation[i], continuation, name)
+            if y.outputs.holds(i):
+                tally.add(*y.outputs.of(i)[:1], logits, y.outputs.of(i)[1], continuation, name)
         if outputs is not None:
-            outputs.logits.append(logits)
-            outputs.continuation.append(continuation)
+            outputs.add(i, logits, continuation)
     del runner
     release_memory()
     return outputs, [Comparison(y.against, t.figures(), y.budget, y.budget_dtype, y.why, y.not_judged)
                      for t, y in zip(tallies, yardsticks)]
 
 
-def _score(make: Callable[[], Runner], run: _Run) -> Outputs:
-    """A yardstick's outputs on the reference's sequences (the model is loaded, run and freed here)."""
+def _score(make: Callable[[], Runner], run: _Run, subset: list[int] | None = None) -> Outputs:
+    """A yardstick's outputs on the reference's sequences, or the ``subset`` of them (the model is loaded, run and
+    freed here)."""
     runner = make()
-    out = Outputs()
-    for i, logits in enumerate(runner.score(run.sequences.inputs)):
-        out.logits.append(logits)
-        out.continuation.append(run.sequences.continuation(i, logits))
+    out = Outputs(which=None if subset is None else [])
+    chosen = list(range(len(run.sequences.inputs))) if subset is None else subset
+    for i, logits in zip(chosen, runner.score([run.sequences.inputs[i] for i in chosen])):
+        out.add(i, logits, run.sequences.continuation(i, logits))
     del runner
     release_memory()
     return out
@@ -320,11 +333,11 @@ def _bake_outputs(run: _Run, export: Path) -> Outputs:
     return run.bake_outputs
 
 
-def _dequantized_outputs(run: _Run, c: Candidate) -> Outputs:
+def _dequantized_outputs(run: _Run, c: Candidate, subset: list[int]) -> Outputs:
     from bake.verify.export_model import export_model
     from export.onnx.folder import read_export_folder
 
-    return _score(lambda: TorchRunner(export_model(c.folder, read_export_folder(c.folder))), run)
+    return _score(lambda: TorchRunner(export_model(c.folder, read_export_folder(c.folder))), run, subset)
 
 
 def _flatness(reference: Outputs, dequantized: Outputs, budget: Budget) -> str | None:
@@ -333,9 +346,11 @@ def _flatness(reference: Outputs, dequantized: Outputs, budget: Budget) -> str |
     At a position whose reference top-2 margin exceeds twice the largest logit change the weight
     quantization itself causes (the dequantized model against the reference), no such change can flip
     the top-1 token. If fewer positions than ``min_top1`` asks for are like that, the logits are too flat.
+    Counted on the sequences the dequantized model was run on.
     """
     stable = positions = 0
-    for ref, deq in zip(reference.logits, dequantized.logits):
+    for i in dequantized.which if dequantized.which is not None else range(len(dequantized.logits)):
+        ref, deq = reference.of(i)[0], dequantized.of(i)[0]
         top2 = ref.topk(2, dim=-1).values
         margin = top2[:, 0] - top2[:, 1]
         error = (deq - ref).abs().amax(-1)

@@ -1,4 +1,10 @@
-"""``bake_manifest.json``: a complete, machine-readable record of how a checkpoint was baked."""
+"""``bake_manifest.json``: a complete, machine-readable record of how a checkpoint was baked.
+
+Inputs are recorded by what can be published: a Hub id and commit where known (``--base-id``,
+``--gates-id``, a Hub download), else the folder's name, with content hashes either way. The absolute path
+of a local input is kept in ``local_path`` for ``verify`` on this machine; ``public_manifest`` (what
+``push`` uploads) drops it and every other machine-local path.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +16,84 @@ from bake import __version__
 from bake.errors import ManifestMismatch
 from bake.gates.report import uniform_cost
 from bake.io.json_files import read_json
+from bake.io.provenance import download_metadata
+from bake.write.model_card import base_license
 
 if TYPE_CHECKING:
     from bake.fold.plan import BakePlan
 
 MANIFEST_NAME = "bake_manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: base/gates record hub_id, local_path, hashes; cut records its rule
+LOCAL_KEYS = ("local_path",)
 
 
-def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    """Tool, sources (with the gate file's sha256), cut, achieved off-fractions, modes, layout, sizes."""
+def source_record(hub_id: str | None, revision: str | None, folder: Path, local: dict[str, Any]) -> dict[str, Any]:
+    """Where an input came from: its public ``source`` (the Hub id, else the folder's name), the Hub id and
+    commit when known (a declared id without a revision takes the commit of the folder's download records),
+    content hashes, and the folder's absolute path for this machine only."""
+    return {
+        "source": hub_id or local["name"],
+        "hub_id": hub_id,
+        "revision": revision or (local["downloaded_revision"] if hub_id else None),
+        "downloaded_revision": local["downloaded_revision"],
+        "files_sha256": local["sha256"],
+        "local_path": str(Path(folder).resolve()),
+    }
+
+
+def _downloaded(v: Any) -> str | None:
+    """The Hub commit ``hf download --local-dir`` recorded for the gate file, if any."""
+    record = download_metadata(v.folder.parent, f"{v.folder.name}/{v.gate_file.name}")
+    return record["commit"] if record else None
+
+
+def public_manifest(manifest: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """The manifest as it may be published: no ``local_path``, and every string that holds a recorded local path
+    (or ``folder``, the baked folder itself) says the input's public name (or ``.``) instead."""
+    replace = {}
+    for key in ("base", "gates"):
+        entry = manifest.get(key) or {}
+        if entry.get("local_path"):
+            replace[entry["local_path"]] = entry.get("source") or key
+    if folder is not None:
+        replace[str(Path(folder).resolve())] = "."
+        replace[str(Path(folder).absolute())] = "."
+    return _scrub(manifest, dict(sorted(replace.items(), key=lambda kv: -len(kv[0]))))
+
+
+def _scrub(value: Any, replace: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v, replace) for k, v in value.items() if k not in LOCAL_KEYS}
+    if isinstance(value, list):
+        return [_scrub(v, replace) for v in value]
+    if isinstance(value, str):
+        for path, name in replace.items():
+            value = value.replace(path, name)
+    return value
+
+
+def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str], local: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Tool, sources (with content hashes), cut, achieved off-fractions, modes, layout, sizes.
+
+    ``local``: the base folder's ``describe_local()`` when it was computed already (beside the write).
+    """
     g, v, st = plan.gates, plan.variant, plan.settings
     return {
         "format": MANIFEST_FORMAT,
         "tool": {"name": "lambda-bake", "version": __version__},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": {
-            "source": sources.get("base", str(plan.base.folder.resolve())),
-            "revision": sources.get("base_revision"),
+        "base": source_record(sources.get("base"), sources.get("base_revision"), plan.base.folder,
+                              plan.base.describe_local() if local is None else local) | {
+            "license": base_license(plan.base.folder),
             "model_type": plan.base.config.get("model_type"),
             "num_layers": plan.base.num_layers,
             "intermediate_size": plan.base.intermediate_size,
             "hidden_size": plan.base.hidden_size,
         },
-        "gates": {
-            "source": sources.get("gates", str(v.folder.parent.resolve())),
-            "revision": sources.get("gates_revision"),
+        "gates": source_record(sources.get("gates"), sources.get("gates_revision"), v.folder.parent,
+                               {"name": v.folder.parent.resolve().name, "sha256": None,
+                                "downloaded_revision": _downloaded(v)}) | {
             "variant": v.name,
             "file": v.gate_file.name,
             "sha256": v.sha256,

@@ -1,19 +1,27 @@
-"""The baked model's ``README.md``: Hub-rendered YAML metadata plus what was baked and how to load it."""
+"""The baked model's ``README.md``: Hub metadata, what was baked, how it was verified, and how to run each kind of
+file in the repo with the runtime's own API (transformers, onnxruntime-genai, llama.cpp): no lambda-bake needed.
+
+Rendered from the manifest's public fields only (``source``, ``hub_id``, hashes: never ``local_path``), at bake
+time and again by ``push``, which knows the repo id. The metadata follows the Hub's conventions:
+``base_model`` is the base (a single id: a list would declare a merge), ``base_model_relation: finetune``
+(the weights are changed, not adapted or quantized); the gate repo is linked in the text and the tags.
+"""
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+CARD_NAME = "README.md"
+HUB = "https://huggingface.co/"
 
 
 def base_license(base_dir: Path) -> str | None:
     """The ``license`` field of the base model's card front matter, if it has one."""
-    card = Path(base_dir) / "README.md"
+    card = Path(base_dir) / CARD_NAME
     if not card.is_file():
         return None
     meta = _front_matter(card.read_text(errors="replace"))
@@ -21,39 +29,57 @@ def base_license(base_dir: Path) -> str | None:
     return str(value) if value else None
 
 
-def card_metadata(manifest: dict[str, Any], license_name: str | None) -> dict[str, Any]:
-    """YAML metadata the Hub renders: base model and relation, library, pipeline, tags, licence."""
+def card_metadata(manifest: dict[str, Any], exports: dict[str, Any]) -> dict[str, Any]:
+    """YAML metadata the Hub reads: base model and relation, licence, library, pipeline, tags."""
     meta: dict[str, Any] = {}
-    base = str(manifest["base"]["source"])
-    if _REPO_ID.match(base):
-        meta["base_model"] = base
+    base_id = manifest["base"].get("hub_id")
+    if base_id:
+        meta["base_model"] = base_id
         meta["base_model_relation"] = "finetune"
-    if license_name:
-        meta["license"] = license_name
+    if manifest["base"].get("license"):
+        meta["license"] = manifest["base"]["license"]
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["qwen3", "lambda-gates", "lambda-bake", f"layout-{manifest['layout']}",
-                    f"variant-{manifest['gates']['variant']}"]
+    tags = ["qwen3", "lambda-gates", "lambda-bake", manifest["layout"]]
+    if (manifest.get("cut") or {}).get("rule") == "uniform":
+        tags.append("uniform-width")
+    tags += list(exports)
+    if "onnx" in exports and exports["onnx"].get("layout") == "ragged":
+        tags.append("ragged")
+    tags += [f"variant-{manifest['gates']['variant']}", f"off-{round(100 * manifest['off_fraction'])}pct"]
+    meta["tags"] = tags
     return meta
 
 
-def render_model_card(manifest: dict[str, Any], license_name: str | None = None) -> str:
-    """The full card text."""
-    meta = card_metadata(manifest, license_name)
-    g, sizes = manifest["gates"], manifest["sizes"]
-    layout = manifest["layout"]
+def exports_in(folder: Path | None) -> dict[str, Any]:
+    """The exports a baked folder holds: ``{"onnx": its onnx_io.json}`` when there is an ``onnx/`` export."""
+    if folder is None or not (Path(folder) / "onnx" / "onnx_io.json").is_file():
+        return {}
+    try:
+        return {"onnx": json.loads((Path(folder) / "onnx" / "onnx_io.json").read_text())}
+    except (OSError, ValueError):
+        return {}
+
+
+def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo_id: str | None = None) -> str:
+    """The full card text. ``folder``: the baked folder (which exports it holds); ``repo_id``: the repo it goes to."""
+    exports = exports_in(folder)
+    meta = card_metadata(manifest, exports)
+    b, g, sizes, layout = manifest["base"], manifest["gates"], manifest["sizes"], manifest["layout"]
     size = sizes["pruned" if layout == "pruned" else "dense"]
     threshold = manifest["cut"]["threshold"]
+    repo = repo_id or "THIS_REPO"
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-        f"# {manifest['base']['source'].rstrip('/').split('/')[-1]} with lambda gates baked in ({g['variant']})", "",
-        "Lambda gates (one learned sigmoid gate per MLP neuron) folded into the `down_proj` weights by "
-        f"[lambda-bake](https://pypi.org/project/lambda-bake/) {manifest['tool']['version']}. This is a plain "
-        "Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs no hooks or custom code.",
-        "",
+        f"# {b['source'].rstrip('/').split('/')[-1]} with lambda gates baked in ({g['variant']}, "
+        f"{manifest['off_fraction']:.0%} of MLP neurons off)", "",
+        f"{_link(b)} with the `{g['variant']}` lambda gates of {_link(g)} folded into its `down_proj` weights "
+        f"(one learned sigmoid gate per MLP neuron; neurons whose gate is below the cut are switched off, the rest "
+        f"rescaled). It is a plain Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs "
+        f"no hooks or custom code. Baked with lambda-bake {manifest['tool']['version']}.", "",
         "| what | value |", "|---|---|",
-        f"| base model | `{manifest['base']['source']}` |",
-        f"| gates | `{g['source']}` variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
+        f"| base model | {_link(b)}{_revision(b)} |",
+        f"| gates | {_link(g)}{_revision(g)}, variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
         f"| cut | {manifest['cut']['kind']} {manifest['cut']['value']:g}, threshold on lambda "
         f"{'n/a' if threshold is None else f'{threshold:.6g}'} |",
         f"| cut rule | {_rule(manifest)} |",
@@ -62,28 +88,33 @@ def render_model_card(manifest: dict[str, Any], license_name: str | None = None)
         f"| layout | {layout} (intermediate_size {manifest['intermediate_size']}) |",
         f"| parameters | {size['params']:,} |",
         f"| MLP FLOPs per token | {size['mlp_flops_per_token']:,} |",
-        f"| dtype | {manifest['dtype']} |", "",
+        f"| dtype | {manifest['dtype']} |",
     ]
+    if "onnx" in exports:
+        lines.append(f"| ONNX export (`onnx/`) | {_onnx_summary(exports['onnx'])} |")
+    lines.append("")
     lines += _verification_section(manifest.get("verification"))
-    lines += [
-        "## Load with transformers", "", "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'model = AutoModelForCausalLM.from_pretrained("THIS_REPO")',
-        'tokenizer = AutoTokenizer.from_pretrained("THIS_REPO")',
-        'messages = [{"role": "user", "content": "What is 2+2?"}]',
-        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,",
-        '                                       return_tensors="pt", return_dict=True)',
-        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))",
-        "```", "",
-        "## Run with ONNX Runtime", "",
-        "If the repo has an `onnx/` folder (exported with `lambda-bake export`), run it without PyTorch:", "",
-        "```bash",
-        "pip install lambda-bake onnxruntime",
-        'lambda-bake generate --onnx ./onnx --prompt "What is 2+2?"',
-        "```", "",
-        "The full bake record is in `bake_manifest.json`.", "",
-    ]
+    lines += _transformers_usage(repo)
+    if "onnx" in exports:
+        lines += _genai_usage(repo, exports["onnx"])
+    lines += ["The full bake record (sources, hashes, the cut per layer, sizes, verification) is in "
+              "`bake_manifest.json`.", ""]
     return "\n".join(lines)
+
+
+def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / CARD_NAME
+    path.write_text(render_model_card(manifest, out_dir))
+    return path
+
+
+def _link(entry: dict[str, Any]) -> str:
+    hub = entry.get("hub_id")
+    return f"[{hub}]({HUB}{hub})" if hub else f"`{entry['source']}` (a local copy; not linked to a Hub repo)"
+
+
+def _revision(entry: dict[str, Any]) -> str:
+    return f" at commit `{entry['revision'][:12]}`" if entry.get("hub_id") and entry.get("revision") else ""
 
 
 def _rule(manifest: dict[str, Any]) -> str:
@@ -95,10 +126,62 @@ def _rule(manifest: dict[str, Any]) -> str:
             "off-fraction)")
 
 
-def write_model_card(out_dir: Path, manifest: dict[str, Any], base_dir: Path) -> Path:
-    path = Path(out_dir) / "README.md"
-    path.write_text(render_model_card(manifest, base_license(base_dir)))
-    return path
+def _onnx_summary(io: dict[str, Any]) -> str:
+    quant = io.get("quantization")
+    weights = f", {quant['weights']} weights" if quant else ""
+    return (f"target `{io.get('target', 'portable')}`, {io.get('dtype')}{weights}, layout {io.get('layout')}, "
+            "with KV cache and genai_config.json")
+
+
+def _transformers_usage(repo: str) -> list[str]:
+    return [
+        "## Run with transformers", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        'messages = [{"role": "user", "content": "What is 2+2?"}]',
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,",
+        '                                       return_tensors="pt", return_dict=True)  # thinking off, as the gates '
+        "were trained",
+        'output = model.generate(**inputs, max_new_tokens=64, do_sample=False)',
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+    ]
+
+
+def _genai_usage(repo: str, io: dict[str, Any]) -> list[str]:
+    cuda = io.get("target") == "cuda"
+    package = "onnxruntime-genai-cuda" if cuda else "onnxruntime-genai  # or onnxruntime-genai-cuda on an NVIDIA GPU"
+    return [
+        "## Run the ONNX export with onnxruntime-genai", "",
+        "`onnx/` holds the graph, its weights, the tokenizer and `genai_config.json`, so onnxruntime-genai runs it as it"
+        + (" is, on CUDA (this export's `cuda` target runs only there)." if cuda else " is, on the CPU or CUDA."), "",
+        "```bash",
+        f"pip install {package}",
+        f'hf download {repo} --include "onnx/*" --local-dir model',
+        "```", "",
+        "```python",
+        "import json",
+        "",
+        "import onnxruntime_genai as og",
+        "",
+        'model = og.Model("model/onnx")',
+        "tokenizer = og.Tokenizer(model)",
+        'messages = [{"role": "user", "content": "What is 2+2?"}]',
+        "prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)",
+        'prompt += "<think>\\n\\n</think>\\n\\n"  # thinking off, as the gates were trained (enable_thinking=False)',
+        "params = og.GeneratorParams(model)",
+        "params.set_search_options(max_length=256, do_sample=False)",
+        "generator = og.Generator(model, params)",
+        "generator.append_tokens(tokenizer.encode(prompt))",
+        "stream = tokenizer.create_stream()",
+        "while not generator.is_done():",
+        "    generator.generate_next_token()",
+        '    print(stream.decode(generator.get_next_tokens()[0]), end="", flush=True)',
+        "```", "",
+    ]
 
 
 def _verification_section(report: dict[str, Any] | None) -> list[str]:
@@ -106,16 +189,24 @@ def _verification_section(report: dict[str, Any] | None) -> list[str]:
         return ["Not verified at bake time: run `lambda-bake verify --baked .` before relying on it.", ""]
     rows = [
         "## Verification against the hooked model", "",
-        f"{report.get('num_prompts', '?')} chat prompts, reference = base model with `down_proj` pre-hooks.", "",
-        "| candidate | dtype | max abs logit diff | mean KL | top-1 agreement | greedy match | weights | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{report.get('num_prompts', '?')} chat prompts, reference = base model with `down_proj` pre-hooks. Each "
+        "candidate is judged by the coarsest precision it went through; its weights are proven tensor by tensor.", "",
+        "| candidate | dtype | budget | max abs logit diff | mean KL | top-1 agreement | greedy match | weights "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report.get("candidates", []):
         figures = (f"{c['max_abs_diff']:.3g} | {c['mean_kl']:.3g} | {c['top1_agreement']:.2%} | "
                    f"{c.get('greedy_summary', 'n/a')}" if c.get("mean_kl") is not None else "not run | | |")
         weights = c.get("weights")
         checked = "-" if weights is None else "pass" if weights["passed"] else "FAIL"
-        rows.append(f"| {c['name']} | {c['dtype']} | {figures} | {checked} | {'pass' if c['passed'] else 'FAIL'} |")
+        budget = (c.get("budget") or {}).get("dtype", "-")
+        rows.append(f"| {c['name']} | {c['dtype']} | {budget} | {figures} | {checked} | "
+                    f"{'pass' if c['passed'] else 'FAIL'} |")
+        for k in c.get("checks", []):
+            rows.append(f"| &nbsp;&nbsp;vs {k['against']} | | {k['budget']['dtype']} | {k['max_abs_diff']:.3g} | "
+                        f"{k['mean_kl']:.3g} | {k['top1_agreement']:.2%} | {k['greedy_summary']} | | "
+                        f"{'pass' if k['passed'] else 'FAIL'} |")
     return rows + [""]
 
 

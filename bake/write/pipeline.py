@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +55,21 @@ def write_bake(plan: BakePlan, out_dir: Path, sources: dict[str, Any] | None = N
                extras: Extras | None = None) -> dict[str, Any]:
     """Write a planned bake to ``out_dir`` all or nothing (see ``bake_checkpoint``); return the manifest."""
     base, options = plan.base, plan.options
-    with atomic_output_dir(out_dir, options.overwrite, inputs=(base.folder, plan.variant.folder)) as tmp:
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            atomic_output_dir(out_dir, options.overwrite, inputs=(base.folder, plan.variant.folder)) as tmp:
+        local = pool.submit(base.describe_local)  # hashing the base's weights runs beside the write
         files = write_weights(tmp, plan.tensors(), parse_size(options.max_shard_size), options.progress)
         write_config(tmp, base.config, intermediate_size=plan.width, dtype_name=plan.dtype_name)
         files += ["config.json"] + carry_base_files(base.folder, tmp)
-        manifest = build_manifest(plan, sources or {}, sorted(files + [MANIFEST_NAME, "README.md"]))
+        manifest = build_manifest(plan, sources or {}, sorted(files + [MANIFEST_NAME, "README.md"]), local.result())
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if extras is not None:
             manifest["files"] = sorted(manifest["files"] + extras(tmp))
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if check is not None:
-            manifest["verification"] = check(tmp)
+        if check is not None:  # its report names the temporary folder, which is renamed: say "." instead
+            manifest["verification"] = json.loads(json.dumps(check(tmp)).replace(json.dumps(str(tmp))[1:-1], "."))
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        write_model_card(tmp, manifest, base.folder)
+        write_model_card(tmp, manifest)
         if check is not None and not manifest["verification"]["passed"]:
             raise VerificationFailed(
                 "the bake does not match the hooked model; nothing was written. Failures: "

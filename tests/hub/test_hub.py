@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from huggingface_hub import CommitInfo, HfApi, ModelCard, constants
-from huggingface_hub.hf_api import ModelInfo
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from hub_fakes import COMMIT_B, FakeHfApi
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
 
 from bake.commands import push_cmd
@@ -35,7 +34,6 @@ from bake.io.base_model import open_base_model
 BASE_ID = "Qwen/Qwen3-0.6B"
 GATES_ID = "hyunseoki/qwen3-0.6b-lambda-gates-chat"
 COMMIT_A = "a" * 40
-COMMIT_B = "b" * 40
 SPEC = TinyQwen3Spec(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1)
 ALL_VARIANTS = [v.name for v in SEED_VARIANTS]
 LFS_SUFFIXES = (".safetensors", ".pt", ".bin", ".onnx")
@@ -297,81 +295,17 @@ def test_hub_revision_args() -> None:
 # ---------------------------------------------------------------- push
 
 
-class FakeHfApi:
-    """Records calls; each call must bind to the real HfApi method's signature."""
-
-    def __init__(self, existing_private: bool | None = None) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.private = existing_private  # None: the repo does not exist yet
-        self.uploaded: list[str] = []
-        self.readme: str | None = None
-
-    def _record(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        bound = inspect.signature(getattr(HfApi, name)).bind(None, *args, **kwargs)
-        bound.apply_defaults()
-        params = {k: v for k, v in bound.arguments.items() if k != "self"}
-        self.calls.append((name, params))
-        return params
-
-    def create_repo(self, *args: Any, **kwargs: Any) -> str:
-        params = self._record("create_repo", *args, **kwargs)
-        if self.private is None:
-            self.private = bool(params["private"])
-        return f"https://huggingface.co/{params['repo_id']}"
-
-    def repo_info(self, *args: Any, **kwargs: Any) -> ModelInfo:
-        params = self._record("repo_info", *args, **kwargs)
-        return ModelInfo(id=params["repo_id"], private=self.private)
-
-    def create_branch(self, *args: Any, **kwargs: Any) -> None:
-        self._record("create_branch", *args, **kwargs)
-
-    def upload_folder(self, *args: Any, **kwargs: Any) -> CommitInfo:
-        params = self._record("upload_folder", *args, **kwargs)
-        folder = Path(params["folder_path"])
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        ignore = list(params["ignore_patterns"] or []) + DEFAULT_IGNORE_PATTERNS  # as upload_folder does
-        self.uploaded = list(filter_repo_objects(files, allow_patterns=params["allow_patterns"],
-                                                 ignore_patterns=ignore))
-        self.readme = (folder / "README.md").read_text() if "README.md" in self.uploaded else None
-        return CommitInfo(commit_url=f"https://huggingface.co/{params['repo_id']}/commit/{COMMIT_B}",
-                          commit_message=params["commit_message"], commit_description="", oid=COMMIT_B)
-
-
-CARD = """---
-base_model: Qwen/Qwen3-0.6B
-base_model_relation: finetune
-license: apache-2.0
-library_name: transformers
-pipeline_tag: text-generation
-tags:
-- qwen3
-- lambda-gates
-- lambda-bake
-- layout-dense
-- variant-chat_energy_optA
----
-# Qwen3-0.6B with lambda gates baked in (chat_energy_optA)
-"""
-
-
 @pytest.fixture
-def baked(tmp_path: Path, tiny_base: Path) -> Path:
-    """A folder shaped like a bake's output: base files, manifest, model card, plus upload-cache noise."""
+def baked(tmp_path: Path, tiny_base: Path, seed_gates: Path) -> Path:
+    """A real bake of the tiny base, declared a copy of Qwen/Qwen3-0.6B, plus upload-cache noise push never sends."""
+    from bake.cli import main
+
     out = tmp_path / "baked"
-    shutil.copytree(tiny_base, out)
-    (out / "README.md").write_text(CARD)
-    files = sorted([p.name for p in out.iterdir()] + ["bake_manifest.json"])
-    manifest = {
-        "format": 1, "tool": {"name": "lambda-bake", "version": "0.1.0"},
-        "base": {"source": BASE_ID, "revision": None},
-        "gates": {"source": GATES_ID, "variant": "chat_energy_optA"},
-        "cut": {"kind": "off_fraction", "value": 0.25, "threshold": 0.4981},
-        "off_fraction": 0.25, "layout": "dense", "files": files,
-    }
-    (out / "bake_manifest.json").write_text(json.dumps(manifest))
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(seed_gates), "--variant", "chat_energy_optA",
+                 "--off-fraction", "0.25", "--base-id", BASE_ID, "--gates-id", GATES_ID, "--out", str(out),
+                 "--quiet"]) == 0
     (out / ".cache" / "huggingface").mkdir(parents=True)
-    (out / ".cache" / "huggingface" / "upload.lock").write_text("")  # upload_folder never sends this
+    (out / ".cache" / "huggingface" / "upload.lock").write_text("")
     return out
 
 
@@ -385,15 +319,16 @@ def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> 
     url = push.push_folder(baked, "me/qwen3-baked", private=True, revision="optA-25", api=api)
     assert url == f"https://huggingface.co/me/qwen3-baked/commit/{COMMIT_B}"
     names = [name for name, _ in api.calls]
-    assert names == ["create_repo", "repo_info", "create_branch", "upload_folder"]
+    assert names == ["create_repo", "repo_info", "create_branch", "create_commit"]
     calls = dict(api.calls)
     assert calls["create_repo"]["private"] is True and calls["create_repo"]["exist_ok"] is True
     assert calls["create_repo"]["repo_type"] == "model"
     assert calls["create_branch"]["branch"] == "optA-25" and calls["create_branch"]["exist_ok"] is True
-    upload = calls["upload_folder"]
+    upload = calls["create_commit"]
     assert upload["revision"] == "optA-25" and upload["repo_type"] == "model"
+    threshold = json.loads((baked / "bake_manifest.json").read_text())["cut"]["threshold"]
     assert upload["commit_message"] == (
-        "Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25 (threshold 0.4981, 25.0% off), "
+        f"Bake chat_energy_optA into Qwen/Qwen3-0.6B: off_fraction 0.25 (threshold {threshold}, 25.0% off), "
         "dense layout")
     assert api.uploaded == EXPECTED_UPLOAD == push.upload_file_list(baked)
     card = ModelCard(api.readme)
@@ -405,18 +340,18 @@ def test_push_creates_repo_and_branch_and_uploads_in_one_commit(baked: Path) -> 
 def test_push_to_main_public_with_own_message(baked: Path) -> None:
     api = FakeHfApi()
     push.push_folder(baked, "me/qwen3-baked", commit_message="my message", api=api)
-    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    assert [name for name, _ in api.calls] == ["create_repo", "create_commit"]
     calls = dict(api.calls)
     assert calls["create_repo"]["private"] is False
-    assert calls["upload_folder"]["revision"] is None
-    assert calls["upload_folder"]["commit_message"] == "my message"
+    assert calls["create_commit"]["revision"] is None
+    assert calls["create_commit"]["commit_message"] == "my message"
 
 
 def test_push_private_into_existing_public_repo_is_refused(baked: Path) -> None:
     api = FakeHfApi(existing_private=False)
     with pytest.raises(HubError, match="already exists and is public"):
         push.push_folder(baked, "me/public", private=True, api=api)
-    assert "upload_folder" not in dict(api.calls)
+    assert "create_commit" not in dict(api.calls)
 
 
 def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path) -> None:
@@ -436,7 +371,7 @@ def test_push_refuses_unbaked_or_incomplete_folders(baked: Path, tmp_path: Path)
         push.push_folder(baked, "me/x/y", allow_unbaked=True, api=api)
     assert api.calls == []
     push.push_folder(baked, "me/x", allow_unbaked=True, api=api)
-    assert dict(api.calls)["upload_folder"]["commit_message"] == "Upload model folder with lambda-bake"
+    assert dict(api.calls)["create_commit"]["commit_message"] == "Upload model folder with lambda-bake"
 
 
 def test_push_with_real_api_offline_is_a_clear_error(baked: Path) -> None:
@@ -528,11 +463,12 @@ def test_bake_push_to_uploads_the_real_bake(
     assert main(["bake", "--base", str(tiny_base), "--gates", str(seed_gates), "--variant", "chat_mean",
                  "--off-fraction", "0.5", "--layout", "pruned", "--out", str(tmp_path / "o"), "--quiet",
                  "--push-to", "me/tiny-baked", "--private"]) == 0
-    uploads = [c for c in api.calls if c[0] == "upload_folder"]
+    uploads = [c for c in api.calls if c[0] == "create_commit"]
     assert len(uploads) == 1
     manifest = json.loads((tmp_path / "o" / "bake_manifest.json").read_text())
     assert uploads[0][1]["commit_message"] == push.default_commit_message(manifest)
     assert "chat_mean" in uploads[0][1]["commit_message"] and "pruned" in uploads[0][1]["commit_message"]
     assert api.uploaded == sorted(manifest["files"]) and api.private is True
-    card = ModelCard.load(tmp_path / "o" / "README.md")
-    assert card.data.library_name == "transformers" and "layout-pruned" in card.data.tags
+    card = ModelCard(api.readme)
+    assert card.data.library_name == "transformers" and "pruned" in card.data.tags
+    assert 'from_pretrained("me/tiny-baked")' in api.readme  # the card the Hub gets names its repo

@@ -70,7 +70,8 @@ def wrong_bakes(tiny_gates: Path, tmp_path: Path) -> tuple[dict[str, tuple[Any, 
         "wrong scale mode": (right, GateSettings(Cut("threshold", t), "hard", "mean"), {}),
         "off-by-one threshold": (right, GateSettings(Cut("threshold", next_t), "hard", "energy"), {}),
         "a layer's gates shuffled": (shuffled_v, ok, {"gates__sha256": right.sha256,
-                                                      "gates__source": str(tiny_gates)}),
+                                                      "gates__source": str(tiny_gates),
+                                                      "gates__local_path": str(tiny_gates)}),
         "swapped variant": (other, ok, {"gates__variant": "chat_energy_optA", "gates__sha256": right.sha256}),
     }, ok
 
