@@ -52,3 +52,14 @@ def svg_size(path: Path) -> tuple[str, str]:
 def by_gid(fig: Any) -> dict[str, Any]:
     """A figure's artists that carry a gid, by gid."""
     return {a.get_gid(): a for a in fig.findobj(lambda a: a.get_gid() is not None)}
+
+
+def as_numpy(value: Any) -> Any:
+    """What the reader should return for an object torch.load returns (bfloat16 widened to float32)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().numpy() if value.dtype == torch.bfloat16 else value.detach().numpy()
+    if isinstance(value, dict):
+        return {k: as_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_numpy(v) for v in value)
+    return value

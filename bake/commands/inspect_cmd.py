@@ -27,8 +27,8 @@ of neurons switched off per layer at each threshold, the per-layer lambda quanti
 neurons per layer against the pruned layout's padded width. It needs matplotlib:
 {plots.INSTALL_HINT}.
 
-Flat gate files need the layer count: give --base (recommended) or --num-layers (default 28,
-Qwen3-0.6B).
+A flat gate file (one long tensor) does not say how many layers it covers: give --base (recommended:
+the shape is then also checked against the model) or --num-layers.
 """
 
 
@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", help=f"variant subfolder, or '{ALL_VARIANTS}' (the default): every variant")
     p.add_argument("--base", type=path_arg("folder", MODEL_FOLDER),
                    help="base model folder, to check the gate shape against it")
-    p.add_argument("--num-layers", type=int, default=28, help="layer count for flat gate files without --base")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="layer count of a flat gate file when there is no --base (an [L, I] tensor, a list or a dict "
+                        "by layer says it itself)")
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE, help="pruned padding multiple")
     p.add_argument("--thresholds", type=float, nargs="*", default=None,
                    help="extra thresholds to evaluate besides the selected ones")

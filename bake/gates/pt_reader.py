@@ -88,10 +88,26 @@ _ALLOWED_GLOBALS = {
 
 
 def load_pt(path: Path) -> Any:
-    """The object in a ``torch.save`` file, with tensors as numpy arrays; refuses anything else."""
+    """The object in a ``torch.save`` file, with tensors as numpy arrays; refuses anything else.
+
+    Total over its input: whatever the bytes, it returns the object or raises a ``PtReadError`` (an
+    ``OSError`` only when the file cannot be read at all). A damaged archive makes ``zipfile`` raise
+    many things (``BadZipFile``, ``UnicodeDecodeError`` for a mangled name, ``NotImplementedError`` for a
+    bogus version or method, ``ValueError``, ``OverflowError``, ``struct.error``, ...); for a reader of
+    untrusted bytes each of them means the same: this is not a torch.save archive it can read.
+    """
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
             raise LegacyFormat("not a zip archive")
+    try:
+        return _load(path)
+    except (PtReadError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring: any other failure is a damaged archive
+        raise DamagedArchive(f"a damaged zip archive ({type(e).__name__}: {e}); it may be truncated") from e
+
+
+def _load(path: Path) -> Any:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError) as e:

@@ -114,7 +114,7 @@ def load_variant(
         raise GateFileError(f"no gate file in {folder}: expected one of {', '.join(GATE_FILENAMES)}")
     raw = _read_container(gate_file)
     logits = gate_logits_to_matrix(raw, num_layers, intermediate_size, source=str(gate_file))
-    stats = read_json(folder / "gate_stats.json", GateFileError, "download it again or delete it") if (folder / "gate_stats.json").exists() else {}
+    stats = _read_stats(folder / "gate_stats.json")
     scale_mode, source = infer_scale_mode(folder.name, stats)
     return GateVariant(
         name=folder.name,
@@ -139,14 +139,22 @@ def gate_logits_to_matrix(
         t = found
         if t.ndim == 1:
             if num_layers is None:
-                raise GateFileError(f"{source}: a flat tensor needs the base model's layer count to reshape")
-            width = intermediate_size if intermediate_size is not None else t.size // num_layers
-            if t.size != num_layers * width:
-                raise GateFileError(
-                    f"{source}: holds {t.size} gate logits but the base model has "
-                    f"{num_layers} layers x {width} neurons = {num_layers * width}; "
-                    "these gates were trained for a different model size"
-                )
+                raise GateFileError(f"{source}: a flat tensor of {t.size:,} gate logits does not say how many layers "
+                                    "it covers; give --base (the base model folder), or --num-layers")
+            if intermediate_size is None:  # the layer count alone, from --num-layers
+                if num_layers < 1 or t.size % num_layers:
+                    raise GateFileError(f"{source}: holds {t.size:,} gate logits, which is not a whole number of "
+                                        f"neurons for each of --num-layers {num_layers} layers; check --num-layers, "
+                                        "or give --base")
+                width = t.size // num_layers
+            else:
+                width = intermediate_size
+                if t.size != num_layers * width:
+                    raise GateFileError(
+                        f"{source}: holds {t.size:,} gate logits but the base model has "
+                        f"{num_layers} layers x {width} neurons = {num_layers * width:,}; "
+                        "these gates were trained for a different model size"
+                    )
             t = t.reshape(num_layers, width)
         elif t.ndim != 2:
             raise GateFileError(f"{source}: expected a flat or [layers, neurons] tensor, found shape {list(t.shape)}")
@@ -159,14 +167,15 @@ def gate_logits_to_matrix(
     if not np.issubdtype(t.dtype, np.floating):
         raise GateFileError(f"{source}: gate logits must be floating point, found {t.dtype}")
     t = np.ascontiguousarray(t, dtype=np.float32)
-    if (num_layers is not None and t.shape[0] != num_layers) or (
-        intermediate_size is not None and t.shape[1] != intermediate_size
-    ):
+    if intermediate_size is not None and (t.shape[0] != num_layers or t.shape[1] != intermediate_size):
         raise GateFileError(
-            f"{source}: gates have shape {list(t.shape)} ({t.size} neurons) but the base model has "
-            f"{num_layers} layers x {intermediate_size} neurons = {(num_layers or 0) * (intermediate_size or 0)}; "
+            f"{source}: gates have shape {list(t.shape)} ({t.size:,} neurons) but the base model has "
+            f"{num_layers} layers x {intermediate_size} neurons = {(num_layers or 0) * intermediate_size:,}; "
             "these gates were trained for a different model size"
         )
+    if intermediate_size is None and num_layers is not None and t.shape[0] != num_layers:
+        raise GateFileError(f"{source}: gates for {t.shape[0]} layers, but --num-layers says {num_layers}; drop "
+                            "--num-layers (the file says its shape) or give --base")
     bad = ~np.isfinite(t)
     if bad.any():
         idx = np.argwhere(bad)[0].tolist()
@@ -309,19 +318,47 @@ def _as_1d(x: Any, source: str) -> np.ndarray:
 
 
 def _read_thresholds(folder: Path, stats: dict[str, Any]) -> list[float]:
+    """The selected thresholds: ``selected_thresholds.txt`` (comma- or line-separated), else gate_stats.json's
+    ``selected_thresholds`` (a list, or a dict of labels to values or to ``{"threshold": t}``). Each must be a
+    number in (0, 1): it is compared with lambda = sigmoid(logit)."""
     path = folder / "selected_thresholds.txt"
+    fix = "download it again or delete it"
     if path.exists():
-        text = path.read_text().replace("\n", ",")
         try:
-            return [float(x) for x in text.split(",") if x.strip()]
-        except ValueError as e:
-            raise GateFileError(f"{path}: expected comma-separated numbers ({e})") from e
-    listed = stats.get("selected_thresholds") if isinstance(stats, dict) else None
-    if isinstance(listed, dict):
-        listed = list(listed.values())
-    if isinstance(listed, list):
-        return [float(x["threshold"] if isinstance(x, dict) else x) for x in listed]
-    return []
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise GateFileError(f"{path} cannot be read as text ({e}); {fix}") from e
+        if len(text) > 1 << 20:
+            raise GateFileError(f"{path} holds {len(text):,} characters, not a short list of thresholds; {fix}")
+        items, where = [x for x in text.replace("\n", ",").split(",") if x.strip()], path
+    else:
+        listed = stats.get("selected_thresholds")
+        if isinstance(listed, dict):
+            listed = list(listed.values())
+        if not isinstance(listed, list):
+            return []
+        items = [x["threshold"] if isinstance(x, dict) and "threshold" in x else x for x in listed]
+        where = folder / "gate_stats.json"
+    try:
+        values = [float(x) for x in items]
+    except (TypeError, ValueError) as e:
+        raise GateFileError(f"{where}: expected a list of numbers as the selected thresholds ({e}); {fix}") from e
+    bad = [v for v in values if not 0.0 < v < 1.0]
+    if bad:
+        raise GateFileError(f"{where}: selected threshold {bad[0]!r} is not in (0, 1) (thresholds are compared with "
+                            f"lambda = sigmoid(logit)); {fix}")
+    return values
+
+
+def _read_stats(path: Path) -> dict[str, Any]:
+    """gate_stats.json (a JSON object), or ``{}`` when there is none."""
+    if not path.exists():
+        return {}
+    stats = read_json(path, GateFileError, "download it again or delete it")
+    if not isinstance(stats, dict):
+        raise GateFileError(f"{path} holds a JSON {type(stats).__name__}, not the object of statistics the card "
+                            "publishes; download it again or delete it")
+    return stats
 
 
 def _count_neuron_indices(path: Path) -> int | None:

@@ -22,11 +22,11 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 
-from bake.errors import HubError
+from bake.errors import HubError, ManifestMismatch
 from bake.hub.hub_errors import hub_errors
 from bake.io.json_files import read_json
 from bake.io.paths import BAKED_FOLDER, require
-from bake.write.manifest import MANIFEST_NAME, public_manifest
+from bake.write.manifest import MANIFEST_NAME, public_manifest, read_manifest
 from bake.write.model_card import CARD_NAME, render_model_card
 
 TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py", ".model")
@@ -80,7 +80,11 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
                 inner = read_json(folder / name, HubError, "bake the folder again")
                 files[name] = (json.dumps(public_manifest(inner, folder) if name != MANIFEST_NAME else public,
                                           indent=2) + "\n").encode()
-        files[CARD_NAME] = render_model_card(public, folder, repo_id).encode()
+        try:
+            files[CARD_NAME] = render_model_card(public, folder, repo_id).encode()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a section of the manifest is not as written
+            raise HubError(f"{folder / MANIFEST_NAME} is damaged ({type(e).__name__}: {e}), so no model card can be "
+                           "rendered from it; bake the folder again") from e
         _check_card(files[CARD_NAME].decode())
     upload = Upload(folder, repo_id, files, manifest)
     _refuse_leaks(upload, _local_paths(folder, manifest))
@@ -170,7 +174,10 @@ def check_push_folder(folder: Path, files: list[str], allow_unbaked: bool) -> di
     manifest_path = Path(folder) / MANIFEST_NAME
     manifest: dict[str, Any] | None = None
     if manifest_path.is_file():
-        manifest = read_json(manifest_path, HubError, "bake the folder again")
+        try:
+            manifest = read_manifest(folder)
+        except ManifestMismatch as e:
+            raise HubError(str(e)) from e
     if allow_unbaked:
         return manifest
     has_weights = any(f.endswith(".safetensors") and "/" not in f for f in files)

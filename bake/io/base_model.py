@@ -8,7 +8,7 @@ from typing import Any
 
 from bake.errors import BaseModelError
 from bake.io.dtypes import COMPUTE_DTYPES, DType
-from bake.io.json_files import read_json
+from bake.io.json_files import checked_field, read_json_object
 from bake.io.paths import MODEL_FOLDER, require
 from bake.io.provenance import describe_local
 from bake.io.tensor_io import CheckpointReader
@@ -59,11 +59,33 @@ def mlp_name(layer: int, proj: str) -> str:
     return MLP_TENSOR.format(layer=layer, proj=proj)
 
 
+# The config fields lambda-bake reads (the bake, the exports, verify) and their bounds: a damaged config
+# gets a message naming the field, never a traceback or a loop sized by a garbage number.
+_CONFIG_INTS = {"num_hidden_layers": (1, 4096), "intermediate_size": (1, 1 << 20), "hidden_size": (1, 1 << 20),
+                "num_attention_heads": (1, 4096), "vocab_size": (1, 1 << 24)}
+_CONFIG_OPTIONAL_INTS = {"num_key_value_heads": (1, 4096), "head_dim": (1, 1 << 16),
+                         "max_position_embeddings": (1, 1 << 24)}
+_CONFIG_OPTIONAL_FLOATS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12)}
+
+
 def read_config(folder: Path) -> dict[str, Any]:
+    """config.json as a JSON object, with every field lambda-bake reads of the right type and within bounds."""
     path = require(folder, "folder", MODEL_FOLDER, BaseModelError) / "config.json"
     if not path.is_file():
         raise BaseModelError(f"{folder} has no config.json; it is not a Hugging Face model folder")
-    return read_json(path, BaseModelError, "download it again")
+    fix = "download it again"
+    config = read_json_object(path, BaseModelError, fix, "a model config")
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        return config  # open_base_model names the model type; nothing else is read of it
+    for key, (low, high) in _CONFIG_INTS.items():
+        checked_field(config, key, int, path, BaseModelError, fix, low=low, high=high)
+    for key, (low, high) in _CONFIG_OPTIONAL_INTS.items():
+        checked_field(config, key, int, path, BaseModelError, fix, optional=True, low=low, high=high)
+    for key, (low, high) in _CONFIG_OPTIONAL_FLOATS.items():
+        checked_field(config, key, (int, float), path, BaseModelError, fix, optional=True, low=low, high=high)
+    checked_field(config, "tie_word_embeddings", bool, path, BaseModelError, fix, optional=True)
+    checked_field(config, "attention_bias", bool, path, BaseModelError, fix, optional=True)
+    return config
 
 
 def open_base_model(folder: Path) -> BaseModel:
@@ -77,9 +99,6 @@ def open_base_model(folder: Path) -> BaseModel:
             f"{folder} is a {model_type!r} model ({archs}); lambda-bake supports Qwen3 dense models "
             f"(model_type 'qwen3', e.g. Qwen/Qwen3-0.6B) only"
         )
-    for key in ("num_hidden_layers", "intermediate_size", "hidden_size"):
-        if key not in config:
-            raise BaseModelError(f"{folder}/config.json lacks {key!r}; it is not a complete Qwen3 config")
     reader = CheckpointReader(folder)
     base = BaseModel(folder, config, reader)
     for layer in range(base.num_layers):

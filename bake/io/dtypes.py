@@ -62,8 +62,8 @@ _BF16_NAN = np.uint16(0xFFFF)
 
 def to_float32(raw: np.ndarray, dtype: DType) -> np.ndarray:
     """A new float32 array holding ``raw`` (elements of ``dtype``) exactly."""
-    if dtype.name == "bfloat16":
-        return np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
+    if dtype.name == "bfloat16":  # asarray: numpy ufuncs turn a 0-d array into a scalar
+        return np.asarray(np.left_shift(raw, 16, dtype=np.uint32)).view(np.float32)
     if dtype.name in ("float32", "float16"):
         return raw.astype(np.float32)
     raise ValueError(f"cannot compute with {dtype.name} tensors; only {', '.join(COMPUTE_DTYPES)}")

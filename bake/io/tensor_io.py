@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ import numpy as np
 
 from bake.errors import BakeError, BaseModelError
 from bake.io.dtypes import BY_CODE, DType
+from bake.io.json_files import read_json_object
 from bake.io.overlap import BackgroundFlush, BlockPipeline
 
 if TYPE_CHECKING:
     import torch
 
 INDEX_NAME = "model.safetensors.index.json"
+SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")  # a plain file name in the folder, never a path
 SINGLE_NAME = "model.safetensors"
 BLOCK_ELEMENTS = 1 << 19  # rows per block: about 2 MiB of float32, so a fold works inside the CPU cache
 
@@ -75,10 +78,12 @@ class CheckpointReader:
     def _files(self) -> list[Path]:
         index = self.folder / INDEX_NAME
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise BaseModelError(f"{index}: not a valid safetensors index ({e}); download it again") from e
+            weight_map = read_json_object(index, BaseModelError, "download it again", "a safetensors index").get(
+                "weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) and SHARD_NAME.match(v) for v in weight_map.values()):
+                raise BaseModelError(f"{index}: not a valid safetensors index (its weight_map must map tensor names "
+                                     "to shard file names in the same folder); download it again")
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (self.folder / f).is_file()]
             if missing:
@@ -151,7 +156,7 @@ def read_header(file: Path, error: type[BakeError] = BaseModelError) -> list[Ten
             raise error(f"{file}: damaged safetensors header (length {n}); download it again")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise error(f"{file}: damaged safetensors header ({e}); download it again") from e
     if not isinstance(header, dict):
         raise error(f"{file}: damaged safetensors header (not a JSON object); download it again")

@@ -53,6 +53,7 @@ from bake.verify.tensor_model import qwen3_model
 from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
 from bake.verify.weights.checkpoint_check import check_bake_weights
 from bake.verify.weights.weight_check import check_export_weights
+from bake.write.checkpoint import check_carried_files
 from bake.write.manifest import MANIFEST_NAME, read_manifest
 
 REFERENCE = "the hooked reference"
@@ -150,6 +151,7 @@ def verify(
             f"manifest records (sha256 {spec.gate_sha256[:16]}...); pass the gates it was baked from, "
             "or --ignore-manifest to compare against these anyway"
         )
+    check_carried_files(base)  # the tokenizer and chat template the prompts are rendered with must parse
     prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), options.prompts)
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
     sequences, reference = _generate(lambda: TorchRunner(load_hooked_model(base, scale, torch.float32)), prompts,

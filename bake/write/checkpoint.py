@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bake.errors import BakeError, BaseModelError
+from bake.io.json_files import read_json_object
 from bake.io.tensor_io import INDEX_NAME, SINGLE_NAME, OutTensor, shard_plan, write_safetensors
 
 CARRIED_PATTERNS = (
@@ -62,6 +64,62 @@ def write_config(out_dir: Path, config: dict[str, Any], *, intermediate_size: in
     if "torch_dtype" in cfg:
         cfg["torch_dtype"] = dtype_name
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def check_carried_files(base_dir: Path, error: type[BakeError] = BaseModelError) -> None:
+    """Parse every file a bake or an export copies from the base, so that a broken one stops the run before
+    anything is written: JSON files must be JSON objects, tokenizer.json must load in the ``tokenizers``
+    library (what every consumer runs), and a chat template must be valid Jinja."""
+    fix = "download it again (or delete it, if the model does not need it)"
+    for pattern in CARRIED_PATTERNS:
+        for src in sorted(Path(base_dir).glob(pattern)):
+            if not src.is_file():
+                continue
+            if src.suffix == ".json":
+                data = read_json_object(src, error, fix, "a JSON object")
+                _check_template(data.get("chat_template"), src, error, fix)
+                if src.name == "generation_config.json":
+                    _check_token_ids(data, src, error, fix)
+            if src.name == "tokenizer.json":
+                from tokenizers import Tokenizer
+
+                try:
+                    Tokenizer.from_file(str(src))
+                except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
+                    raise error(f"{src} is not a tokenizer the tokenizers library can load ({str(e)[:200]}); "
+                                f"{fix}") from e
+            elif src.name.startswith("chat_template") and src.suffix == ".jinja":
+                try:
+                    text = src.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise error(f"{src} cannot be read as text ({e}); {fix}") from e
+                _check_template(text, src, error, fix)
+
+
+def _check_token_ids(config: dict[str, Any], src: Path, error: type[BakeError], fix: str) -> None:
+    """bos/eos/pad token ids: a non-negative integer, a list of them, or absent."""
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = config.get(key)
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in values):
+            raise error(f"{src}: {key} is {value!r}, not a token id (a non-negative integer or a list of them); {fix}")
+
+
+def _check_template(template: Any, src: Path, error: type[BakeError], fix: str) -> None:
+    """A chat template (a string, or transformers' list of named templates) must parse as Jinja."""
+    if template is None:
+        return
+    texts = [t.get("template") for t in template if isinstance(t, dict)] if isinstance(template, list) else [template]
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    for text in texts:
+        if not isinstance(text, str):
+            raise error(f"{src}: its chat template is a {type(text).__name__}, not Jinja text; {fix}")
+        try:
+            ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+        except jinja2.TemplateError as e:
+            raise error(f"{src}: its chat template is not valid Jinja ({e}); {fix}") from e
 
 
 def carry_base_files(base_dir: Path, out_dir: Path) -> list[str]:

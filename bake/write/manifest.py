@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bake import __version__
 from bake.errors import ManifestMismatch
 from bake.gates.report import uniform_cost
-from bake.io.json_files import read_json
+from bake.io.json_files import checked_field, read_json_object
 from bake.io.provenance import download_metadata
 from bake.write.model_card import base_license
 
@@ -119,8 +119,34 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str], lo
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """Read a baked folder's manifest; a folder without one was not made by lambda-bake."""
+    """Read a baked folder's manifest, checked field by field (what verify, export and push read of it); a folder
+    without one was not made by lambda-bake."""
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestMismatch(f"{folder} has no {MANIFEST_NAME}; it was not baked by lambda-bake")
-    return read_json(path, ManifestMismatch, "bake the folder again")
+    fix = "the file is damaged or was edited: bake the folder again"
+    m = read_json_object(path, ManifestMismatch, fix, "a bake manifest")
+    number = (int, float)
+    for key, kind in (("layout", str), ("dtype", str), ("gate_mode", str), ("scale_mode", str), ("scale_scope", str),
+                      ("intermediate_size", int), ("off_fraction", number), ("files", list), ("sizes", dict),
+                      ("tool", dict)):
+        checked_field(m, key, kind, path, ManifestMismatch, fix)
+    checked_field(m, "pad_multiple", int, path, ManifestMismatch, fix, optional=True, low=1)
+    for key in ("base", "gates", "cut"):
+        checked_field(m, key, dict, path, ManifestMismatch, fix)
+    for key in ("source",):
+        checked_field(m["base"], key, str, path, ManifestMismatch, fix)
+        checked_field(m["gates"], key, str, path, ManifestMismatch, fix)
+    for key in ("variant", "sha256"):
+        checked_field(m["gates"], key, str, path, ManifestMismatch, fix)
+    for entry in (m["base"], m["gates"]):
+        for key in ("hub_id", "revision", "local_path"):
+            checked_field(entry, key, str, path, ManifestMismatch, fix, optional=True)
+    checked_field(m["cut"], "kind", str, path, ManifestMismatch, fix)
+    checked_field(m["cut"], "threshold", number, path, ManifestMismatch, fix, optional=True, low=0.0, high=1.0)
+    checked_field(m["cut"], "rule", str, path, ManifestMismatch, fix, optional=True)
+    if m["cut"].get("rule") == "uniform":
+        checked_field(m["cut"], "target_off_fraction", number, path, ManifestMismatch, fix, low=0.0, high=1.0)
+    if not all(isinstance(f, str) for f in m["files"]):
+        raise ManifestMismatch(f"{path}: 'files' must list file names; {fix}")
+    return m

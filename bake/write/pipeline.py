@@ -20,7 +20,7 @@ from bake.gates.variant import GateVariant
 from bake.io.atomic import atomic_output_dir
 from bake.io.base_model import open_base_model
 from bake.io.tensor_io import parse_size
-from bake.write.checkpoint import carry_base_files, write_config, write_weights
+from bake.write.checkpoint import carry_base_files, check_carried_files, write_config, write_weights
 from bake.write.manifest import MANIFEST_NAME, build_manifest
 from bake.write.model_card import write_model_card
 
@@ -55,6 +55,7 @@ def write_bake(plan: BakePlan, out_dir: Path, sources: dict[str, Any] | None = N
                extras: Extras | None = None) -> dict[str, Any]:
     """Write a planned bake to ``out_dir`` all or nothing (see ``bake_checkpoint``); return the manifest."""
     base, options = plan.base, plan.options
+    check_carried_files(base.folder)  # a broken tokenizer or template stops the bake before anything is written
     with ThreadPoolExecutor(max_workers=1) as pool, \
             atomic_output_dir(out_dir, options.overwrite, inputs=(base.folder, plan.variant.folder)) as tmp:
         local = pool.submit(base.describe_local)  # hashing the base's weights runs beside the write

@@ -22,6 +22,7 @@ from bake.gates.gate_math import Cut, GateSettings
 from bake.gates.variant import GateVariant
 from bake.io.atomic import check_destination
 from bake.io.base_model import BaseModel
+from bake.write.checkpoint import check_carried_files
 from bake.write.pipeline import Check, Extras, write_bake
 
 
@@ -94,6 +95,7 @@ def cut_folder_name(variant: str, cut: Cut) -> str:
 def plan_sweep(base: BaseModel, cuts: list[SweepCut], out_root: Path, options: BakeOptions
                ) -> list[tuple[SweepCut, BakePlan, Path]]:
     """Plan every cut and check every destination; the first problem is raised before anything is written."""
+    check_carried_files(base.folder)  # once, before any cut is written
     names = [c.name for c in cuts]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

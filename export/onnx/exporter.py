@@ -27,7 +27,7 @@ from bake.errors import BaseModelError, ExportError
 from bake.io.atomic import atomic_output_dir
 from bake.io.base_model import open_base_model
 from bake.io.json_files import read_json
-from bake.write.checkpoint import carry_base_files
+from bake.write.checkpoint import carry_base_files, check_carried_files
 from bake.write.manifest import MANIFEST_NAME
 from export.install import pick_device, providers_for
 from export.onnx.builder import build_qwen3_model
@@ -126,6 +126,7 @@ def write_export(
     check_export_options(dtype, layout, device, quantize, target)
     quant = quant_spec(quantize, target)
     config, reader = open_model_folder(model_dir)
+    check_carried_files(model_dir, ExportError)  # the tokenizer and template the export carries must parse
     started = time.monotonic()
     bar = tqdm(total=int(config["num_hidden_layers"]), desc="building ONNX graph", unit="layer",
                disable=not progress, file=sys.stderr)

@@ -13,21 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import as_numpy
 
 from bake.gates.pt_reader import DamagedArchive, LegacyFormat, UnsafePickle, load_pt
 
 BASE = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7 - 1
-
-
-def as_numpy(value: Any) -> Any:
-    """What the reader should return for an object torch.load returns (bfloat16 widened to float32)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().float().numpy() if value.dtype == torch.bfloat16 else value.detach().numpy()
-    if isinstance(value, dict):
-        return {k: as_numpy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(as_numpy(v) for v in value)
-    return value
 
 
 def assert_same(ours: Any, expected: Any) -> None:

@@ -45,7 +45,7 @@ def test_figure_has_the_requested_size_and_the_same_bytes_every_time(tiny_gates:
 
 def test_default_size_is_a_column_per_variant_at_the_real_gate_shape(full_gates: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["inspect", "--gates", str(full_gates), "--variant", "all", "--plot",
+    code, _, err = run_cli(["inspect", "--gates", str(full_gates), "--variant", "all", "--num-layers", "28", "--plot",
                             str(tmp_path / "f.png")], capsys)
     assert code == 0, err
     assert png_size(tmp_path / "f.png") == (120 + 4 * 420, 1300)

@@ -55,6 +55,13 @@ class ExportGraph:
 
     def tensor(self, name: str) -> np.ndarray:
         """The initializer's values, shaped as stored (float16 stays float16; inline data is a read-only view)."""
+        try:
+            return self._tensor(name)
+        except (KeyError, ValueError, TypeError, OverflowError) as e:  # a protobuf that parses but does not hold
+            raise ExportError(f"{self.path}: initializer {name} cannot be read ({type(e).__name__}: {e}); the export is "
+                              "damaged: export again") from e
+
+    def _tensor(self, name: str) -> np.ndarray:
         t = self.initializers[name]
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         shape = tuple(t.dims)
