@@ -14,6 +14,7 @@ import importlib.util
 from bake.errors import ExportError
 
 CPU_INSTALL = 'pip install "lambda-bake[cpu]"'
+GGUF_INSTALL = 'pip install "lambda-bake[gguf]"'
 GPU_INSTALL = 'pip install "lambda-bake[gpu]"'
 GPU_REPAIR = ('pip uninstall -y onnxruntime onnxruntime-genai onnxruntime-gpu onnxruntime-genai-cuda && '
               + GPU_INSTALL)
@@ -31,6 +32,20 @@ def require_onnxruntime() -> None:
     """Refuse, naming the extra to install, when no ONNX Runtime is importable."""
     if importlib.util.find_spec("onnxruntime") is None:
         raise ExportError(f"ONNX Runtime is not installed; {CPU_INSTALL} (CPU) or {GPU_INSTALL} (NVIDIA GPU)")
+
+
+def require_gguf() -> None:
+    """Refuse, naming the extra, when gguf-py (llama.cpp's Python writer and reader) is missing."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ExportError(f"writing or reading GGUF needs the gguf package (llama.cpp's gguf-py); {GGUF_INSTALL}")
+
+
+def require_llama_cpp() -> None:
+    """Refuse, naming the extra, when llama-cpp-python (which runs GGUF files) is missing."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python; {GGUF_INSTALL} "
+                          "(it builds llama.cpp from source: a few minutes; docs/GGUF.md says how on CPUs "
+                          "without AVX-512)")
 
 
 def mixed_install_hint() -> str:

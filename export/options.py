@@ -10,3 +10,5 @@ ENGINES = ("auto", "genai", "ort")
 # export's graph options and their defaults (bake --onnx takes the same, named --onnx-*)
 GRAPH_DEFAULTS = {"target": "cpu", "dtype": "float32", "layout": "as-is", "quantize": "none",
                   "cuda_graph": False}
+# export.gguf.writer writes these: the first five with gguf-py, the K-quants through llama.cpp's quantizer
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m")

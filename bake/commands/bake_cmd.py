@@ -17,7 +17,7 @@ from bake.commands.common import (
     load_base_and_gates,
     settings_from_args,
 )
-from bake.commands.export_cmd import add_graph_args
+from bake.commands.export_cmd import add_gguf_args, add_graph_args
 from bake.commands.output import add_output_args, emit_json, say
 from bake.commands.sweep_cmd import is_sweep, one_cut, run_sweep_command
 from bake.commands.verify_cmd import add_budget_args, options_from_args
@@ -27,6 +27,7 @@ from bake.plots import figure as plots
 from bake.write.manifest import read_manifest
 from bake.write.pipeline import bake_checkpoint
 from export.options import GRAPH_DEFAULTS
+from export.options import LAYOUTS as LAYOUTS_EXPORT
 
 DESCRIPTION = f"""\
 Fold a lambda-gate variant into a Qwen3 base model and write a plain Hugging Face checkpoint
@@ -87,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="also export to ONNX with KV cache, in the same run (options as for export; see "
                            "lambda-bake export --help)")
     add_graph_args(onnx, prefix="onnx-")
+    gguf = p.add_argument_group("GGUF export (into OUT/, for llama.cpp)")
+    gguf.add_argument("--gguf", action="store_true",
+                      help="also write OUT/model-<layout>-<TYPE>.gguf (see lambda-bake export --format gguf)")
+    add_gguf_args(gguf)
+    gguf.add_argument("--gguf-layout", choices=LAYOUTS_EXPORT, default="as-is",
+                      help="as-is (arch qwen3, the checkpoint's widths) or ragged (arch openelm: each layer its own "
+                           "width)")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME",
                       help="upload the finished folder to this Hub repo (one bake only, not a sweep)")
@@ -107,16 +115,18 @@ def run(args: argparse.Namespace) -> int:
         raise PlotError("--plot draws a sweep's cuts against their off-fractions, and this bake is one cut; give "
                         "several cuts (e.g. --preset all) or drop --plot (lambda-bake inspect --plot draws one "
                         "variant's cuts without baking)")
+    if (args.gguf_type != "f16" or args.gguf_layout != "as-is") and not args.gguf:
+        raise ExportError("--gguf-type and --gguf-layout only apply to the GGUF export: add --gguf")
     if is_sweep(args):
         return run_sweep_command(args, options_from(args), verify_check(args) if args.verify else None,
-                                 onnx_step(args) if args.onnx else None)
+                                 extras_step(args))
     one_cut(args)
     base, variant, sources = load_base_and_gates(args)
     settings, scale_source = settings_from_args(args, variant)
     say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
         f"into {base.folder} -> {args.out}")
     check = verify_check(args) if args.verify else None
-    extras = onnx_step(args) if args.onnx else None
+    extras = extras_step(args)
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options_from(args),
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
@@ -140,7 +150,7 @@ def options_from(args: argparse.Namespace) -> BakeOptions:
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
     from bake.hub.sources import resolve_reference
-    from bake.verify.candidates import onnx_candidate, torch_candidate
+    from bake.verify.candidates import gguf_candidate, onnx_candidate, torch_candidate
     from bake.verify.metrics import CandidateResult, format_table
     from bake.verify.verifier import spec_from_manifest, verify
 
@@ -151,12 +161,42 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
         candidates = [torch_candidate(folder)]
         if (folder / "onnx").is_dir():
             candidates.append(onnx_candidate(folder / "onnx"))
+        candidates += [gguf_candidate(f) for f in sorted(folder.glob("*.gguf"))]
         spec = resolve_reference(spec_from_manifest(read_manifest(folder)))
         report = verify(spec, candidates, options, bake=folder)
         say(format_table([CandidateResult.from_dict(c) for c in report["candidates"]]))
         return report
 
     return check
+
+
+def extras_step(args: argparse.Namespace) -> Callable[[Path], list[str]] | None:
+    """The exports written into the finished checkpoint's temporary folder (ONNX, GGUF), as one step."""
+    steps = ([onnx_step(args)] if args.onnx else []) + ([gguf_step(args)] if args.gguf else [])
+    if not steps:
+        return None
+    return lambda folder: [name for step in steps for name in step(folder)]
+
+
+def gguf_name(layout: str, gguf_type: str) -> str:
+    return f"model-{layout}-{gguf_type.upper()}.gguf"
+
+
+def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
+    """Write the finished checkpoint's GGUF into it; return the file name."""
+    from export.install import require_gguf
+
+    require_gguf()
+    from export.gguf.writer import export_gguf
+
+    def export(folder: Path) -> list[str]:
+        name = gguf_name(args.gguf_layout, args.gguf_type)
+        say(f"exporting to GGUF ({args.gguf_type}, layout {args.gguf_layout}) ...")
+        export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
+                    progress=not args.quiet)
+        return [name]
+
+    return export
 
 
 def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:

@@ -8,8 +8,9 @@ from typing import Any
 
 from bake.commands import COMMANDS
 from bake.commands.output import add_output_args, say
+from bake.errors import ExportError
 from bake.io.paths import MODEL_FOLDER, path_arg
-from export.options import DEVICES, DTYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
+from export.options import DEVICES, DTYPES, GGUF_TYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
 EXPORT_EPILOG = """\
 targets (the graph):
@@ -56,6 +57,17 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="--target cuda: turn on CUDA-graph capture in genai_config.json")
 
 
+FORMATS = ("onnx", "gguf")
+
+
+def add_gguf_args(p: argparse.ArgumentParser) -> None:
+    """``--gguf-type`` (export --format gguf, and bake --gguf)."""
+    p.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES,
+                   help="GGUF tensor type: f32, f16 (default), bf16, q8_0, q4_0 (gguf-py; norms stay f32, a row that "
+                        "is not a whole number of blocks stays f16), or the K-quants q6_k, q5_k_m, q4_k_m (llama.cpp's "
+                        "own quantizer, through llama-cpp-python, with its per-tensor type mix)")
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -72,8 +84,13 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, type=path_arg("folder", MODEL_FOLDER),
                    help="baked (or base) Qwen3 model folder")
     p.add_argument("--out", required=True, type=Path,
-                   help="export folder: new, empty, or an earlier export to replace with --overwrite")
+                   help="export folder (ONNX: new, empty, or an earlier export to replace with --overwrite), or the "
+                        "*.gguf file (GGUF)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (default): a folder for ONNX Runtime and onnxruntime-genai; gguf: one file for "
+                        "llama.cpp (arch qwen3 as-is, openelm for --layout ragged)")
     add_graph_args(p)
+    add_gguf_args(p)
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="execution provider the export is loaded and run on after writing (default auto: CUDA when "
                         "onnxruntime-gpu has it, else CPU; a cuda-target export is only loaded on a CPU)")
@@ -84,6 +101,9 @@ def register(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from bake.commands.output import emit_json
+
+    if args.format == "gguf":
+        return run_gguf_export(args)
     from export.install import require_onnxruntime
 
     require_onnxruntime()
@@ -103,4 +123,31 @@ def run_export(args: argparse.Namespace) -> int:
     say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
         f"(per layer {min(widths)}..{max(widths)}); checked on {report['checked_on']}")
     say(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
+    return 0
+
+
+def run_gguf_export(args: argparse.Namespace) -> int:
+    from bake.commands.output import emit_json
+    from export.install import require_gguf
+
+    onnx_only = [f"--{n.replace('_', '-')}" for n, default in GRAPH_DEFAULTS.items()
+                 if n != "layout" and getattr(args, n) != default]
+    if onnx_only:
+        raise ExportError(f"{', '.join(onnx_only)} only apply to --format onnx; a GGUF takes --gguf-type and --layout")
+    require_gguf()
+    from export.gguf.writer import export_gguf
+
+    report = export_gguf(args.model, args.out, gguf_type_name=args.gguf_type, layout=args.layout,
+                         overwrite=args.overwrite, progress=not args.quiet)
+    if args.json:
+        emit_json(report)
+        return 0
+    say(f"exported {report['model']} -> {report['out']} in {report['seconds']:.1f} s")
+    widths = report["mlp_widths"]
+    say(f"  GGUF {report['type']}, arch {report['arch']}, layout {report['layout']}, {report['bytes'] / 1e6:.1f} MB; "
+        f"MLP neurons {report['mlp_neurons']:,} (per layer {min(widths)}..{max(widths)} wide"
+        + (f", {report['mlp_padding_neurons']:,} zero neurons to whole blocks" if report["mlp_padding_neurons"] else "")
+        + ")" + (f"; kept f16 (rows not whole blocks): {len(report['f16_fallback'])} tensors"
+                 if report["f16_fallback"] else ""))
+    say(f"  try it: lambda-bake generate --gguf {report['out']} --prompt \"Hello\"")
     return 0

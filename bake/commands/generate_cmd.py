@@ -8,7 +8,7 @@ from typing import Any
 
 from bake.commands import COMMANDS
 from bake.commands.output import say
-from bake.io.paths import EXPORT_FOLDER, path_arg
+from bake.io.paths import EXPORT_FOLDER, GGUF_FILE, path_arg
 from export.options import ENGINES
 
 
@@ -23,8 +23,11 @@ def register(sub: Any) -> None:
             "device), else in lambda-bake's own ONNX Runtime loop."
         ),
     )
-    p.add_argument("--onnx", required=True, type=path_arg("folder", EXPORT_FOLDER),
-                   help="folder written by lambda-bake export")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--onnx", type=path_arg("folder", EXPORT_FOLDER), help="folder written by lambda-bake export")
+    model.add_argument("--gguf", type=path_arg("file", GGUF_FILE), metavar="FILE",
+                       help="GGUF file written by lambda-bake export --format gguf (or bake --gguf): runs in "
+                            "llama.cpp (llama-cpp-python) on the CPU")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
@@ -46,18 +49,33 @@ def _positive_int(text: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    if args.gguf is not None:
+        return _generate_gguf(args, messages)
     from export.install import require_onnxruntime
 
     require_onnxruntime()
     from export.runtime.chat import ChatTokenizer
     from export.runtime.engines import describe, open_engine, stream_reply
 
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}]
     lm = open_engine(args.onnx, args.engine, args.device, args.threads, args.cuda_graph)
     chat = ChatTokenizer(args.onnx)
     say(f"running {args.onnx} with {describe(lm)}")
     for piece in stream_reply(lm, chat, messages, args.max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _generate_gguf(args: argparse.Namespace, messages: list[dict[str, str]]) -> int:
+    from export.runtime.engines import stream_reply
+    from export.runtime.llama_loop import GgufChat, LlamaCppLM
+
+    lm = LlamaCppLM(args.gguf, n_ctx=4096, threads=args.threads)
+    say(f"running {args.gguf} with llama.cpp (llama-cpp-python) on the CPU")
+    for piece in stream_reply(lm, GgufChat(lm), messages, args.max_new_tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

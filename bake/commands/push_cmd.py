@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
             "run instructions name it); a text file that still holds a path of this machine stops the push."
         ),
     )
-    p.add_argument("folder", metavar="DIR", type=path_arg("folder", BAKED_FOLDER), help="baked model folder")
+    p.add_argument("folder", metavar="DIR", type=path_arg("folder", BAKED_FOLDER, accept_files=(".gguf",)),
+                   help="baked model folder (with its exports), or a .gguf file to publish alone")
     p.add_argument("--repo-id", required=True, metavar="USER/NAME", help="target model repo")
     p.add_argument("--private", action="store_true",
                    help="create the repo private (an existing public repo is refused)")
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bake.hub.push import plan_upload, push_folder, upload_file_list
+    from bake.hub.push import plan_upload, push_folder
 
     if args.dry_run:
         plan = plan_upload(args.folder, args.repo_id, args.allow_unbaked).describe()
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({
             "repo_id": args.repo_id, "revision": args.revision or "main", "private": args.private,
-            "commit_url": url, "files": upload_file_list(args.folder),
+            "commit_url": url, "files": sorted(plan_upload(args.folder, args.repo_id, args.allow_unbaked).files),
         })
     else:
         print(url)

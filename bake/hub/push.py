@@ -70,6 +70,8 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise HubError(f"--repo-id {repo_id!r} is not a Hub repo id ({e}); use USER/NAME") from e
+    if folder.is_file():
+        return _plan_gguf(folder, repo_id)
     names = upload_file_list(folder)
     manifest = check_push_folder(folder, names, allow_unbaked)
     files: dict[str, bytes | None] = dict.fromkeys(names)
@@ -88,6 +90,30 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
         _check_card(files[CARD_NAME].decode())
     upload = Upload(folder, repo_id, files, manifest)
     _refuse_leaks(upload, _local_paths(folder, manifest))
+    return upload
+
+
+def _plan_gguf(path: Path, repo_id: str) -> Upload:
+    """A GGUF file alone, with a card rendered from the bake manifest it carries."""
+    from bake.verify.weights.gguf_check import field, read_gguf
+
+    if path.suffix != ".gguf":
+        raise HubError(f"{path} is a file; push takes a baked folder or a .gguf file")
+    raw = field(read_gguf(path), "lambda_bake.manifest")
+    try:
+        manifest = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise HubError(f"{path} carries no lambda-bake manifest (it was not written by lambda-bake), so no model card "
+                       "can say what it is; push the baked folder it came from instead")
+    try:
+        card = render_model_card(manifest, None, repo_id, gguf_files=[path])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{path}'s manifest is damaged ({type(e).__name__}: {e}); export it again") from e
+    _check_card(card)
+    upload = Upload(path.parent, repo_id, {path.name: None, CARD_NAME: card.encode()}, manifest)
+    _refuse_leaks(upload, _local_paths(path.parent, None))
     return upload
 
 

@@ -94,6 +94,35 @@ def atomic_output_dir(dest: Path, overwrite: bool = False, inputs: tuple[Path, .
 
 
 @contextmanager
+def atomic_output_file(dest: Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary file path beside ``dest``; when the block succeeds it is fsynced and renamed to ``dest``
+    (replacing an existing file only with ``overwrite``). Holds ``dest``'s lock; on failure the file is removed."""
+    dest = Path(dest).absolute()
+    for src in inputs:
+        if dest == Path(src).absolute():
+            raise OutputError(f"output file {dest} is the input {src}; choose another --out")
+    if dest.is_dir() or dest.is_symlink():
+        raise OutputError(f"{dest} is {'a folder' if dest.is_dir() else 'a symbolic link'}; give a file path as --out")
+    if dest.exists() and not overwrite:
+        raise OutputError(f"output file {dest} already exists; pass --overwrite to replace it or choose another --out")
+    if not dest.parent.is_dir():
+        raise OutputError(f"folder {dest.parent} does not exist; create it or choose another --out")
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    with destination_lock(dest):
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if dest.exists() and not overwrite:
+                raise OutputError(f"another file appeared at {dest} while this run was writing; nothing was "
+                                  "replaced: remove it or pass --overwrite")
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def destination_lock(dest: Path) -> Iterator[None]:
     """Hold ``.NAME.lock`` beside ``dest`` or fail at once naming the run that holds it.
 

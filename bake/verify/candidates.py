@@ -161,9 +161,10 @@ def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
     return {"past_key_values": out.past_key_values}
 
 
-class OnnxRunner:
-    """An export in lambda-bake's ONNX Runtime loop (``export.runtime.ort_loop.OnnxCausalLM.score``): both paths
-    of the shipped graph, one-token steps through the KV cache and a pass over a whole sequence, give its logits."""
+class BatchRunner:
+    """A runtime that scores all sequences in one call: lambda-bake's ONNX Runtime loop
+    (``OnnxCausalLM.score``: both paths of the shipped graph, one-token steps through the KV cache and a pass
+    over a whole sequence) or llama.cpp (``LlamaCppLM.score``)."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -199,6 +200,9 @@ class Candidate:
     quantization: dict[str, Any] | None = None  # onnx_io.json's, for a quantized export
     export_dtype: str | None = None
     not_run: str | None = None  # why its logits cannot be computed on this machine
+    manifest: dict[str, Any] | None = None  # a GGUF's embedded bake manifest
+    gguf_type: str | None = None
+    max_length: int = 4096  # a GGUF's context when loaded for verify
 
     def open(self) -> Runner:
         """Load the model (transformers, or an ONNX Runtime session) and return its runner."""
@@ -206,9 +210,13 @@ class Candidate:
             from transformers import AutoModelForCausalLM
 
             return TorchRunner(AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=self.compute_dtype).eval())
+        if self.kind == "gguf":
+            from export.runtime.llama_loop import LlamaCppLM
+
+            return BatchRunner(LlamaCppLM(self.folder, n_ctx=self.max_length, logits_all=True, f32_cache=True))
         from export.runtime.ort_loop import OnnxCausalLM
 
-        return OnnxRunner(OnnxCausalLM(self.folder, device=self.device))
+        return BatchRunner(OnnxCausalLM(self.folder, device=self.device))
 
 
 def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) -> Candidate:
@@ -247,6 +255,37 @@ def onnx_candidate(folder: Path, device: str = "auto") -> Candidate:
                                  "has no CUDA provider; only its weights were checked", **common)
     return Candidate(f"onnx ({target} graph, {io['layout']}, on {pick_device(device)})", label, chain, Path(folder),
                      "onnx", **common)
+
+
+GGUF_STEPS = {"f32": ("float32", None), "f16": ("float16", None), "bf16": ("bfloat16", None),
+              "q8_0": ("float32", "int8"), "q4_0": ("float32", "int4"),  # the K-quants: their coarsest tensors' bits
+              "q6_k": ("float32", "int8"), "q5_k_m": ("float32", "int4"), "q4_k_m": ("float32", "int4")}
+
+
+def gguf_candidate(path: Path) -> Candidate:
+    """A GGUF file, run by llama.cpp with a float32 KV cache; its chain is the bake's dtype, then its GGML type
+    (f16/bf16 weights make llama.cpp compute in that type; q8_0/q4_0 are 8- and 4-bit block codes)."""
+    import json
+
+    from bake.verify.weights.gguf_check import field, read_gguf
+    from export.gguf.writer import file_type_name
+    from export.install import require_gguf
+
+    require_gguf()
+    reader = read_gguf(path)
+    raw = field(reader, "lambda_bake.manifest")
+    try:
+        manifest = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        manifest = None
+    name = file_type_name(int(field(reader, "general.file_type") or 0))
+    export_dtype, quant = GGUF_STEPS.get(name, ("float32", None))
+    bake_dtype = str((manifest or {}).get("dtype") or "float32")
+    layout = field(reader, "lambda_bake.layout") or "as-is"
+    arch = field(reader, "general.architecture")
+    return Candidate(f"gguf ({arch}, {layout}, {name}, llama.cpp)", name, export_chain(bake_dtype, export_dtype, quant),
+                     Path(path), "gguf", quantization={"weights": quant} if quant else None, export_dtype=export_dtype,
+                     manifest=manifest, gguf_type=name)
 
 
 def _bake_dtype(export: Path) -> str:

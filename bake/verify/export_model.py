@@ -127,3 +127,41 @@ def float_activations(folder: Path, io: dict[str, Any]) -> tuple[bytes, dict[str
             external[t.name] = np.memmap(folder / info["location"], dtype=helper.tensor_dtype_to_np_dtype(t.data_type),
                                          mode="r", offset=int(info.get("offset", 0)), shape=tuple(t.dims))
     return model.SerializeToString(), external
+
+
+GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+              "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+              "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj",
+              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def gguf_model(path: Path, config: dict[str, Any]) -> Any:
+    """A GGUF file's own weights (dequantized by gguf-py) as a float32 transformers model of ``config``."""
+    from gguf.quants import dequantize
+
+    from bake.verify.weights.gguf_check import read_gguf
+
+    reader = read_gguf(path)
+    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
+    widths: dict[int, int] = {}
+
+    def tensors() -> Iterator[tuple[str, np.ndarray]]:
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            value = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+            parts = t.name.split(".")
+            if parts[0] in GGUF_TOP:
+                yield f"{GGUF_TOP[parts[0]]}.weight", value
+            elif parts[2] == "attn_qkv":
+                yield from _unpacked(f"model.layers.{parts[1]}.self_attn.qkv_proj", "weight", value, sizes)
+            else:
+                if parts[2] == "ffn_down":
+                    widths[int(parts[1])] = shape[1]
+                yield f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.weight", value
+
+    state = list(tensors())
+    layers = int(config["num_hidden_layers"])
+    return qwen3_model(config, state, widths=[widths[i] for i in range(layers)])

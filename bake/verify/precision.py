@@ -18,7 +18,7 @@ ORDER: tuple[str, ...] = ("float32", "float16", "bfloat16", "int8", "int4")
 _WHAT = {
     "bake": "the bake, which stores {dtype} (down_proj = W_down * s rounded once to {dtype})",
     "export": "the export, which computes in {dtype}",
-    "quantization": "quantization: the linear weights are {dtype} codes (blocks of 32, within half a step of the bake's)",
+    "quantization": "quantization: the linear weights are {dtype} codes (blocks of 32 or 256, within half a step of the bake's)",
 }
 
 

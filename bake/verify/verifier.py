@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bake.errors import ManifestMismatch
+from bake.errors import BakeError, ManifestMismatch
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import GateVariant, load_variant
 from bake.gates.widths import padded_width
 from bake.io.base_model import read_config
 from bake.verify import precision
-from bake.verify.candidates import Candidate, OnnxRunner, Outputs, Runner, Sequences, TorchRunner, release_memory
+from bake.verify.candidates import BatchRunner, Candidate, Outputs, Runner, Sequences, TorchRunner, release_memory
 from bake.verify.metrics import (
     DEFAULT_BUDGETS,
     INT8_ACTIVATIONS_BOUND,
@@ -60,6 +60,7 @@ REFERENCE = "the hooked reference"
 THE_BAKE = "the bake"
 DEQUANTIZED = "its dequantized weights"
 DEQ_FLOAT = "its dequantized weights, float activations"
+GGUF_ACTIVATIONS_BOUND = 0.5  # of the largest logit: llama.cpp's 8-bit activations for q8_0/q4_0 weights
 
 
 @dataclass
@@ -174,11 +175,19 @@ def _verify_one(run: _Run, c: Candidate) -> CandidateResult:
     chain = [s.label() for s in c.chain]
     if c.kind == "onnx":  # first: it is quick, and a wrong export fails on it whatever its logits say
         weights = check_export_weights(c.folder, _bake_tensors(run, c.folder))
+    elif c.kind == "gguf":
+        from bake.verify.weights.gguf_check import check_gguf_weights
+
+        if c.manifest is None and run.bake_dir is None:
+            raise BakeError(f"{c.folder} carries no lambda-bake manifest, so the bake it was made from is unknown: "
+                            "give --baked with the baked folder it was exported from")
+
+        weights = check_gguf_weights(c.folder, _bake_tensors(run, c.folder, c.manifest))
     else:
         weights = check_bake_weights(BakeFolder(c.folder), _derived_bake(run, c.folder))
     if c.not_run:
         result = CandidateResult.not_run(c.name, c.dtype, c.not_run, chain)
-    elif c.kind == "onnx" and not weights.passed:  # a wrong export: three more model runs would only say so again
+    elif c.kind != "checkpoint" and not weights.passed:  # a wrong export: more model runs would only say so again
         result = CandidateResult.not_run(c.name, c.dtype, "logits not compared: its weights are not the bake's "
                                                           "(see the weight check)", chain)
     else:
@@ -194,7 +203,16 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
     yardsticks: list[Yardstick] = []
     checks: list[Comparison] = []
     not_judged = None
-    if c.kind == "onnx" and c.quantization is None:
+    c.max_length = max(len(seq) for seq in run.sequences.inputs) + 1
+    if c.kind == "gguf" and c.quantization is not None:
+        dequantized = _dequantized_outputs(run, c, None)
+        not_judged = _flatness(run.reference, dequantized, budget)
+        yardsticks.append(Yardstick(
+            DEQUANTIZED, dequantized, Budget(GGUF_ACTIVATIONS_BOUND, None, None, None), "q8-act",
+            "the yardstick is the file's own weights, dequantized by gguf-py and run in float32 by transformers; "
+            "llama.cpp's CPU kernels quantize the activations to 8 bits for q8_0/q4_0 weights, so this bound only "
+            "catches gross errors of the file or the kernels"))
+    elif c.kind in ("onnx", "gguf") and c.quantization is None:
         yardsticks.append(Yardstick(
             THE_BAKE, _bake_outputs(run, c.folder), own_budget(c.export_dtype), c.export_dtype,
             "the export holds the bake's weights (the weight check proves it), so it may differ from the bake only "
@@ -299,21 +317,22 @@ def _generate(make: Callable[[], TorchRunner], prompts: list[list[int]], greedy_
 def _open_onnx(folder: Path, device: str, graph: tuple[bytes, dict[str, Any]]) -> Runner:
     from export.runtime.ort_loop import OnnxCausalLM
 
-    return OnnxRunner(OnnxCausalLM(folder, device=device, graph=graph))
+    return BatchRunner(OnnxCausalLM(folder, device=device, graph=graph))
 
 
-def _bake_tensors(run: _Run, export: Path) -> BakeTensors:
+def _bake_tensors(run: _Run, export: Path, manifest: dict[str, Any] | None = None) -> BakeTensors:
     """The bake an export is checked against: the baked folder given (itself proven by the checkpoint's check),
     else the bake that the base and the gates define, in the layout the export's manifest records."""
-    return BakeFolder(run.bake_dir) if run.bake_dir is not None else _derived_bake(run, export)
+    return BakeFolder(run.bake_dir) if run.bake_dir is not None else _derived_bake(run, export, manifest)
 
 
-def _derived_bake(run: _Run, folder: Path) -> DerivedBake:
+def _derived_bake(run: _Run, folder: Path, manifest: dict[str, Any] | None = None) -> DerivedBake:
     """What a bake must hold, derived from the base and the gates (``DerivedBake``), in the layout, dtype and
-    width that ``folder``'s manifest records (a checkpoint without one: its config's)."""
+    width that ``folder``'s manifest (or ``manifest``, a GGUF's own) records (a checkpoint without one: its
+    config's)."""
     base = Path(run.spec.base)
-    if (Path(folder) / MANIFEST_NAME).is_file():  # the layout and dtype it claims; the width its cut gives
-        m = read_manifest(folder)
+    if manifest is not None or (Path(folder) / MANIFEST_NAME).is_file():  # its layout and dtype; its cut's width
+        m = manifest if manifest is not None else read_manifest(folder)
         layout, dtype = m["layout"], m["dtype"]
         kept = [int(k) for k in (run.scale != 0).sum(axis=1)]
         width = padded_width(kept, m.get("pad_multiple") or 1) if layout == "pruned" else None
@@ -335,10 +354,13 @@ def _bake_outputs(run: _Run, export: Path) -> Outputs:
     return run.bake_outputs
 
 
-def _dequantized_outputs(run: _Run, c: Candidate, subset: list[int]) -> Outputs:
-    from bake.verify.export_model import export_model
+def _dequantized_outputs(run: _Run, c: Candidate, subset: list[int] | None) -> Outputs:
+    from bake.verify.export_model import export_model, gguf_model
     from export.onnx.folder import read_export_folder
 
+    if c.kind == "gguf":
+        config = dict(read_config(Path(run.spec.base)))
+        return _score(lambda: TorchRunner(gguf_model(c.folder, config)), run, subset)
     return _score(lambda: TorchRunner(export_model(c.folder, read_export_folder(c.folder))), run, subset)
 
 

@@ -29,7 +29,7 @@ def base_license(base_dir: Path) -> str | None:
     return str(value) if value else None
 
 
-def card_metadata(manifest: dict[str, Any], exports: dict[str, Any]) -> dict[str, Any]:
+def card_metadata(manifest: dict[str, Any], exports: dict[str, Any], checkpoint: bool = True) -> dict[str, Any]:
     """YAML metadata the Hub reads: base model and relation, licence, library, pipeline, tags."""
     meta: dict[str, Any] = {}
     base_id = manifest["base"].get("hub_id")
@@ -38,7 +38,8 @@ def card_metadata(manifest: dict[str, Any], exports: dict[str, Any]) -> dict[str
         meta["base_model_relation"] = "finetune"
     if manifest["base"].get("license"):
         meta["license"] = manifest["base"]["license"]
-    meta["library_name"] = "transformers"
+    if checkpoint:  # a GGUF-only repo: the Hub recognizes the file type itself
+        meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-generation"
     tags = ["qwen3", "lambda-gates", "lambda-bake", manifest["layout"]]
     if (manifest.get("cut") or {}).get("rule") == "uniform":
@@ -51,20 +52,41 @@ def card_metadata(manifest: dict[str, Any], exports: dict[str, Any]) -> dict[str
     return meta
 
 
-def exports_in(folder: Path | None) -> dict[str, Any]:
-    """The exports a baked folder holds: ``{"onnx": its onnx_io.json}`` when there is an ``onnx/`` export."""
-    if folder is None or not (Path(folder) / "onnx" / "onnx_io.json").is_file():
-        return {}
-    try:
-        return {"onnx": json.loads((Path(folder) / "onnx" / "onnx_io.json").read_text())}
-    except (OSError, ValueError):
-        return {}
+def exports_in(folder: Path | None, gguf_files: list[Path] | None = None) -> dict[str, Any]:
+    """The exports a baked folder holds: ``{"onnx": its onnx_io.json, "gguf": [{file, type, arch, layout}]}``."""
+    found: dict[str, Any] = {}
+    if folder is not None and (Path(folder) / "onnx" / "onnx_io.json").is_file():
+        try:
+            found["onnx"] = json.loads((Path(folder) / "onnx" / "onnx_io.json").read_text())
+        except (OSError, ValueError):
+            pass
+    files = gguf_files if gguf_files is not None else sorted(Path(folder).glob("*.gguf")) if folder else []
+    if files:
+        found["gguf"] = [gguf_summary(f) for f in files]
+    return found
 
 
-def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo_id: str | None = None) -> str:
-    """The full card text. ``folder``: the baked folder (which exports it holds); ``repo_id``: the repo it goes to."""
-    exports = exports_in(folder)
-    meta = card_metadata(manifest, exports)
+def gguf_summary(path: Path) -> dict[str, Any]:
+    """What a card says of a GGUF file: its name, type, llama.cpp arch and layout (from its own metadata)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+
+    def get(key: str) -> Any:
+        return fields[key].contents() if key in fields else None
+
+    types = {0: "F32", 1: "F16", 32: "BF16", 7: "Q8_0", 2: "Q4_0"}
+    return {"file": Path(path).name, "type": types.get(get("general.file_type"), str(get("general.file_type"))),
+            "arch": get("general.architecture"), "layout": get("lambda_bake.layout") or "as-is"}
+
+
+def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo_id: str | None = None,
+                      gguf_files: list[Path] | None = None) -> str:
+    """The full card text. ``folder``: the baked folder (which exports it holds); ``repo_id``: the repo it goes to;
+    ``gguf_files``: a repo of GGUF files alone (no checkpoint)."""
+    exports = exports_in(folder, gguf_files)
+    checkpoint = gguf_files is None
+    meta = card_metadata(manifest, exports, checkpoint)
     b, g, sizes, layout = manifest["base"], manifest["gates"], manifest["sizes"], manifest["layout"]
     size = sizes["pruned" if layout == "pruned" else "dense"]
     threshold = manifest["cut"]["threshold"]
@@ -75,8 +97,7 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         f"{manifest['off_fraction']:.0%} of MLP neurons off)", "",
         f"{_link(b)} with the `{g['variant']}` lambda gates of {_link(g)} folded into its `down_proj` weights "
         f"(one learned sigmoid gate per MLP neuron; neurons whose gate is below the cut are switched off, the rest "
-        f"rescaled). It is a plain Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs "
-        f"no hooks or custom code. Baked with lambda-bake {manifest['tool']['version']}.", "",
+        f"rescaled). {_what_it_is(checkpoint)} Baked with lambda-bake {manifest['tool']['version']}.", "",
         "| what | value |", "|---|---|",
         f"| base model | {_link(b)}{_revision(b)} |",
         f"| gates | {_link(g)}{_revision(g)}, variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
@@ -92,13 +113,19 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     ]
     if "onnx" in exports:
         lines.append(f"| ONNX export (`onnx/`) | {_onnx_summary(exports['onnx'])} |")
+    for g_file in exports.get("gguf", []):
+        lines.append(f"| GGUF `{g_file['file']}` | {g_file['type']}, llama.cpp arch `{g_file['arch']}` "
+                     f"({_arch_why(g_file)}) |")
     lines.append("")
     lines += _verification_section(manifest.get("verification"))
-    lines += _transformers_usage(repo)
+    if checkpoint:
+        lines += _transformers_usage(repo)
     if "onnx" in exports:
         lines += _genai_usage(repo, exports["onnx"])
-    lines += ["The full bake record (sources, hashes, the cut per layer, sizes, verification) is in "
-              "`bake_manifest.json`.", ""]
+    if exports.get("gguf"):
+        lines += _llama_usage(repo, exports["gguf"])
+    where = "`bake_manifest.json`" if checkpoint else "the GGUF's `lambda_bake.manifest` metadata field"
+    lines += [f"The full bake record (sources, hashes, the cut per layer, sizes, verification) is in {where}.", ""]
     return "\n".join(lines)
 
 
@@ -106,6 +133,13 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / CARD_NAME
     path.write_text(render_model_card(manifest, out_dir))
     return path
+
+
+def _what_it_is(checkpoint: bool) -> str:
+    if checkpoint:
+        return ("It is a plain Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs no "
+                "hooks or custom code.")
+    return "This repo holds it as GGUF for llama.cpp alone: the gates are in the weights, no hooks or custom code."
 
 
 def _link(entry: dict[str, Any]) -> str:
@@ -147,6 +181,36 @@ def _transformers_usage(repo: str) -> list[str]:
         "were trained",
         'output = model.generate(**inputs, max_new_tokens=64, do_sample=False)',
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+    ]
+
+
+def _arch_why(g: dict[str, Any]) -> str:
+    if g["arch"] == "openelm":
+        return ("ragged: each layer keeps exactly its own neurons; llama.cpp's qwen3 loader sizes every layer's MLP "
+                "from layer 0, its openelm loader sizes each layer on its own and computes Qwen3's math")
+    return "the checkpoint's shapes, as llama.cpp's convert_hf_to_gguf.py writes them"
+
+
+def _llama_usage(repo: str, files: list[dict[str, Any]]) -> list[str]:
+    name = files[0]["file"]
+    return [
+        "## Run the GGUF with llama.cpp", "",
+        "Any llama.cpp-based runtime loads the file as it is (llama-cli, llama-server, llama-cpp-python, Ollama, "
+        "LM Studio). With llama-server, turn thinking off as the gates were trained: "
+        "`llama-server -m " + name + " --jinja --chat-template-kwargs '{\"enable_thinking\": false}'`.", "",
+        "```bash",
+        "pip install llama-cpp-python",
+        f"hf download {repo} {name} --local-dir model",
+        "```", "",
+        "```python",
+        "from llama_cpp import Llama",
+        "",
+        f'llm = Llama("model/{name}", n_ctx=4096, verbose=False)',
+        'prompt = "<|im_start|>user\\nWhat is 2+2?<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n"  '
+        "# Qwen3's template, thinking off",
+        'out = llm(prompt, max_tokens=64, temperature=0.0, stop=["<|im_end|>"])',
+        'print(out["choices"][0]["text"])',
         "```", "",
     ]
 

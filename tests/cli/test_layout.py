@@ -15,7 +15,7 @@ WINGS: list[tuple[str, ...]] = [
     ("bake.fold",),
     ("bake.write",),
     ("export", "export.options", "export.install"),
-    ("export.onnx",),
+    ("export.onnx", "export.gguf"),  # the two export formats: neither needs the other
     ("export.runtime",),
     ("bake.verify",),
     ("bake.plots",),
@@ -125,3 +125,12 @@ def test_the_detector_sees_lazy_and_relative_imports() -> None:
     assert "bake.hub.sources" in GRAPH["bake.commands.verify_cmd"]  # imported inside run()
     assert "export.onnx.folder" in GRAPH["bake.verify.weights.weight_check"]  # inside check_export_weights()
     assert wing_of("bake.verify.weights.weight_check") > wing_of("export.onnx.folder") > wing_of("bake.write.manifest")
+
+
+def test_the_export_formats_stand_alone() -> None:
+    """ONNX and GGUF share a rank; neither format's code may lean on the other's."""
+    crossing = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() for d in deps
+                      for a, b in (("export.onnx", "export.gguf"), ("export.gguf", "export.onnx"))
+                      if m.startswith(a) and d.startswith(b))
+    assert not crossing, "\n".join(crossing)
+    assert {"export.gguf.writer", "export.onnx.exporter"} <= MODULES.keys()

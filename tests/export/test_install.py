@@ -36,7 +36,8 @@ def test_cpu_and_gpu_builds_together_are_named_with_the_repair(monkeypatch) -> N
 
 
 def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
-    """pyproject: the CPU and GPU builds are two extras; the base and the other extras pull in neither."""
+    """pyproject: the CPU and GPU builds are two extras; the base and the other extras (GGUF: gguf-py and llama.cpp) pull
+    in neither."""
     import tomllib
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
@@ -46,4 +47,5 @@ def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
     assert not names(project["dependencies"]) & runtimes
     assert names(extras["cpu"]) == {"onnxruntime", "onnxruntime-genai"}
     assert names(extras["gpu"]) == {"onnxruntime-gpu", "onnxruntime-genai-cuda"}
-    assert "lambda-bake[cpu,plot]" in extras["test"] and not names(extras["test"]) & runtimes
+    assert names(extras["gguf"]) == {"gguf", "llama-cpp-python"}
+    assert "lambda-bake[cpu,plot,gguf]" in extras["test"] and not names(extras["test"]) & runtimes

@@ -1,0 +1,282 @@
+"""Weight-level proof that a GGUF file is the float or block-quantized image of a bake.
+
+Every tensor of the file (read with gguf-py's reader, dequantized with its numpy dequantizers, not the writer's
+code) is traced back to the bake tensors it was made from: ``attn_qkv`` is q, k and v stacked; a layer's
+``ffn_gate``/``ffn_up`` rows and ``ffn_down`` columns are the neurons it keeps (all of them as-is; for a ragged
+file, those whose ``down_proj`` column in the bake is nonzero, in order) followed by zero neurons up to the
+file's width. Then:
+
+- F32 tensors must be the bake's values exactly, F16 and BF16 ones the bake's rounded once to that type;
+- block-quantized tensors (Q8_0, Q4_0, Q5_0, Q5_1 from gguf-py; Q4_K, Q5_K, Q6_K from llama.cpp's quantizer)
+  must lie within half a step of the bake's, or as far as the clamped end of the code range for a weight past
+  it (``quantization_bound``: the step is the block's stored scale, and for the types whose codes are picked
+  before the scale is stored as float16 also that rounding, which is coarse for a subnormal float16 scale, as
+  small weights get at 0.6B scale); in the symmetric types every bake weight that is exactly 0 (an off
+  neuron, a padding neuron) must come back as 0 (Q5_1 and the K-quants with a block minimum store ``step x
+  code - min`` and may not hit 0 exactly);
+- the per-layer ``feed_forward_length`` must be the widths the bake gives, and every bake tensor must be used.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bake.errors import ExportError
+from bake.verify.weights.bake_tensors import BakeTensors
+from bake.verify.weights.weight_check import Failure, WeightReport
+from bake.verify.weights.weight_map import live_columns
+
+SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
+_ROUND = {"F16": np.float16}
+
+
+def read_gguf(path: Path) -> Any:
+    """gguf-py's reader over the file; a file it cannot parse is an ExportError naming it."""
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
+        raise ExportError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
+                          "truncated: export (or download) it again") from e
+
+
+def field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def check_gguf_weights(path: Path, bake: BakeTensors) -> WeightReport:
+    """Check every tensor of the GGUF at ``path`` against ``bake``."""
+    started = time.monotonic()
+    reader = read_gguf(path)
+    checker = _Checker(reader, bake, path)
+    checker.run()
+    return WeightReport(str(path), bake.label, len(reader.tensors), checker.checked, checker.elements,
+                        checker.max_steps, checker.failures, round(time.monotonic() - started, 3))
+
+
+# per block type: (first code, last code, whether the codes are picked with the float32 scale before it is
+# stored as float16 (gguf-py's and llama.cpp's Q8_0/Q4_0/Q5_0/Q5_1) or with the stored scales (the K-quants))
+CODES = {"Q8_0": (-127, 127, True), "Q4_0": (-8, 7, True), "Q5_0": (-16, 15, True), "Q5_1": (0, 31, True),
+         "Q4_K": (0, 15, False), "Q5_K": (0, 31, False), "Q6_K": (-32, 31, False)}
+SYMMETRIC = {"Q8_0", "Q4_0", "Q5_0", "Q6_K"}  # value = step x code: a zero weight must come back as 0
+
+
+def quantization_bound(qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a block-quantized tensor (``raw`` its blocks, ``got`` them dequantized, ``want`` the bake's values, all
+    [rows, cols]): the error, the most a correct quantization allows, and the step, per element.
+
+    Every type here stores ``value = step x code + offset`` with a per-block (K-quants: per-sub-block) step and
+    offset, and its quantizer takes the nearest code, clamped to the type's code range. So a correct element is
+    within half a step, or, past the ends of the range, as far as the value it was clamped from. Where the codes
+    were picked with the float32 step and offset that were then stored as float16, each may be off by ``h``
+    (half of float16's spacing there: large for a subnormal scale, as small weights get at 0.6B scale), which
+    moves the value by up to ``(1 + |code|) h``."""
+    from gguf import GGML_QUANT_SIZES
+
+    first, last, rounded_after = CODES[qtype.name]
+    block, size = GGML_QUANT_SIZES[qtype]
+    step, offset = _grid(qtype.name, raw.reshape(-1, size))
+    step, offset = (a.reshape(want.shape[0], -1) for a in (step, offset))
+    lo, hi = np.minimum(first * step, last * step) + offset, np.maximum(first * step, last * step) + offset
+    s = np.abs(step)
+    err = np.abs(got - want)
+    outside = np.maximum(np.maximum(lo - want, want - hi), 0.0)
+    if rounded_after:
+        h = np.spacing(s.astype(np.float16)).astype(np.float32) / 2
+        h_off = np.spacing(np.abs(offset).astype(np.float16)).astype(np.float32) / 2 * (offset != 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            codes = np.where(s > 0, np.abs(got - offset) / np.where(s > 0, s, 1), float(max(-first, last)))
+        allowed = np.maximum((s + h) / 2, outside + h) + codes * h + h_off
+    else:
+        h = np.zeros_like(s)
+        allowed = np.maximum(s / 2, outside)
+    float32_rounding = 4 * np.finfo(np.float32).eps * (np.abs(got) + np.abs(offset))
+    return err, allowed + SLACK * np.maximum(s, h) + float32_rounding, s
+
+
+def _grid(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The step and offset of every element of ``blocks`` [n, bytes] (the field layouts gguf-py's dequantizers
+    read, gguf/quants.py)."""
+    from gguf.quants import Q4_K
+
+    def f16(a: np.ndarray) -> np.ndarray:
+        return a.copy().view(np.float16).astype(np.float32)
+
+    if name in ("Q8_0", "Q4_0", "Q5_0", "Q5_1"):  # blocks of 32: d (float16) first; Q5_1's offset m next
+        d = np.repeat(f16(blocks[:, :2]), 32, axis=1)
+        m = np.repeat(f16(blocks[:, 2:4]), 32, axis=1) if name == "Q5_1" else np.zeros_like(d)
+        return d, m
+    if name in ("Q4_K", "Q5_K"):  # d, dmin (float16), 8 sub-blocks of 32 with 6-bit scales and mins
+        sc, mins = Q4_K.get_scale_min(blocks[:, 4:4 + Q4_K.K_SCALE_SIZE])
+        d = f16(blocks[:, :2]) * sc.astype(np.float32)
+        m = f16(blocks[:, 2:4]) * mins.astype(np.float32)
+        return np.repeat(d, 32, axis=1), -np.repeat(m, 32, axis=1)
+    if name == "Q6_K":  # ql, qh, 16 int8 scales of 16 elements, d (float16) last
+        scales = blocks[:, 192:208].copy().view(np.int8).astype(np.float32)
+        d = np.repeat(f16(blocks[:, 208:210]) * scales, 16, axis=1)
+        return d, np.zeros_like(d)
+    raise ExportError(f"no quantization bound for {name}")  # unreachable: run() only sends CODES' types
+
+
+class _Checker:
+    def __init__(self, reader: Any, bake: BakeTensors, path: Path):
+        self.reader, self.bake, self.path = reader, bake, path
+        self.arch = str(field(reader, "general.architecture"))
+        self.layers = int(bake.config["num_hidden_layers"])
+        self.tied = bool(bake.config.get("tie_word_embeddings", False))
+        self.ragged = field(reader, "lambda_bake.layout") == "ragged" or self.arch == "openelm"
+        self.failures: list[Failure] = []
+        self.checked = self.elements = 0
+        self.max_steps: float | None = None
+        self.used: set[str] = set()
+        self.keep: dict[int, np.ndarray | None] = {}
+
+    def fail(self, tensor: str, message: str, worst: dict[str, Any] | None = None) -> None:
+        self.failures.append(Failure(tensor, f"{tensor}: {message}", worst))
+
+    def neurons(self, i: int) -> np.ndarray | None:
+        if not self.ragged:
+            return None
+        if i not in self.keep:
+            self.keep[i] = live_columns(self.bake.tensor(f"model.layers.{i}.mlp.down_proj.weight").values())
+        return self.keep[i]
+
+    def expected(self, name: str) -> tuple[np.ndarray, list[str]] | None:
+        """The float32 values the GGUF tensor ``name`` must hold (HF orientation), and the bake tensors used."""
+        layer = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+                 "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+                 "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+        top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+               "output.weight": "lm_head.weight"}
+        if name in top:
+            return self.values(top[name]), [top[name]]
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight" or not parts[1].isdigit():
+            return None
+        i, kind, hf = int(parts[1]), parts[2], f"model.layers.{parts[1]}"
+        if kind in layer:
+            return self.values(f"{hf}.{layer[kind]}.weight"), [f"{hf}.{layer[kind]}.weight"]
+        if kind == "attn_qkv":
+            names = [f"{hf}.self_attn.{p}_proj.weight" for p in "qkv"]
+            return np.concatenate([self.values(n) for n in names]), names
+        if kind in ("ffn_gate", "ffn_up", "ffn_down"):
+            src = f"{hf}.mlp.{kind[4:]}_proj.weight"
+            w, keep = self.values(src), self.neurons(i)
+            if keep is not None:
+                w = w[:, keep] if kind == "ffn_down" else w[keep]
+            return w, [src]
+        return None
+
+    def values(self, name: str) -> np.ndarray:
+        return self.bake.tensor(name).values()
+
+    def run(self) -> None:
+        from gguf import GGMLQuantizationType as Q
+        from gguf.quants import dequantize
+
+        widths = {}
+        for t in self.reader.tensors:
+            name, qtype = t.name, t.tensor_type
+            found = self.expected(name)
+            if found is None:
+                self.fail(name, "is not a tensor of the bake nor made from one; the weight check cannot account for it")
+                continue
+            want, sources = found
+            self.used.update(sources)
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
+            if name.split(".")[-2] in ("ffn_gate", "ffn_up", "ffn_down"):
+                widths[int(name.split(".")[1])] = shape[1] if name.split(".")[-2] == "ffn_down" else shape[0]
+                want = _pad_to(want, shape, down=name.split(".")[-2] == "ffn_down")
+            if want is None or want.shape != shape:
+                self.fail(name, f"shape {list(shape)}, but the bake's {' + '.join(sources)} gives "
+                                f"{list(None if want is None else want.shape)}")
+                continue
+            self.checked += 1
+            self.elements += want.size
+            try:
+                got = dequantize(np.asarray(t.data), qtype).reshape(shape).astype(np.float32)
+            except Exception as e:  # noqa: BLE001 - a damaged block the dequantizer cannot read
+                self.fail(name, f"cannot be dequantized as {qtype.name} ({e})")
+                continue
+            if qtype in (Q.F32, Q.F16, Q.BF16):
+                self.exact(name, qtype, got, want)
+            elif qtype.name in CODES:
+                self.quantized(name, qtype, np.asarray(t.data), got, want)
+            else:
+                self.fail(name, f"is {qtype.name}, which the weight check does not cover (F32, F16, BF16, "
+                                f"{', '.join(CODES)})")
+        self.check_widths(widths)
+        for name in sorted(set(self.bake.names()) - self.used):
+            if name == "lm_head.weight" and self.tied:
+                continue
+            self.fail(name, "this bake tensor is not in the GGUF: no tensor is made from it")
+
+    def exact(self, name: str, qtype: Any, got: np.ndarray, want: np.ndarray) -> None:
+        from gguf import GGMLQuantizationType as Q
+        from gguf.quants import dequantize, quantize
+
+        if qtype == Q.F16:
+            with np.errstate(over="ignore"):
+                want = want.astype(np.float16).astype(np.float32)
+        elif qtype == Q.BF16:
+            want = dequantize(quantize(want, Q.BF16), Q.BF16).reshape(want.shape)
+        bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
+        if bad.any():
+            idx = [int(i) for i in np.argwhere(bad)[0]]
+            self.fail(name, f"element {idx} is {float(got[tuple(idx)]):.8g}, but the bake's value rounded to "
+                            f"{qtype.name} is {float(want[tuple(idx)]):.8g} (bound 0); {int(bad.sum())} of {bad.size} "
+                            "elements differ",
+                      {"index": idx, "value": float(got[tuple(idx)]), "expected": float(want[tuple(idx)]), "bound": 0.0})
+
+    def quantized(self, name: str, qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
+        err, allowed, step = quantization_bound(qtype, raw, got, want)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            steps = np.where(step > 0, err / step, np.where(err == 0, 0.0, np.inf))
+            allowed_steps = np.where(step > 0, allowed / np.where(step > 0, step, 1), np.inf)
+        zero_wrong = (want == 0) & (got != 0) & (qtype.name in SYMMETRIC)
+        bad = (err > allowed) | zero_wrong | np.isnan(err)
+        finite = steps[np.isfinite(steps)]
+        self.max_steps = max(self.max_steps or 0.0, float(finite.max()) if finite.size else 0.0)
+        if bad.any():
+            idx = [int(i) for i in np.argwhere(bad)[0]]
+            at = tuple(idx)
+            self.fail(name, f"element {idx} dequantizes to {float(got[at]):.6g}, but the bake has {float(want[at]):.6g}: "
+                            f"{float(steps[at]):.2f} steps off (bound {float(allowed_steps[at]):.2f} of its block's scale "
+                            f"{float(step[at]):.3g}{'; a zero weight must stay 0' if zero_wrong[at] else ''}, "
+                            f"{qtype.name})",
+                      {"index": idx, "value": float(got[at]), "expected": float(want[at]),
+                       "bound": float(allowed[at]), "steps": float(steps[at])})
+
+    def check_widths(self, widths: dict[int, int]) -> None:
+        recorded = field(self.reader, f"{self.arch}.feed_forward_length")
+        per_layer = list(recorded) if isinstance(recorded, list) else [recorded] * self.layers
+        found = [widths.get(i) for i in range(self.layers)]
+        if per_layer != found:
+            self.fail(f"{self.arch}.feed_forward_length", f"records {per_layer}, but the file's MLP tensors are "
+                                                          f"{found} wide")
+        if self.ragged:
+            kept = [int(self.neurons(i).size) for i in range(self.layers)]
+            short = [i for i in range(self.layers) if found[i] is None or found[i] < kept[i]]
+            if short:
+                self.fail("ffn widths", f"layer {short[0]} is {found[short[0]]} wide but keeps {kept[short[0]]} neurons "
+                                        "of the bake")
+
+
+def _pad_to(want: np.ndarray, shape: tuple[int, ...], *, down: bool) -> np.ndarray | None:
+    """The kept neurons' rows (gate/up) or columns (down), then zeros up to the file's width."""
+    if len(shape) != 2:
+        return None
+    if down:
+        if shape[0] != want.shape[0] or shape[1] < want.shape[1]:
+            return want
+        return np.pad(want, ((0, 0), (0, shape[1] - want.shape[1])))
+    if shape[1] != want.shape[1] or shape[0] < want.shape[0]:
+        return want
+    return np.pad(want, ((0, shape[0] - want.shape[0]), (0, 0)))

@@ -1,0 +1,84 @@
+"""K-quant GGUFs, made by llama.cpp's own quantizer from our F32 file: they keep our metadata, carry the type mix
+llama.cpp chooses, pad ragged layers to whole 256-element super-blocks, pass verify (weights within half a step
+of the bake, logits within the budget), and the weight bound catches a code moved by one step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import dequantize
+
+from bake.cli import main
+from bake.demo.assets import TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.verify.weights.gguf_check import quantization_bound
+from bake.write.pipeline import BakeOptions, bake_checkpoint
+from export.gguf.writer import MANIFEST_KEY, export_gguf
+
+SPEC = TinyQwen3Spec(num_layers=2, hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, head_dim=64)
+FAST = ["--quiet", "--json", "--greedy-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def bakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A model whose rows are whole super-blocks (256), baked dense and pruned at 50 % off."""
+    root = tmp_path_factory.mktemp("kquant")
+    base = build_tiny_qwen3(root / "base", SPEC)
+    gates = build_seed_variants(root / "gates", SPEC.num_layers, SPEC.intermediate_size)
+    v = load_variant(gates, "chat_energy_optA", num_layers=SPEC.num_layers, intermediate_size=SPEC.intermediate_size)
+    settings = GateSettings(Cut("off_fraction", 0.5), "hard", "energy")
+    for layout in ("dense", "pruned"):
+        bake_checkpoint(base, v, settings, root / layout, BakeOptions(layout=layout, pad_multiple=64, progress=False))
+    return {"dense": root / "dense", "pruned": root / "pruned"}
+
+
+@pytest.mark.parametrize(("bake", "kind", "layout", "types"), [
+    ("dense", "q4_k_m", "as-is", {"Q4_K", "Q6_K"}),
+    ("dense", "q6_k", "ragged", {"Q6_K"}),
+    # the pruned width, 320, is not whole super-blocks: llama.cpp's fallback for ffn_down (Q4_K -> Q5_0, Q6_K -> Q8_0)
+    ("pruned", "q4_k_m", "as-is", {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}),
+])
+def test_k_quants_pass_verify(bakes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              bake: str, kind: str, layout: str, types: set[str]) -> None:
+    out = tmp_path / "m.gguf"
+    report = export_gguf(bakes[bake], out, gguf_type_name=kind, layout=layout, progress=False)
+    manifest = json.loads((bakes[bake] / "bake_manifest.json").read_text())
+    reader = gguf.GGUFReader(str(out))
+    assert reader.fields["general.file_type"].contents() == {"q4_k_m": 15, "q6_k": 18}[kind]
+    assert json.loads(reader.fields[MANIFEST_KEY].contents())["off_fraction"] == manifest["off_fraction"]
+    assert types <= set(report["tensor_types"]) <= types | {"F32"}
+    if layout == "ragged":
+        assert report["mlp_widths"] == [max(256, -(-k // 256) * 256) for k in manifest["kept_per_layer"]]
+    assert not list(tmp_path.glob(".*"))  # the F32 intermediate is gone
+    code = main(["verify", "--baked", str(bakes[bake]), "--gguf", str(out), *FAST])
+    _, candidate = json.loads(capsys.readouterr().out)["candidates"]
+    assert code == 0, candidate["failures"]
+    assert candidate["weights"]["passed"] and candidate["weights"]["weights_checked"] == len(reader.tensors)
+    assert candidate["dtype"] == kind and candidate["budget"]["dtype"] == {"q4_k_m": "int4", "q6_k": "int8"}[kind]
+
+
+def test_a_k_quant_code_moved_by_one_step_fails(bakes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    export_gguf(bakes["dense"], out, gguf_type_name="q4_k_m", progress=False)
+    from safetensors.numpy import load_file
+
+    want_all = load_file(str(bakes["dense"] / "model.safetensors"))
+    for t in gguf.GGUFReader(str(out)).tensors:
+        if t.tensor_type.name not in ("Q4_K", "Q6_K") or not t.name.startswith("blk.0.attn_q."):
+            continue
+        raw = np.asarray(t.data)
+        want = want_all["model.layers.0.self_attn.q_proj.weight"].astype(np.float32)
+        got = dequantize(raw, t.tensor_type).reshape(want.shape).astype(np.float32)
+        err, allowed, step = quantization_bound(t.tensor_type, raw, got, want)
+        assert (err <= allowed).all()
+        moved = got.copy()
+        moved[3, 7] += step[3, 7] * np.sign(moved[3, 7] - want[3, 7] or 1.0)
+        err, allowed, _ = quantization_bound(t.tensor_type, raw, moved, want)
+        assert err[3, 7] > allowed[3, 7]
+        return
+    pytest.fail("blk.0.attn_q.weight is not K-quantized")
