@@ -9,6 +9,7 @@ from pathlib import Path
 from bake.commands import COMMANDS
 from bake.commands.output import add_output_args, say
 from bake.demo.assets import SEED_VARIANTS
+from bake.demo.deploy import format_deployment
 from bake.demo.run import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_demo
 
 DESCRIPTION = """\
@@ -16,7 +17,11 @@ Run the whole job offline on built-in inputs: a small random-weight Qwen3 (real 
 small tokenizer) and the published card's four variants as gate folders. The chosen variant is baked
 at each of its selected thresholds (dense and pruned), each checkpoint is loaded with plain
 AutoModelForCausalLM, and its logits are compared with the hooked model on chat prompts.
-Exit code 3 if any bake does not match.
+Then its most pruned cut takes every deployment path: baked with an ONNX export (CPU graph, float32,
+ragged widths) and a GGUF (f32, ragged widths), all verified against the hooked model (weights and
+logits), and each export generates a short reply in its runtime (onnxruntime-genai, llama.cpp). An
+export whose runtime is not installed is skipped and named (pip install -e ".[demo]" brings both).
+Exit code 3 if any bake or export does not match.
 """
 
 
@@ -52,14 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # one line per step below instead of a bar per file
-    rows = run_demo(args.workdir, args.variant, log=None if args.quiet else say)
-    ok = all(r["passed"] for r in rows)
+    result = run_demo(args.workdir, args.variant, log=None if args.quiet else say)
+    rows, deployed = result["rows"], result["deployment"]
+    ok = all(r["passed"] for r in rows) and deployed["passed"]
     if args.json:
         from bake.commands.output import emit_json
 
-        emit_json({"ok": ok, "variant": args.variant, "rows": rows})
+        emit_json({"ok": ok, "variant": args.variant, **result})
     else:
         print(format_demo_table(rows))
-        say(f"{len(rows)} bakes, {'all match' if ok else 'MISMATCH'} the hooked model "
-            f"({time.perf_counter() - start:.1f} s)")
+        print()
+        print(format_deployment(deployed))
+        exports = len(deployed["verification"]["candidates"]) - 1 if deployed["verification"] else 0
+        say(f"{len(rows)} bakes and {exports} exports, {'all match' if ok else 'MISMATCH'} the hooked model "
+            f"({time.perf_counter() - start:.1f} s)" + (f"; kept in {args.workdir}" if args.workdir else ""))
     return 0 if ok else 3

@@ -3,7 +3,8 @@
 Builds a small random-weight Qwen3 (real chat template, small tokenizer) and the four seed variant
 folders, bakes the chosen variant at each of its selected thresholds in the dense and pruned
 layouts, loads each result with plain ``AutoModelForCausalLM`` and compares it with the hooked
-model on chat prompts.
+model on chat prompts. Then the most pruned cut goes through every deployment path
+(``bake.demo.deploy``): ONNX and GGUF exports, verified and run in their runtimes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.demo.deploy import deploy
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
 from bake.verify import precision
@@ -42,9 +44,10 @@ def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
 
 def run_demo(
     workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned"),
-    greedy_tokens: int = 8, log: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Bake ``variant`` at every selected threshold and layout; one row of metrics per bake."""
+    greedy_tokens: int = 8, log: Callable[[str], None] | None = None, deployment: bool = True,
+) -> dict[str, Any]:
+    """Bake ``variant`` at every selected threshold and layout (``rows``: one of metrics per bake); then, with
+    ``deployment``, export the most pruned cut for each runtime, verify and run it (``deployment``)."""
     if variant not in {v.name for v in SEED_VARIANTS}:
         from bake.errors import GateFileError
 
@@ -57,7 +60,7 @@ def run_demo(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), DEFAULT_PROMPTS)
-        rows = []
+        rows, settings = [], None
         for k in range(1, len(gv.selected_thresholds) + 1):
             settings = GateSettings(Cut("preset", k), "hard", gv.scale_mode or "mean")
             scale = compute_gates(gv.logits, settings, gv.selected_thresholds).scale
@@ -79,7 +82,13 @@ def run_demo(
                     "layout": layout, "intermediate_size": manifest["intermediate_size"],
                     "params": manifest["sizes"][layout]["params"], **r.to_dict(),
                 })
-        return rows
+        if not deployment or settings is None:
+            return {"rows": rows, "deployment": None}
+        if log:
+            log(f"  preset {len(gv.selected_thresholds)}: bake pruned with ONNX and GGUF exports, verify, run")
+        out = root / "baked" / f"{variant}-p{len(gv.selected_thresholds)}-deploy"
+        report = deploy(base, gv, settings, out, DEMO_PAD_MULTIPLE, greedy_tokens, log)
+        return {"rows": rows, "deployment": report}
     finally:
         if own:
             own.cleanup()
