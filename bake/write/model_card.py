@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from bake.errors import OutputError
+
 CARD_NAME = "README.md"
 HUB = "https://huggingface.co/"
 
@@ -45,7 +47,8 @@ def card_metadata(manifest: dict[str, Any], exports: dict[str, Any], checkpoint:
     if (manifest.get("cut") or {}).get("rule") == "uniform":
         tags.append("uniform-width")
     tags += list(exports)
-    if "onnx" in exports and exports["onnx"].get("layout") == "ragged":
+    if ("onnx" in exports and exports["onnx"].get("layout") == "ragged") or any(
+            g["layout"] == "ragged" for g in exports.get("gguf", [])):
         tags.append("ragged")
     tags += [f"variant-{manifest['gates']['variant']}", f"off-{round(100 * manifest['off_fraction'])}pct"]
     meta["tags"] = tags
@@ -70,12 +73,16 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     """What a card says of a GGUF file: its name, type, llama.cpp arch and layout (from its own metadata)."""
     from gguf import GGUFReader
 
-    fields = GGUFReader(str(path)).fields
+    try:
+        fields = GGUFReader(str(path)).fields
+    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
+        raise OutputError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
+                          "truncated: export it again") from e
 
     def get(key: str) -> Any:
         return fields[key].contents() if key in fields else None
 
-    types = {0: "F32", 1: "F16", 32: "BF16", 7: "Q8_0", 2: "Q4_0"}
+    types = {0: "F32", 1: "F16", 32: "BF16", 7: "Q8_0", 2: "Q4_0", 18: "Q6_K", 17: "Q5_K_M", 15: "Q4_K_M"}
     return {"file": Path(path).name, "type": types.get(get("general.file_type"), str(get("general.file_type"))),
             "arch": get("general.architecture"), "layout": get("lambda_bake.layout") or "as-is"}
 

@@ -173,7 +173,8 @@ def test_bake_gguf_verify_generate_and_push_alone(tiny_base: Path, tiny_gates: P
     push.push_folder(out / "model-ragged-Q8_0.gguf", "me/q8", api=api)
     assert api.uploaded == ["README.md", "model-ragged-Q8_0.gguf"]
     card = ModelCard(api.readme)
-    assert card.data.base_model == "Qwen/Qwen3-0.6B" and "gguf" in card.data.tags
+    assert card.data.base_model == "Qwen/Qwen3-0.6B" and {"gguf", "ragged"} <= set(card.data.tags)
+    assert "| GGUF `model-ragged-Q8_0.gguf` | Q8_0, llama.cpp arch `openelm`" in card.text
     assert "library_name" not in card.data.to_dict() and "openelm" in card.text and "from_pretrained" not in card.text
     code = card.text.split("```python\n")[1].split("```")[0].replace('"model/', f'"{out}/')
     proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['bake'] = None\n" + code],
@@ -201,3 +202,18 @@ def test_same_tensors_and_metadata_as_llama_cpps_converter(bakes: dict[str, Path
     assert ours.fields["general.file_type"].contents() == ref.fields["general.file_type"].contents()
     tensors = {t.name: (t.shape.tolist(), t.tensor_type, bytes(t.data)) for t in ref.tensors}
     assert {t.name: (t.shape.tolist(), t.tensor_type, bytes(t.data)) for t in ours.tensors} == tensors
+
+
+def test_a_sweep_writes_and_verifies_one_gguf_per_cut(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
+                 "--preset", "2", "4", "--layout", "pruned", "--pad-multiple", "8", "--gguf", "--gguf-type", "q8_0",
+                 "--gguf-layout", "ragged", "--verify", *FAST, "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [o["name"] for o in report["outputs"]] == ["chat_energy_optA-p2", "chat_energy_optA-p4"]
+    for name in ("chat_energy_optA-p2", "chat_energy_optA-p4"):
+        manifest = json.loads((out / name / "bake_manifest.json").read_text())
+        widths = gguf.GGUFReader(str(out / name / "model-ragged-Q8_0.gguf")).fields["openelm.feed_forward_length"]
+        assert list(widths.contents()) == [max(32, -(-k // 32) * 32) for k in manifest["kept_per_layer"]]
+        assert [c["passed"] for c in manifest["verification"]["candidates"]] == [True, True]

@@ -80,9 +80,14 @@ def quantization_bound(qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.nd
     moves the value by up to ``(1 + |code|) h``."""
     from gguf import GGML_QUANT_SIZES
 
-    first, last, rounded_after = CODES[qtype.name]
-    block, size = GGML_QUANT_SIZES[qtype]
-    step, offset = _grid(qtype.name, raw.reshape(-1, size))
+    with np.errstate(invalid="ignore", over="ignore"):  # a damaged block's inf or NaN scale fails in _Checker
+        return _bound(qtype.name, GGML_QUANT_SIZES[qtype][1], raw, got, want)
+
+
+def _bound(name: str, size: int, raw: np.ndarray, got: np.ndarray, want: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    first, last, rounded_after = CODES[name]
+    step, offset = _grid(name, raw.reshape(-1, size))
     step, offset = (a.reshape(want.shape[0], -1) for a in (step, offset))
     lo, hi = np.minimum(first * step, last * step) + offset, np.maximum(first * step, last * step) + offset
     s = np.abs(step)
@@ -241,7 +246,8 @@ class _Checker:
             steps = np.where(step > 0, err / step, np.where(err == 0, 0.0, np.inf))
             allowed_steps = np.where(step > 0, allowed / np.where(step > 0, step, 1), np.inf)
         zero_wrong = (want == 0) & (got != 0) & (qtype.name in SYMMETRIC)
-        bad = (err > allowed) | zero_wrong | np.isnan(err)
+        # NaN or inf on either side (a damaged scale) is never within a bound
+        bad = ~(err <= allowed) | zero_wrong | (~np.isfinite(got) & np.isfinite(want))
         finite = steps[np.isfinite(steps)]
         self.max_steps = max(self.max_steps or 0.0, float(finite.max()) if finite.size else 0.0)
         if bad.any():

@@ -1,0 +1,53 @@
+"""Damaged GGUF files (truncations, bit flips, byte rewrites, splices; in the header and metadata or anywhere)
+through every reader lambda-bake has for them before llama.cpp sees one: the reader, the verify candidate, the
+weight proof and the model card's summary. Each either works (the proof then fails a damaged tensor, naming it)
+or raises the project's own error naming the file; never another exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fuzzing import FUZZ, damaged
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bake.errors import BakeError
+from bake.gates.gate_math import Cut, GateSettings
+from bake.gates.variant import load_variant
+from bake.verify.candidates import gguf_candidate
+from bake.verify.weights.bake_tensors import BakeFolder
+from bake.verify.weights.gguf_check import check_gguf_weights
+from bake.write.model_card import gguf_summary
+from bake.write.pipeline import BakeOptions, bake_checkpoint
+from export.gguf.writer import export_gguf
+
+HEAD = 6000  # the tiny model's header, metadata and tensor infos lie in about the first 5 kB
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tiny_base: Path, tiny_gates: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    root = tmp_path_factory.mktemp("gguf-fuzz")
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 3), "hard", "energy"), root / "bake",
+                    BakeOptions(progress=False))
+    export_gguf(root / "bake", root / "m.gguf", gguf_type_name="q8_0", layout="ragged", progress=False)
+    return root / "bake", (root / "m.gguf").read_bytes()
+
+
+@FUZZ
+@given(data=st.data(), where=st.sampled_from(["head", "anywhere"]))
+def test_damaged_gguf_is_read_or_refused_by_name(gguf_file: tuple[Path, bytes], tmp_path_factory: pytest.TempPathFactory,
+                                                 data: st.DataObject, where: str) -> None:
+    bake, raw = gguf_file
+    bad = data.draw(damaged(raw[:HEAD])) + raw[HEAD:] if where == "head" else data.draw(damaged(raw))
+    path = tmp_path_factory.mktemp("bad") / "m.gguf"
+    path.write_bytes(bad)
+    for read in (gguf_candidate, gguf_summary, lambda p: check_gguf_weights(p, BakeFolder(bake))):
+        try:
+            result = read(path)
+        except BakeError as e:
+            assert str(path) in str(e)
+            continue
+        if read not in (gguf_candidate, gguf_summary) and not result.passed:
+            assert all(f.tensor and f.tensor in f.message for f in result.failures)
