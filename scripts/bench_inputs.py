@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "chat_energy"
@@ -29,3 +31,11 @@ def ensure_inputs(workdir: Path, shape: str = "0.6b") -> tuple[Path, Path]:
         print(f"building random-weight Qwen3-{shape.upper()} (bf16) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-c", _BUILD, str(workdir), VARIANT, SHAPES[shape]], cwd=REPO, check=True)
     return workdir / "base", workdir / "gates" / VARIANT
+
+
+def write_report(report: dict[str, Any], path: Path | None) -> None:
+    """Print the report as JSON, and write it to ``path`` when given."""
+    text = json.dumps(report, indent=2)
+    if path:
+        path.write_text(text + "\n")
+    print(text)

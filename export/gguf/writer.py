@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         "out": str(out.absolute()), "model": str(model_dir.absolute()), "format": "gguf", "type": kind.name,
         "layout": layout, "arch": "openelm" if ragged else "qwen3", "mlp_widths": plan.widths,
         "mlp_neurons": sum(plan.kept_counts), "mlp_padding_neurons": sum(plan.widths) - sum(plan.kept_counts),
-        "f16_fallback": plan.fallback, "tensor_types": tensor_types(out), "bytes": out.stat().st_size,
+        "f16_fallback": plan.fallback, "bytes": out.stat().st_size,
+        # llama.cpp picks a K-quant's types per tensor, so read them back (parsing the vocabulary: seconds)
+        "tensor_types": tensor_types(out) if kind.by_llama else plan.tensor_types(),
         "seconds": round(time.monotonic() - started, 2),
     }
 
@@ -152,7 +155,7 @@ def _write(path: Path, model_dir: Path, config: dict[str, Any], plan: _Plan, kin
 
     writer = gguf.GGUFWriter(str(path), "openelm" if plan.ragged else "qwen3")
     _metadata(writer, model_dir, config, plan, kind, manifest, layout)
-    tensors = plan.tensors()
+    tensors = plan.planned
     for t in tensors:
         nbytes = _nbytes(t.shape, t.qtype)
         writer.add_tensor_info(t.name, _byte_shape(t.shape, t.qtype), _storage(t.qtype), nbytes, raw_dtype=t.qtype)
@@ -200,7 +203,7 @@ def _quiet_stderr(quiet: bool) -> Iterator[None]:
 
 
 def tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each GGML type the written file holds (a K-quant mixes several)."""
+    """How many tensors of each GGML type the written file holds."""
     from collections import Counter
 
     from gguf import GGUFReader
@@ -247,8 +250,19 @@ class _Plan:
             return q.F16
         return self.kind.qtype
 
+    def tensor_types(self) -> dict[str, int]:
+        """How many tensors of each GGML type the file holds."""
+        from collections import Counter
+
+        return dict(sorted(Counter(t.qtype.name for t in self.planned).items()))
+
     def _add(self, out: list[Planned], name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray]) -> None:
         out.append(Planned(name, shape, self._type_for(name, shape), make))
+
+    @cached_property
+    def planned(self) -> list[Planned]:
+        """The file's tensors in order, each with its type (decided once: deciding records the F16 fallbacks)."""
+        return self.tensors()
 
     def tensors(self) -> list[Planned]:
         import gguf
