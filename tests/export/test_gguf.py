@@ -217,3 +217,39 @@ def test_a_sweep_writes_and_verifies_one_gguf_per_cut(tiny_base: Path, tiny_gate
         widths = gguf.GGUFReader(str(out / name / "model-ragged-Q8_0.gguf")).fields["openelm.feed_forward_length"]
         assert list(widths.contents()) == [max(32, -(-k // 32) * 32) for k in manifest["kept_per_layer"]]
         assert [c["passed"] for c in manifest["verification"]["candidates"]] == [True, True]
+
+
+@pytest.mark.parametrize(("kind", "layout", "budget"), [("bf16", "as-is", "bfloat16"), ("f32", "ragged", "bfloat16"),
+                                                       ("q8_0", "ragged", "int8")])
+def test_bf16_bakes_give_exact_or_proven_ggufs(tiny_base_bf16: Path, tiny_gates: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str], kind: str, layout: str,
+                                               budget: str) -> None:
+    """Qwen3 ships bf16: a bf16 bake in bf16 or f32 is bit-exact in the file, and verify names the bake as the
+    coarsest step for those (the budget follows the chain), the quantization for q8_0."""
+    out = tmp_path / "b"
+    assert main(["bake", "--base", str(tiny_base_bf16), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
+                 "--preset", "3", "--gguf", "--gguf-type", kind, "--gguf-layout", layout, "--verify", *FAST,
+                 "--out", str(out)]) == 0
+    _, candidate = json.loads(capsys.readouterr().out)["manifest"]["verification"]["candidates"]
+    assert candidate["chain"][0] == "bake bfloat16" and candidate["budget"]["dtype"] == budget
+    assert candidate["weights"]["passed"]
+    if kind != "q8_0":  # the file holds the bake's bf16 values exactly, and is compared with the bake itself
+        assert candidate["weights"]["max_quant_error_steps"] is None
+        (vs_bake,) = candidate["checks"]
+        assert vs_bake["against"] == "the bake" and vs_bake["passed"]
+        # f32: llama.cpp is the bake to float rounding; bf16 weights make llama.cpp round activations to bf16 too
+        assert vs_bake["max_rel_diff"] < (1e-4 if kind == "f32" else 3e-2)
+
+
+@pytest.mark.slow
+def test_ragged_q8_gguf_of_a_bf16_bake_at_the_real_gate_shape(full_base_bf16: Path, full_gates: Path,
+                                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    assert main(["bake", "--base", str(full_base_bf16), "--gates", str(full_gates), "--variant", "chat_energy_optA",
+                 "--preset", "3", "--gguf", "--gguf-type", "q8_0", "--gguf-layout", "ragged", "--verify", *FAST,
+                 "--out", str(out)]) == 0
+    manifest = json.loads(capsys.readouterr().out)["manifest"]
+    _, candidate = manifest["verification"]["candidates"]
+    assert candidate["passed"] and candidate["weights"]["passed"]
+    widths = gguf.GGUFReader(str(out / "model-ragged-Q8_0.gguf")).fields["openelm.feed_forward_length"].contents()
+    assert list(widths) == [max(32, -(-k // 32) * 32) for k in manifest["kept_per_layer"]] and len(widths) == 28
