@@ -82,3 +82,20 @@ def test_a_k_quant_code_moved_by_one_step_fails(bakes: dict[str, Path], tmp_path
         assert err[3, 7] > allowed[3, 7]
         return
     pytest.fail("blk.0.attn_q.weight is not K-quantized")
+
+
+def test_k_quants_without_llama_cpp_name_the_extra(bakes: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from export.install import GGUF_INSTALL
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    out = tmp_path / "k.gguf"
+    assert main(["export", "--model", str(bakes["dense"]), "--format", "gguf", "--gguf-type", "q4_k_m",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "llama-cpp-python" in err and GGUF_INSTALL in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
