@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 
 from bake.errors import ExportError
 
@@ -18,6 +19,11 @@ GGUF_INSTALL = 'pip install "lambda-bake[gguf]"'
 GPU_INSTALL = 'pip install "lambda-bake[gpu]"'
 GPU_REPAIR = ('pip uninstall -y onnxruntime onnxruntime-genai onnxruntime-gpu onnxruntime-genai-cuda && '
               + GPU_INSTALL)
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on (the thread count every runtime is given by default)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _installed(dist: str) -> bool:

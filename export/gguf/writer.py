@@ -172,9 +172,11 @@ def llama_quantize(source: Path, out: Path, kind: GgufType, progress: bool) -> N
     keeps every metadata key and sets ``general.file_type``. Its per-tensor log is shown only with progress."""
     import llama_cpp
 
+    from export.install import cpu_threads
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(kind.file_type)
-    params.nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    params.nthread = cpu_threads()
     if progress:
         print(f"quantizing to {kind.name.upper()} with llama.cpp ...", file=sys.stderr)
     with _quiet_stderr(not progress):

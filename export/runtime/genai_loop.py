@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bake.errors import ExportError
-from export.install import GPU_INSTALL, mixed_install_hint, pick_device
+from export.install import GPU_INSTALL, cpu_threads, mixed_install_hint, pick_device
 from export.onnx.folder import read_export_folder
 from export.onnx.genai_config import GENAI_FILE
 
@@ -31,11 +30,6 @@ def cuda_available() -> bool:
     import onnxruntime_genai as og
 
     return bool(og.is_cuda_available())
-
-
-def cpu_threads() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load_model(folder: Path, device: str, threads: int | None = None, cuda_graph: bool = False) -> Any:

@@ -8,7 +8,6 @@ lambda-bake's own renderer (``export.runtime.chat``, the same ids as every other
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bake.errors import ExportError
-from export.install import require_llama_cpp
+from export.install import cpu_threads, require_llama_cpp
 
 GGML_TYPE_F32 = 0
 
@@ -30,7 +29,7 @@ class LlamaCppLM:
         from llama_cpp import Llama
 
         self.path = Path(path)
-        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        threads = threads or cpu_threads()
         cache = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
         try:
             self.llm = Llama(str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
