@@ -95,16 +95,12 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
 
 def _plan_gguf(path: Path, repo_id: str) -> Upload:
     """A GGUF file alone, with a card rendered from the bake manifest it carries."""
-    from bake.verify.weights.gguf_check import field, read_gguf
+    from bake.verify.weights.gguf_check import embedded_manifest, read_gguf
 
     if path.suffix != ".gguf":
         raise HubError(f"{path} is a file; push takes a baked folder or a .gguf file")
-    raw = field(read_gguf(path), "lambda_bake.manifest")
-    try:
-        manifest = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        manifest = None
-    if not isinstance(manifest, dict):
+    manifest = embedded_manifest(read_gguf(path))
+    if manifest is None:
         raise HubError(f"{path} carries no lambda-bake manifest (it was not written by lambda-bake), so no model card "
                        "can say what it is; push the baked folder it came from instead")
     try:

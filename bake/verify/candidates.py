@@ -28,7 +28,7 @@ import torch
 
 from bake.io.base_model import read_config
 from bake.verify.precision import Step, checkpoint_chain, export_chain
-from bake.write.manifest import MANIFEST_NAME, read_manifest
+from bake.write.manifest import GGUF_LAYOUT_KEY, MANIFEST_NAME, read_manifest
 
 
 class Runner(Protocol):
@@ -265,23 +265,17 @@ GGUF_STEPS = {"f32": ("float32", None), "f16": ("float16", None), "bf16": ("bflo
 def gguf_candidate(path: Path) -> Candidate:
     """A GGUF file, run by llama.cpp with a float32 KV cache; its chain is the bake's dtype, then its GGML type
     (f16/bf16 weights make llama.cpp compute in that type; q8_0/q4_0 are 8- and 4-bit block codes)."""
-    import json
-
-    from bake.verify.weights.gguf_check import field, read_gguf
+    from bake.verify.weights.gguf_check import embedded_manifest, field, read_gguf
     from export.gguf.writer import file_type_name
     from export.install import require_gguf
 
     require_gguf()
     reader = read_gguf(path)
-    raw = field(reader, "lambda_bake.manifest")
-    try:
-        manifest = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        manifest = None
+    manifest = embedded_manifest(reader)
     name = file_type_name(int(field(reader, "general.file_type") or 0))
     export_dtype, quant = GGUF_STEPS.get(name, ("float32", None))
     bake_dtype = str((manifest or {}).get("dtype") or "float32")
-    layout = field(reader, "lambda_bake.layout") or "as-is"
+    layout = field(reader, GGUF_LAYOUT_KEY) or "as-is"
     arch = field(reader, "general.architecture")
     return Candidate(f"gguf ({arch}, {layout}, {name}, llama.cpp)", name, export_chain(bake_dtype, export_dtype, quant),
                      Path(path), "gguf", quantization={"weights": quant} if quant else None, export_dtype=export_dtype,

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from bake.fold.plan import BakePlan
 
 MANIFEST_NAME = "bake_manifest.json"
+# a GGUF file carries the public manifest and its layout as metadata strings under these keys
+GGUF_MANIFEST_KEY = "lambda_bake.manifest"
+GGUF_LAYOUT_KEY = "lambda_bake.layout"
 MANIFEST_FORMAT = 2  # 2: base/gates record hub_id, local_path, hashes; cut records its rule
 LOCAL_KEYS = ("local_path",)
 

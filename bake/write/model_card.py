@@ -84,6 +84,7 @@ def gguf_summary(path: Path) -> dict[str, Any]:
 
     types = {0: "F32", 1: "F16", 32: "BF16", 7: "Q8_0", 2: "Q4_0", 18: "Q6_K", 17: "Q5_K_M", 15: "Q4_K_M"}
     return {"file": Path(path).name, "type": types.get(get("general.file_type"), str(get("general.file_type"))),
+            # the key is manifest.GGUF_LAYOUT_KEY, spelled out: manifest imports this module
             "arch": get("general.architecture"), "layout": get("lambda_bake.layout") or "as-is"}
 
 

@@ -46,13 +46,11 @@ from bake.io.base_model import open_base_model
 from bake.io.dtypes import to_float32
 from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import check_carried_files
-from bake.write.manifest import MANIFEST_NAME, public_manifest, read_manifest
+from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY, MANIFEST_NAME, public_manifest, read_manifest
 from export.gguf.vocab import add_vocab
 from export.options import GGUF_TYPES
 
 GGUF_LAYOUTS = ("as-is", "ragged")
-MANIFEST_KEY = "lambda_bake.manifest"
-LAYOUT_KEY = "lambda_bake.layout"
 
 
 @dataclass(frozen=True)
@@ -356,9 +354,9 @@ def _metadata(writer: Any, model_dir: Path, config: dict[str, Any], plan: _Plan,
     writer.add_file_type(kind.file_type)
     writer.add_quantization_version(2)
     add_vocab(writer, model_dir, int(config["vocab_size"]))
-    writer.add_string(LAYOUT_KEY, layout)
+    writer.add_string(GGUF_LAYOUT_KEY, layout)
     if manifest is not None:
-        writer.add_string(MANIFEST_KEY, json.dumps(public_manifest(manifest, model_dir), sort_keys=True))
+        writer.add_string(GGUF_MANIFEST_KEY, json.dumps(public_manifest(manifest, model_dir), sort_keys=True))
 
 
 def _storage(qtype: Any) -> np.dtype:

@@ -17,8 +17,9 @@ from bake.demo.assets import TinyQwen3Spec, build_seed_variants, build_tiny_qwen
 from bake.gates.gate_math import Cut, GateSettings
 from bake.gates.variant import load_variant
 from bake.verify.weights.gguf_check import quantization_bound
+from bake.write.manifest import GGUF_MANIFEST_KEY
 from bake.write.pipeline import BakeOptions, bake_checkpoint
-from export.gguf.writer import MANIFEST_KEY, export_gguf
+from export.gguf.writer import export_gguf
 
 SPEC = TinyQwen3Spec(num_layers=2, hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, head_dim=64)
 FAST = ["--quiet", "--json", "--greedy-tokens", "4"]
@@ -50,7 +51,7 @@ def test_k_quants_pass_verify(bakes: dict[str, Path], tmp_path: Path, capsys: py
     manifest = json.loads((bakes[bake] / "bake_manifest.json").read_text())
     reader = gguf.GGUFReader(str(out))
     assert reader.fields["general.file_type"].contents() == {"q4_k_m": 15, "q6_k": 18}[kind]
-    assert json.loads(reader.fields[MANIFEST_KEY].contents())["off_fraction"] == manifest["off_fraction"]
+    assert json.loads(reader.fields[GGUF_MANIFEST_KEY].contents())["off_fraction"] == manifest["off_fraction"]
     assert types <= set(report["tensor_types"]) <= types | {"F32"}
     if layout == "ragged":
         assert report["mlp_widths"] == [max(256, -(-k // 256) * 256) for k in manifest["kept_per_layer"]]

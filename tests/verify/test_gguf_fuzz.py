@@ -51,3 +51,25 @@ def test_damaged_gguf_is_read_or_refused_by_name(gguf_file: tuple[Path, bytes], 
             continue
         if read not in (gguf_candidate, gguf_summary) and not result.passed:
             assert all(f.tensor and f.tensor in f.message for f in result.failures)
+
+
+def test_a_manifest_that_is_not_an_object_is_no_manifest(gguf_file: tuple[Path, bytes], tmp_path: Path) -> None:
+    """Valid JSON of the wrong shape under lambda_bake.manifest: verify treats the file as one without a manifest
+    (float32 bake assumed), push refuses it by name."""
+    import gguf
+
+    from bake.errors import HubError
+    from bake.hub.push import push_folder
+    from bake.write.manifest import GGUF_MANIFEST_KEY
+
+    _, raw = gguf_file
+    manifest = gguf.GGUFReader(_write(tmp_path / "ok.gguf", raw)).fields[GGUF_MANIFEST_KEY].contents().encode()
+    path = _write(tmp_path / "list.gguf", raw.replace(manifest, b"[" + b" " * (len(manifest) - 2) + b"]"))
+    assert gguf_candidate(path).manifest is None
+    with pytest.raises(HubError, match="carries no lambda-bake manifest"):
+        push_folder(path, "me/x", api=object())
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -19,6 +19,7 @@ file's width. Then:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from bake.errors import ExportError
 from bake.verify.weights.bake_tensors import BakeTensors
 from bake.verify.weights.weight_check import Failure, WeightReport
 from bake.verify.weights.weight_map import live_columns
+from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY
 
 SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
 _ROUND = {"F16": np.float16}
@@ -48,6 +50,16 @@ def read_gguf(path: Path) -> Any:
 def field(reader: Any, key: str) -> Any:
     f = reader.fields.get(key)
     return None if f is None else f.contents()
+
+
+def embedded_manifest(reader: Any) -> dict[str, Any] | None:
+    """The bake manifest a lambda-bake GGUF carries; None when it has none or it is not a JSON object."""
+    raw = field(reader, GGUF_MANIFEST_KEY)
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def check_gguf_weights(path: Path, bake: BakeTensors) -> WeightReport:
@@ -136,7 +148,7 @@ class _Checker:
         self.arch = str(field(reader, "general.architecture"))
         self.layers = int(bake.config["num_hidden_layers"])
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
-        self.ragged = field(reader, "lambda_bake.layout") == "ragged" or self.arch == "openelm"
+        self.ragged = field(reader, GGUF_LAYOUT_KEY) == "ragged" or self.arch == "openelm"
         self.failures: list[Failure] = []
         self.checked = self.elements = 0
         self.max_steps: float | None = None
