@@ -75,6 +75,11 @@ def gguf_type(name: str) -> GgufType:
     return GgufType(name, qtype, ftype, gguf.GGML_QUANT_SIZES[qtype][0], by_llama=name.endswith(("_k", "_k_m")))
 
 
+def default_file_name(layout: str, gguf_type_name: str) -> str:
+    """The name ``bake --gguf`` gives the file inside the baked folder."""
+    return f"model-{layout}-{gguf_type_name.upper()}.gguf"
+
+
 def file_type_name(file_type: int) -> str:
     """The --gguf-type of a file's ``general.file_type`` (else ``file type N``)."""
     return {int(gguf_type(n).file_type): n for n in GGUF_TYPES}.get(int(file_type), f"file type {file_type}")
@@ -129,7 +134,7 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
     with atomic_output_file(out, overwrite, inputs=(model_dir,)) as tmp:
         first = tmp.with_name(tmp.name + ".f32") if kind.by_llama else tmp
         try:
-            _write(first, model_dir, config, plan, written, manifest, layout, progress)
+            _write(first, model_dir, plan, manifest, layout, progress)
             if kind.by_llama:
                 llama_quantize(first, tmp, kind, progress)
         finally:
@@ -146,13 +151,13 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
     }
 
 
-def _write(path: Path, model_dir: Path, config: dict[str, Any], plan: _Plan, kind: GgufType,
-           manifest: dict[str, Any] | None, layout: str, progress: bool) -> None:
+def _write(path: Path, model_dir: Path, plan: _Plan, manifest: dict[str, Any] | None, layout: str,
+           progress: bool) -> None:
     """Header, metadata and tensor infos first, then the tensors one by one (each made, encoded and written)."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "openelm" if plan.ragged else "qwen3")
-    _metadata(writer, model_dir, config, plan, kind, manifest, layout)
+    _metadata(writer, model_dir, plan, manifest, layout)
     tensors = plan.planned
     for t in tensors:
         nbytes = _nbytes(t.shape, t.qtype)
@@ -262,9 +267,6 @@ class _Plan:
     @cached_property
     def planned(self) -> list[Planned]:
         """The file's tensors in order, each with its type (decided once: deciding records the F16 fallbacks)."""
-        return self.tensors()
-
-    def tensors(self) -> list[Planned]:
         import gguf
 
         names, t = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
@@ -327,8 +329,8 @@ class _Plan:
         return out
 
 
-def _metadata(writer: Any, model_dir: Path, config: dict[str, Any], plan: _Plan, kind: GgufType,
-              manifest: dict[str, Any] | None, layout: str) -> None:
+def _metadata(writer: Any, model_dir: Path, plan: _Plan, manifest: dict[str, Any] | None, layout: str) -> None:
+    config = plan.config
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
@@ -351,7 +353,7 @@ def _metadata(writer: Any, model_dir: Path, config: dict[str, Any], plan: _Plan,
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_file_type(kind.file_type)
+    writer.add_file_type(plan.kind.file_type)
     writer.add_quantization_version(2)
     add_vocab(writer, model_dir, int(config["vocab_size"]))
     writer.add_string(GGUF_LAYOUT_KEY, layout)
