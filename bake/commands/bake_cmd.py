@@ -178,19 +178,15 @@ def extras_step(args: argparse.Namespace) -> Callable[[Path], list[str]] | None:
     return lambda folder: [name for step in steps for name in step(folder)]
 
 
-def gguf_name(layout: str, gguf_type: str) -> str:
-    return f"model-{layout}-{gguf_type.upper()}.gguf"
-
-
 def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     """Write the finished checkpoint's GGUF into it; return the file name."""
     from export.install import require_gguf
 
     require_gguf()
-    from export.gguf.writer import export_gguf
+    from export.gguf.writer import default_file_name, export_gguf
 
     def export(folder: Path) -> list[str]:
-        name = gguf_name(args.gguf_layout, args.gguf_type)
+        name = default_file_name(args.gguf_layout, args.gguf_type)
         say(f"exporting to GGUF ({args.gguf_type}, layout {args.gguf_layout}) ...")
         export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
                     progress=not args.quiet)

@@ -26,7 +26,7 @@ from bake.write.pipeline import bake_checkpoint
 DEPLOY_PROMPT = [{"role": "user", "content": "Explain in one sentence why the sky is blue."}]
 DEPLOY_TOKENS = 16
 ONNX_OPTIONS = {"target": "cpu", "dtype": "float32", "layout": "ragged", "quantize": "none", "cuda_graph": False}
-GGUF_FILE = "model-ragged-F32.gguf"
+GGUF_OPTIONS = {"gguf_type_name": "f32", "layout": "ragged"}
 
 
 def missing_runtimes() -> dict[str, str]:
@@ -43,6 +43,11 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
     """Bake, export, verify and run one cut; the report says what each export did, or why it was skipped."""
     skipped = missing_runtimes()
     exports = [kind for kind in ("onnx", "gguf") if kind not in skipped]
+    gguf_file = None
+    if "gguf" in exports:
+        from export.gguf.writer import default_file_name
+
+        gguf_file = default_file_name(GGUF_OPTIONS["layout"], GGUF_OPTIONS["gguf_type_name"])
 
     def add_exports(folder: Path) -> list[str]:
         files = []
@@ -51,12 +56,12 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
 
             _say(log, "  exporting ONNX (CPU graph, float32, ragged widths) ...")
             files += [f"onnx/{name}" for name in export_into(folder, **ONNX_OPTIONS, progress=False)["files"]]
-        if "gguf" in exports:
+        if gguf_file:
             from export.gguf.writer import export_gguf
 
             _say(log, "  exporting GGUF (f32, ragged widths: arch openelm) ...")
-            export_gguf(folder, folder / GGUF_FILE, gguf_type_name="f32", layout="ragged", progress=False)
-            files.append(GGUF_FILE)
+            export_gguf(folder, folder / gguf_file, **GGUF_OPTIONS, progress=False)
+            files.append(gguf_file)
         return files
 
     def check(folder: Path) -> dict[str, Any]:
@@ -67,7 +72,7 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
         _say(log, "  verifying the checkpoint and its exports against the hooked model ...")
         candidates = [torch_candidate(folder)]
         candidates += [onnx_candidate(folder / "onnx", device="cpu")] if "onnx" in exports else []
-        candidates += [gguf_candidate(folder / GGUF_FILE)] if "gguf" in exports else []
+        candidates += [gguf_candidate(folder / gguf_file)] if gguf_file else []
         return verify(spec_from_manifest(read_manifest(folder)), candidates,
                       VerifyOptions(greedy_tokens=greedy_tokens), bake=folder)
 
@@ -77,7 +82,7 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
     except VerificationFailed as e:
         return {"folder": None, "passed": False, "verification": e.report, "runs": [], "skipped": skipped}
     runs = [run_onnx(out / "onnx")] if "onnx" in exports else []
-    runs += [run_gguf(out / GGUF_FILE)] if "gguf" in exports else []
+    runs += [run_gguf(out / gguf_file)] if gguf_file else []
     if len(runs) > 1:
         first = runs[0]["reply_ids"]
         for r in runs:
