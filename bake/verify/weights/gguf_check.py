@@ -29,7 +29,7 @@ import numpy as np
 from bake.errors import ExportError
 from bake.verify.weights.bake_tensors import BakeTensors
 from bake.verify.weights.weight_check import Failure, WeightReport
-from bake.verify.weights.weight_map import live_columns
+from bake.verify.weights.weight_map import LiveNeurons
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY
 
 SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
@@ -153,17 +153,13 @@ class _Checker:
         self.checked = self.elements = 0
         self.max_steps: float | None = None
         self.used: set[str] = set()
-        self.keep: dict[int, np.ndarray | None] = {}
+        self.live = LiveNeurons(bake)
 
     def fail(self, tensor: str, message: str, worst: dict[str, Any] | None = None) -> None:
         self.failures.append(Failure(tensor, f"{tensor}: {message}", worst))
 
     def neurons(self, i: int) -> np.ndarray | None:
-        if not self.ragged:
-            return None
-        if i not in self.keep:
-            self.keep[i] = live_columns(self.bake.tensor(f"model.layers.{i}.mlp.down_proj.weight").values())
-        return self.keep[i]
+        return self.live(i) if self.ragged else None
 
     def expected(self, name: str) -> tuple[np.ndarray, list[str]] | None:
         """The float32 values the GGUF tensor ``name`` must hold (HF orientation), and the bake tensors used."""

@@ -32,7 +32,7 @@ import numpy as np
 from bake.verify.weights.bake_tensors import BakeTensors, Stored
 from bake.verify.weights.onnx_weights import ExportGraph, Use
 from bake.verify.weights.quant_check import Worst, quant_error
-from bake.verify.weights.weight_map import Part, live_columns, projection_parts
+from bake.verify.weights.weight_map import LiveNeurons, Part, projection_parts
 
 STEP_SLACK = 1e-3  # of a step: float32 rounding of w / scale is below 2e-5 steps even for int8's 255 codes
 CHUNK_ELEMENTS = 1 << 20  # float weights are compared this many elements at a time
@@ -97,7 +97,7 @@ class _Checker:
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
         self.bake_names = set(bake.names())
         self.used: set[str] = set()
-        self.kept: dict[int, np.ndarray | None] = {}
+        self.live = LiveNeurons(bake)
         self.failures: list[Failure] = []
         self.checked = self.elements = 0
         self.max_steps: float | None = None
@@ -130,11 +130,7 @@ class _Checker:
     # ---- which neurons, which bake tensors ---------------------------------------------------
     def keep(self, layer: int) -> np.ndarray | None:
         """The neurons an export layer holds: all (as-is), or those with a nonzero down_proj column (ragged)."""
-        if not self.ragged:
-            return None
-        if layer not in self.kept:
-            self.kept[layer] = live_columns(self.bake.tensor(f"model.layers.{layer}.mlp.down_proj.weight").values())
-        return self.kept[layer]
+        return self.live(layer) if self.ragged else None
 
     def parts(self, name: str) -> list[Part] | None:
         prefix, _, suffix = name.rpartition(".")

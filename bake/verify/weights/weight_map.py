@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,16 @@ def projection_parts(prefix: str, suffix: str, tied: bool,
     return None
 
 
-def live_columns(down_proj: np.ndarray) -> np.ndarray:
-    """Ascending indices of the columns of ``down_proj`` [hidden, neurons] (values) with a nonzero entry."""
-    return np.flatnonzero((down_proj != 0).any(axis=0))
+class LiveNeurons:
+    """Per layer of a bake (``bake.verify.weights.bake_tensors``), the neurons a ragged export keeps: ascending
+    indices of the columns of its ``down_proj`` with a nonzero entry, each layer read once."""
+
+    def __init__(self, bake: Any):
+        self.bake = bake
+        self.kept: dict[int, np.ndarray] = {}
+
+    def __call__(self, layer: int) -> np.ndarray:
+        if layer not in self.kept:
+            down = self.bake.tensor(f"model.layers.{layer}.mlp.down_proj.weight").values()
+            self.kept[layer] = np.flatnonzero((down != 0).any(axis=0))
+        return self.kept[layer]
