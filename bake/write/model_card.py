@@ -82,10 +82,19 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     def get(key: str) -> Any:
         return fields[key].contents() if key in fields else None
 
-    types = {0: "F32", 1: "F16", 32: "BF16", 7: "Q8_0", 2: "Q4_0", 18: "Q6_K", 17: "Q5_K_M", 15: "Q4_K_M"}
-    return {"file": Path(path).name, "type": types.get(get("general.file_type"), str(get("general.file_type"))),
+    return {"file": Path(path).name, "type": _file_type(get("general.file_type")),
             # the key is manifest.GGUF_LAYOUT_KEY, spelled out: manifest imports this module
             "arch": get("general.architecture"), "layout": get("lambda_bake.layout") or "as-is"}
+
+
+def _file_type(value: Any) -> str:
+    """gguf-py's name of a ``general.file_type`` without its prefix (``MOSTLY_Q4_K_M`` -> ``Q4_K_M``)."""
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(int(value)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo_id: str | None = None,

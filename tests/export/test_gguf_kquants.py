@@ -18,6 +18,7 @@ from bake.gates.gate_math import Cut, GateSettings
 from bake.gates.variant import load_variant
 from bake.verify.weights.gguf_check import quantization_bound
 from bake.write.manifest import GGUF_MANIFEST_KEY
+from bake.write.model_card import gguf_summary
 from bake.write.pipeline import BakeOptions, bake_checkpoint
 from export.gguf.writer import export_gguf
 
@@ -53,6 +54,7 @@ def test_k_quants_pass_verify(bakes: dict[str, Path], tmp_path: Path, capsys: py
     assert reader.fields["general.file_type"].contents() == {"q4_k_m": 15, "q6_k": 18}[kind]
     assert json.loads(reader.fields[GGUF_MANIFEST_KEY].contents())["off_fraction"] == manifest["off_fraction"]
     assert types <= set(report["tensor_types"]) <= types | {"F32"}
+    assert gguf_summary(out)["type"] == kind.upper()  # what the model card calls it
     if layout == "ragged":
         assert report["mlp_widths"] == [max(256, -(-k // 256) * 256) for k in manifest["kept_per_layer"]]
     assert not list(tmp_path.glob(".*"))  # the F32 intermediate is gone
