@@ -73,3 +73,16 @@ def test_a_manifest_that_is_not_an_object_is_no_manifest(gguf_file: tuple[Path, 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_gguf_is_parsed_once_per_version(gguf_file: tuple[Path, bytes], tmp_path: Path) -> None:
+    """verify's candidate, weight proof and dequantized model share one parse; a file written anew is read anew."""
+    from bake.verify.weights.gguf_check import field, read_gguf
+
+    bake, raw = gguf_file
+    path = _write(tmp_path / "m.gguf", raw)
+    first = read_gguf(path)
+    assert read_gguf(path) is first
+    export_gguf(bake, path, gguf_type_name="f32", overwrite=True, progress=False)  # same path, a new file
+    again = read_gguf(path)
+    assert again is not first and int(field(again, "general.file_type")) == 0
