@@ -204,7 +204,7 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
     check_export_options(options["dtype"], options["layout"], "auto", options["quantize"],
-                         options["target"])  # before the bake, not after
+                         options["target"], options["width_multiple"])  # before the bake, not after
 
     def export(folder: Path) -> list[str]:
         quantized = "" if options["quantize"] == "none" else f", {options['quantize']} weights"

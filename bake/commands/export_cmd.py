@@ -21,8 +21,10 @@ targets (the graph):
             layer shared by past/present), skip + RMSNorm fused, packed QKV and gate/up projections,
             logits of the last token only; right-padded batches
   cuda      the cpu graph with the q/k RMSNorm fused into GroupQueryAttention (a CUDA-only kernel);
-            needs --dtype float16; every node runs on the CUDA execution provider, so onnxruntime-genai
-            can capture it as a CUDA graph (--cuda-graph)
+            --dtype float16 or bfloat16 (as Qwen3 ships: no float16 overflow); each layer's MLP width
+            rounded up to a multiple of 64 with zero neurons (--width-multiple), so ONNX Runtime's fast
+            MatMulNBits and aligned fp16/bf16 GEMM kernels run; every node runs on the CUDA execution
+            provider, so onnxruntime-genai can capture it as a CUDA graph (--cuda-graph, batch 1)
 
 layouts:
   as-is   the checkpoint's shapes (dense: full width with zero columns; pruned: the padded width)
@@ -54,7 +56,12 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                         "blockwise 32, asymmetric): smaller and faster, but not exact, so verify judges it by KL "
                         "and top-1 (default none)")
     p.add_argument(f"--{prefix}cuda-graph", action="store_true", default=d["cuda_graph"],
-                   help="--target cuda: turn on CUDA-graph capture in genai_config.json")
+                   help="--target cuda: turn on CUDA-graph capture in genai_config.json (onnxruntime-genai captures "
+                        "at batch 1 only)")
+    p.add_argument(f"--{prefix}width-multiple", type=int, default=d["width_multiple"], metavar="N",
+                   help="round every layer's MLP width up to a multiple of N with zero neurons (exact; reported per "
+                        "layer): default 64 for --target cuda, whose fast int4/int8 and fp16 kernels need aligned "
+                        "widths, and 1 (no rounding) for cpu and portable")
 
 
 FORMATS = ("onnx", "gguf")
@@ -110,7 +117,8 @@ def run_export(args: argparse.Namespace) -> int:
     from export.onnx.exporter import export_onnx
 
     report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
-                         quantize=args.quantize, cuda_graph=args.cuda_graph, device=args.device,
+                         quantize=args.quantize, cuda_graph=args.cuda_graph, width_multiple=args.width_multiple,
+                         device=args.device,
                          overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)
@@ -120,8 +128,10 @@ def run_export(args: argparse.Namespace) -> int:
     quantized = "" if report["quantize"] == "none" else f" with {report['quantize']} weights"
     say(f"  target {report['target']}, {report['dtype']}{quantized}, layout {report['layout']}, "
         f"{report['bytes'] / 1e6:.1f} MB{' (weights in model.onnx.data)' if report['external_data'] else ''}")
+    padding = (f"; {report['mlp_padding_neurons']:,} zero neurons added to reach multiples of "
+               f"{report['width_multiple']}" if report["mlp_padding_neurons"] else "")
     say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
-        f"(per layer {min(widths)}..{max(widths)}); checked on {report['checked_on']}")
+        f"(per layer {min(widths)}..{max(widths)} wide{padding}); checked on {report['checked_on']}")
     say(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
     return 0
 

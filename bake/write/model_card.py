@@ -180,8 +180,10 @@ def _rule(manifest: dict[str, Any]) -> str:
 def _onnx_summary(io: dict[str, Any]) -> str:
     quant = io.get("quantization")
     weights = f", {quant['weights']} weights" if quant else ""
-    return (f"target `{io.get('target', 'portable')}`, {io.get('dtype')}{weights}, layout {io.get('layout')}, "
-            "with KV cache and genai_config.json")
+    padding = sum(io.get("mlp_padding") or [])
+    aligned = (f", MLP widths aligned to {io['width_multiple']} ({padding:,} zero neurons added)" if padding else "")
+    return (f"target `{io.get('target', 'portable')}`, {io.get('dtype')}{weights}, layout {io.get('layout')}"
+            f"{aligned}, with KV cache and genai_config.json")
 
 
 def _transformers_usage(repo: str) -> list[str]:

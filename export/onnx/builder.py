@@ -10,7 +10,9 @@ PyTorch model is built. Three targets compute the same function:
 ``quant`` (int4/int8, ``export.onnx.quantize``) turns every linear layer, lm_head included, into
 com.microsoft ``MatMulNBits`` with blockwise-quantized weights: smaller and faster, no longer exact.
 ``ragged=True`` drops, per layer, every MLP neuron whose ``down_proj`` column is entirely zero: such
-a neuron adds exactly 0, so the graph stays exact and each layer gets its own MLP width.
+a neuron adds exactly 0, so the graph stays exact and each layer gets its own MLP width. A width
+multiple (64 for ``cuda``) adds zero neurons up to the next multiple, just as exact: ONNX Runtime's
+fast CUDA kernels need aligned widths.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from export.onnx.graph_base import ONNX_DTYPES, BuildResult, WeightFile, qwen3_d
 from export.onnx.graph_ort import OrtGraphBuilder
 from export.onnx.graph_portable import PortableGraphBuilder
 from export.onnx.quantize import QuantSpec
-from export.options import TARGETS
+from export.options import TARGETS, width_multiple_for
 
 
 def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_path: Path, *, dtype: torch.dtype,
                       target: str, ragged: bool, quant: QuantSpec | None = None, fuse_qk_norm: bool | None = None,
-                      progress: Callable[[int], None] | None = None) -> BuildResult:
+                      width_multiple: int | None = None, progress: Callable[[int], None] | None = None) -> BuildResult:
     """Build the graph for ``target``; weights go to ``data_path`` (raw, external data).
+
+    ``width_multiple`` rounds each layer's MLP width up with zero neurons (default: the target's,
+    ``export.options.width_multiple_for``).
 
     ``fuse_qk_norm`` defaults to the target's choice (only ``cuda`` fuses); tests turn it off to run
     the CUDA graph on ONNX Runtime's CPU provider, which lacks the fused q/k norm.
@@ -45,9 +50,10 @@ def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_pat
     dims = qwen3_dims(config, reader)
     with open(data_path, "wb") as f:
         weights = WeightFile(f, Path(data_path).name)
+        common = {"dtype": dtype, "quant": quant, "width_multiple": width_multiple_for(target, width_multiple)}
         if target == "portable":
-            builder = PortableGraphBuilder(reader, dims, weights, dtype=dtype, quant=quant)
+            builder = PortableGraphBuilder(reader, dims, weights, **common)
         else:
             fuse = target == "cuda" if fuse_qk_norm is None else fuse_qk_norm
-            builder = OrtGraphBuilder(reader, dims, weights, dtype=dtype, quant=quant, fuse_qk_norm=fuse)
+            builder = OrtGraphBuilder(reader, dims, weights, fuse_qk_norm=fuse, **common)
         return builder.build(ragged, progress)

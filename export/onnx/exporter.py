@@ -34,22 +34,25 @@ from export.onnx.builder import build_qwen3_model
 from export.onnx.folder import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, read_export_folder
 from export.onnx.genai_config import GENAI_FILE, genai_config
 from export.onnx.quantize import QuantSpec, quant_spec
-from export.options import DEVICES, GRAPH_DEFAULTS, LAYOUTS, TARGETS
+from export.options import DEVICES, GRAPH_DEFAULTS, LAYOUTS, TARGETS, width_multiple_for
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights above which they go to model.onnx.data
-EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-               onnx.TensorProto.INT64: "int64"}
+               onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64"}
 
 
 def check_export_options(dtype: str, layout: str, device: str = "auto", quantize: str = "none",
-                         target: str = GRAPH_DEFAULTS["target"]) -> None:
+                         target: str = GRAPH_DEFAULTS["target"], width_multiple: int | None = None) -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
-    if dtype == "bfloat16":
+    if width_multiple is not None and not 1 <= width_multiple <= 4096:
+        raise ExportError(f"--width-multiple {width_multiple}: give a whole number from 1 (no rounding) to 4096; "
+                          "64 is the cuda target's default")
+    if dtype == "bfloat16" and target != "cuda":
         raise ExportError(
-            "bfloat16 export is not offered: ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul, "
-            "Add, Mul, Softmax, Sigmoid or ReduceMean, so the model could not run on CPU; use --dtype float16 "
-            "(same memory, runs on CPU and CUDA) or --dtype float32"
+            f"--dtype bfloat16 needs --target cuda: ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul, "
+            f"Add, Mul, Softmax, Sigmoid or ReduceMean, so a --target {target} graph could not run; its CUDA provider "
+            "has one for every op of the cuda graph (add --target cuda), or use --dtype float16 or float32 here"
         )
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
@@ -59,10 +62,11 @@ def check_export_options(dtype: str, layout: str, device: str = "auto", quantize
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if device not in DEVICES:
         raise ExportError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if target == "cuda" and dtype != "float16":
+    if target == "cuda" and dtype not in ("float16", "bfloat16"):
         raise ExportError(
-            f"--target cuda needs --dtype float16: ONNX Runtime's CUDA GroupQueryAttention computes in float16 "
-            f"(or bfloat16) only, so a {dtype} graph could not run there; add --dtype float16, or use --target cpu"
+            f"--target cuda needs --dtype float16 or bfloat16: ONNX Runtime's CUDA GroupQueryAttention computes in "
+            f"float16 or bfloat16 only, so a {dtype} graph could not run there; add --dtype bfloat16 (as Qwen3 ships: "
+            "no float16 overflow) or float16, or use --target cpu"
         )
     quant_spec(quantize, target)
     if device != "auto":
@@ -113,6 +117,7 @@ def write_export(
     quantize: str = "none",
     device: str = "auto",
     cuda_graph: bool = False,
+    width_multiple: int | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -121,9 +126,11 @@ def write_export(
     ``target`` picks the graph (``export.onnx.builder``); ``quantize`` 'int4'/'int8' stores every linear
     layer (lm_head included) as blockwise-quantized MatMulNBits weights: smaller and faster, judged by
     verify on KL and top-1 rather than exactness. ``cuda_graph`` turns on CUDA-graph capture in
-    genai_config.json (``cuda`` target).
+    genai_config.json (``cuda`` target). ``width_multiple`` rounds every layer's MLP width up with zero neurons
+    (default: 64 for ``cuda``, whose fast kernels need aligned widths; 1, no rounding, elsewhere).
     """
-    check_export_options(dtype, layout, device, quantize, target)
+    check_export_options(dtype, layout, device, quantize, target, width_multiple)
+    multiple = width_multiple_for(target, width_multiple)
     quant = quant_spec(quantize, target)
     config, reader = open_model_folder(model_dir)
     check_carried_files(model_dir, ExportError)  # the tokenizer and template the export carries must parse
@@ -132,7 +139,8 @@ def write_export(
                disable=not progress, file=sys.stderr)
     try:
         built = build_qwen3_model(reader, config, out / DATA_FILE, dtype=EXPORT_DTYPES[dtype], target=target,
-                                  ragged=layout == "ragged", quant=quant, progress=lambda _: bar.update())
+                                  ragged=layout == "ragged", quant=quant, width_multiple=multiple,
+                                  progress=lambda _: bar.update())
     finally:
         bar.close()
     external = built.weight_bytes > external_data_threshold
@@ -147,7 +155,7 @@ def write_export(
         shutil.copy2(model_dir / MANIFEST_NAME, out / MANIFEST_NAME)
         carried.append(MANIFEST_NAME)
     io = describe(built.model, config, target=target, dtype=dtype, layout=layout, quant=quant,
-                  widths=built.mlp_widths, opset=built.opset,
+                  widths=built.mlp_widths, padding=built.mlp_padding, width_multiple=multiple, opset=built.opset,
                   external_bytes=built.weight_bytes if external else None)
     (out / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
     generation = read_json(out / "generation_config.json", ExportError, "copy it from the base model") \
@@ -166,7 +174,10 @@ def write_export(
         "checked_on": checked_on,
         "mlp_widths": built.mlp_widths,
         "config_intermediate_size": int(config["intermediate_size"]),
-        "mlp_neurons": sum(built.mlp_widths),
+        "mlp_neurons": sum(built.mlp_widths) - sum(built.mlp_padding),
+        "width_multiple": multiple,
+        "mlp_padding_neurons": sum(built.mlp_padding),
+        "mlp_padding_per_layer": built.mlp_padding,
         "external_data": external,
         "files": files,
         "carried_files": carried,
@@ -181,7 +192,8 @@ def check_graph(path: Path) -> None:
 
 
 def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dtype: str, layout: str,
-             quant: QuantSpec | None, widths: list[int], opset: int, external_bytes: int | None) -> dict[str, Any]:
+             quant: QuantSpec | None, widths: list[int], padding: list[int], width_multiple: int, opset: int,
+             external_bytes: int | None) -> dict[str, Any]:
     """The content of onnx_io.json."""
 
     def tensors(values: Any) -> list[dict[str, Any]]:
@@ -219,6 +231,8 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dty
         "max_position_id": None if portable else int(config.get("max_position_embeddings", 32768)) - 1,
         "config_intermediate_size": int(config["intermediate_size"]),
         "mlp_widths": widths,
+        "width_multiple": width_multiple,
+        "mlp_padding": padding,
         "inputs": tensors(model.graph.input),
         "outputs": tensors(model.graph.output),
         "notes": (
@@ -238,10 +252,15 @@ def smoke_test(folder: Path, device: str, target: str) -> str:
     mapped from the data file) without copying its weights, so the check costs far less than the weights;
     return where it was loaded. Running it is ``verify --onnx``'s job (``bake --onnx --verify`` does both
     before anything is published). A ``cuda`` graph on a machine without CUDA loads on the CPU provider,
-    which resolves its graph and types; its fused q/k norm runs only on CUDA."""
+    which resolves its graph and types; its fused q/k norm runs only on CUDA. A bfloat16 graph cannot even
+    load there (the CPU provider has no bfloat16 kernels): onnx.checker's full check is all it gets."""
     device = pick_device(device)
+    io = read_export_folder(folder)
+    if io["dtype"] == "bfloat16" and device == "cpu":
+        return "cpu (not loaded: ONNX Runtime's CPU provider has no bfloat16 kernels; onnx.checker and strict shape " \
+               "inference passed)"
     try:
-        load_check_session(folder / read_export_folder(folder)["model_file"], device)
+        load_check_session(folder / io["model_file"], device)
     except Exception as e:  # ORT raises its own exception types; name the folder and the fix
         raise ExportError(f"ONNX Runtime cannot load the export in {folder} on {device}: {e}; the export is not "
                           "usable (a bug: please report it with this message)") from e

@@ -19,7 +19,7 @@ from export.options import TARGETS
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 PLAIN_NAME = re.compile(r"^[\w.-]+$")
-NP_DTYPES = ("float32", "float16")
+NP_DTYPES = ("float32", "float16", "bfloat16")
 IO_FILE = "onnx_io.json"
 FORMAT = "lambda-bake-onnx"
 FORMAT_VERSION = 2  # 2: target, kv_cache and logits fields; 1 (concat cache, all logits) is still read
@@ -82,6 +82,13 @@ def check_io(io: dict[str, Any], path: Path) -> None:
     widths = need("mlp_widths", list)
     if len(widths) != layers or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in widths):
         raise ExportError(f"{path}: mlp_widths must give a width for each of the {layers} layers; {fix}")
+    multiple = need("width_multiple", int, optional=True, low=1, high=4096) or 1
+    padding = need("mlp_padding", list, optional=True)
+    if padding is not None and (len(padding) != layers or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < multiple and p <= w
+            for p, w in zip(padding, widths))):
+        raise ExportError(f"{path}: mlp_padding must give, for each of the {layers} layers, the zero neurons added "
+                          f"to its width (0 to width_multiple - 1 = {multiple - 1}); {fix}")
     quant = need("quantization", dict, optional=True)
     if quant is not None:
         for key in ("bits", "block_size"):

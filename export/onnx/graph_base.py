@@ -180,18 +180,41 @@ class BuildResult:
     """What was built: the model proto (weights external) and the facts onnx_io.json records."""
 
     model: onnx.ModelProto
-    mlp_widths: list[int]
+    mlp_widths: list[int]  # per layer, the graph's MLP width: kept neurons plus zero neurons for alignment
+    mlp_padding: list[int]  # per layer, the zero neurons added to reach a multiple of the width multiple
     weight_bytes: int
     opset: int
 
 
 @dataclass(frozen=True)
+class MlpNeurons:
+    """The neurons one layer's MLP holds in the graph: the checkpoint's neurons ``keep`` (None: all of them), then
+    ``padding`` zero neurons (zero gate/up rows, zero down columns: they add exactly 0)."""
+
+    keep: torch.Tensor | None
+    kept: int
+    padding: int
+
+    @property
+    def width(self) -> int:
+        return self.kept + self.padding
+
+
+def aligned_width(kept: int, multiple: int) -> int:
+    """``kept`` rounded up to a multiple of ``multiple``; a layer with nothing left stays 0 (it has no MLP)."""
+    return -(-kept // multiple) * multiple
+
+
+@dataclass(frozen=True)
 class Projection:
-    """One checkpoint linear layer, optionally restricted to some of its output rows or input columns."""
+    """One checkpoint linear layer, optionally restricted to some of its output rows or input columns, then
+    extended by ``pad_rows`` zero rows or ``pad_cols`` zero input columns."""
 
     prefix: str
     rows: torch.Tensor | None = None
     cols: torch.Tensor | None = None
+    pad_rows: int = 0
+    pad_cols: int = 0
 
 
 class GraphBuilder:
@@ -200,12 +223,15 @@ class GraphBuilder:
     opset = 21
 
     def __init__(self, reader: CheckpointReader, dims: Qwen3Dims, weights: WeightFile, *, dtype: torch.dtype,
-                 quant: QuantSpec | None = None):
+                 quant: QuantSpec | None = None, width_multiple: int = 1):
+        if width_multiple < 1:
+            raise ExportError(f"width multiple {width_multiple} must be at least 1")
         self.reader = reader
         self.dims = dims
         self.dtype = dtype
         self.onnx_dtype = ONNX_DTYPES[dtype]
         self.quant = quant
+        self.width_multiple = width_multiple
         self.g = GraphNodes(weights)
         self.k = Constants(self.g, self.constant_values())
 
@@ -221,6 +247,10 @@ class GraphBuilder:
             t = t.index_select(0, p.rows)
         if p.cols is not None and part == "weight":
             t = t.index_select(1, p.cols)
+        if p.pad_rows:
+            t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, p.pad_rows))
+        if p.pad_cols and part == "weight":
+            t = torch.nn.functional.pad(t, (0, p.pad_cols))
         return t
 
     def weight(self, name: str) -> str:
@@ -258,9 +288,24 @@ class GraphBuilder:
                      N=w.shape[0], bits=q.bits, block_size=q.block_size, **attrs)
         return out
 
-    def mlp_neurons(self, i: int, ragged: bool) -> torch.Tensor | None:
-        """The neurons a ragged layer keeps (None: all of them)."""
-        return live_neurons(self.reader, i) if ragged else None
+    def mlp_neurons(self, i: int, ragged: bool) -> MlpNeurons:
+        """The neurons layer ``i`` holds: a ragged layer its live ones (else all), then zeros up to the multiple."""
+        keep = live_neurons(self.reader, i) if ragged else None
+        kept = self.dims.intermediate_size if keep is None else int(keep.numel())
+        return MlpNeurons(keep, kept, aligned_width(kept, self.width_multiple) - kept)
+
+    def mlp_projections(self, i: int, neurons: MlpNeurons) -> dict[str, Projection]:
+        """Layer ``i``'s gate, up and down projections restricted to ``neurons`` (and padded with zero neurons)."""
+        p = LAYER.format(i=i, part="mlp")
+        rows = {"rows": neurons.keep, "pad_rows": neurons.padding}
+        return {"gate": Projection(f"{p}.gate_proj", **rows), "up": Projection(f"{p}.up_proj", **rows),
+                "down": Projection(f"{p}.down_proj", cols=neurons.keep, pad_cols=neurons.padding)}
+
+    @property
+    def logits_dtype(self) -> int:
+        """The logits' ONNX type: the model dtype, but float32 for a bfloat16 graph (as onnxruntime-genai's builder
+        does: numpy and the sampling code have no bfloat16, and 8 significant bits would blur near-ties)."""
+        return TensorProto.FLOAT if self.dtype == torch.bfloat16 else self.onnx_dtype
 
     def head_weight_name(self) -> str:
         return EMBED if self.dims.tied_embeddings else "lm_head.weight"
@@ -279,7 +324,7 @@ class GraphBuilder:
     def model_proto(self, inputs: list[onnx.ValueInfoProto], logits_shape: list[Any]) -> onnx.ModelProto:
         """The model: the given inputs plus the KV cache; outputs logits and present KV."""
         past, present = self.kv_value_infos()
-        outputs = [helper.make_tensor_value_info("logits", self.onnx_dtype, logits_shape), *present]
+        outputs = [helper.make_tensor_value_info("logits", self.logits_dtype, logits_shape), *present]
         graph = helper.make_graph(self.g.nodes, "qwen3", inputs + past, outputs,
                                   initializer=self.g.constants + self.g.weights.initializers)
         opsets = [helper.make_opsetid("", self.opset)]

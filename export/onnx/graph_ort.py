@@ -24,11 +24,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from onnx import TensorProto, helper
 
 from bake.errors import ExportError
-from export.onnx.graph_base import EMBED, LAYER, MS_DOMAIN, BuildResult, GraphBuilder, Projection, rotary_caches
+from export.onnx.graph_base import (
+    EMBED,
+    LAYER,
+    MS_DOMAIN,
+    BuildResult,
+    GraphBuilder,
+    MlpNeurons,
+    Projection,
+    rotary_caches,
+)
 
 
 class OrtGraphBuilder(GraphBuilder):
@@ -53,6 +61,8 @@ class OrtGraphBuilder(GraphBuilder):
             "shape_kv": np.array([0, 0, d.num_kv_heads, d.head_dim], np.int64),
             "shape_qflat": np.array([0, 0, d.num_heads * d.head_dim], np.int64),
             "shape_kvflat": np.array([0, 0, d.num_kv_heads * d.head_dim], np.int64),
+            "shape_rows": np.array([-1, d.hidden_size], np.int64),
+            "i0": np.array(0, np.int64),
         }
 
     def rms_norm(self, x: str, weight_name: str, name: str) -> str:
@@ -60,11 +70,13 @@ class OrtGraphBuilder(GraphBuilder):
         return self.g.op("RMSNormalization", [x, self.weight(weight_name)], name, axis=-1,
                          epsilon=self.dims.rms_norm_eps, stash_type=1)
 
-    def skip_norm(self, x: str, skip: str, weight_name: str, name: str) -> tuple[str, str]:
-        """Residual add + RMSNorm in one kernel: returns (normed, x + skip)."""
-        normed, total = f"{name}/normed", f"{name}/sum"
+    def skip_norm(self, x: str, skip: str, weight_name: str, name: str, keep_sum: bool = True) -> tuple[str, str]:
+        """Residual add + RMSNorm in one kernel: returns (normed, x + skip); without ``keep_sum`` the sum is not
+        written (the final norm: nothing reads it) and '' stands for it."""
+        normed, total = f"{name}/normed", f"{name}/sum" if keep_sum else ""
         self.g.op_to("SkipSimplifiedLayerNormalization", [x, skip, self.weight(weight_name)],
-                     [normed, "", "", total], name, domain=MS_DOMAIN, epsilon=self.dims.rms_norm_eps)
+                     [normed, "", "", total] if keep_sum else [normed], name, domain=MS_DOMAIN,
+                     epsilon=self.dims.rms_norm_eps)
         return normed, total
 
     def sequence_lengths(self) -> tuple[str, str, str]:
@@ -108,38 +120,46 @@ class OrtGraphBuilder(GraphBuilder):
         x = g.op("Reshape", [x, heads], f"{name}/heads")
         return g.op("Reshape", [self.rms_norm(x, weight_name, f"{name}/RMSNorm"), flat], f"{name}/flat")
 
-    def mlp(self, i: int, h: str, keep: torch.Tensor | None, width: int) -> str:
+    def mlp(self, i: int, h: str, neurons: MlpNeurons) -> str:
         """down(silu(gate(h)) * up(h)) with gate and up in one packed projection."""
         g = self.g
         p = LAYER.format(i=i, part="mlp")
-        gate_up = self.linear(h, [Projection(f"{p}.gate_proj", rows=keep), Projection(f"{p}.up_proj", rows=keep)],
-                              f"{p}.gate_up_proj")
+        proj = self.mlp_projections(i, neurons)
+        gate_up = self.linear(h, [proj["gate"], proj["up"]], f"{p}.gate_up_proj")
         gate, up = f"{p}/gate_up_split/gate", f"{p}/gate_up_split/up"
-        g.op_to("Split", [gate_up, g.const(f"{p}/split", np.array([width, width], np.int64))], [gate, up],
+        g.op_to("Split", [gate_up, g.const(f"{p}/split", np.array([neurons.width] * 2, np.int64))], [gate, up],
                 f"{p}/gate_up_split", axis=-1)
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/silu")
         inner = g.op("Mul", [act, up], f"{p}/inner")
-        return self.linear(inner, [Projection(f"{p}.down_proj", cols=keep)], f"{p}.down_proj")
+        return self.linear(inner, [proj["down"]], f"{p}.down_proj")
 
     def last_token(self, h: str, lengths: str) -> str:
         """Hidden state of each row's last real token, [batch, hidden]: row index min(T, S) - 1, which is
-        T - 1 for a right-padded first prompt and S - 1 once a cache holds earlier tokens."""
+        T - 1 for a right-padded first prompt and S - 1 once a cache holds earlier tokens.
+
+        Taken with Gather on the [batch * S, hidden] rows (row b's index offset by b * S, a CumSum of S per row),
+        not GatherND: ONNX Runtime's CUDA GatherND copied its strides from the host at run time, which CUDA-graph
+        capture does not allow. Every value here stays on the device."""
         g, k = self.g, self.k
         ones = g.op("ConstantOfShape", [g.op("Shape", ["input_ids"], "last/ids_shape")], "last/ones",
                     value=helper.make_tensor("one", TensorProto.INT64, [1], [1]))
-        seq = g.op("ReduceSum", [ones, k["ax1_only"]], "last/S", keepdims=0)
+        seq = g.op("ReduceSum", [ones, k["ax1_only"]], "last/S", keepdims=0)  # [batch], each S
+        row_start = g.op("Sub", [g.op("CumSum", [seq, k["i0"]], "last/row_end"), seq], "last/row_start")
         index = g.op("Sub", [g.op("Min", [lengths, seq], "last/min"), k["i1"]], "last/index")
-        index = g.op("Unsqueeze", [index, k["ax_last"]], "last/index2d")
-        return g.op("GatherND", [h, index], "last/hidden", batch_dims=1)
+        flat = g.op("Reshape", [h, k["shape_rows"]], "last/rows")
+        return g.op("Gather", [flat, g.op("Add", [row_start, index], "last/flat_index")], "last/hidden", axis=0)
 
     def lm_head(self, h: str, embed: str) -> None:
-        """logits [batch, 1, vocab] = h @ W.T (tied embedding or lm_head.weight; quantized: its own MatMulNBits)."""
+        """logits [batch, 1, vocab] = h @ W.T (tied embedding or lm_head.weight; quantized: its own MatMulNBits), in
+        ``logits_dtype``."""
         g = self.g
         if self.quant is not None:
             flat = self.matmul_nbits(h, self.reader.tensor(self.head_weight_name()), "lm_head")
         else:
             head = embed if self.dims.tied_embeddings else self.weight("lm_head.weight")
             flat = g.op("Gemm", [h, head], "lm_head/Gemm", transB=1)
+        if self.logits_dtype != self.onnx_dtype:
+            flat = g.op("Cast", [flat], "lm_head/Cast", to=self.logits_dtype)
         g.op_to("Unsqueeze", [flat, self.k["ax1_only"]], ["logits"], "lm_head/Unsqueeze")
 
     def build(self, ragged: bool, progress: Callable[[int], None] | None = None) -> BuildResult:
@@ -150,10 +170,12 @@ class OrtGraphBuilder(GraphBuilder):
         cos, sin = (g.weights.add(f"rotary.{n}_cache", t.to(self.dtype)) for n, t in zip(("cos", "sin"),
                                                                                          rotary_caches(d)))
         widths: list[int] = []
+        padding: list[int] = []
         pending: str | None = None  # a branch output not yet added to the residual
         for i in range(d.num_layers):
-            keep = self.mlp_neurons(i, ragged)
-            widths.append(d.intermediate_size if keep is None else int(keep.numel()))
+            neurons = self.mlp_neurons(i, ragged)
+            widths.append(neurons.width)
+            padding.append(neurons.padding)
             norm_in = LAYER.format(i=i, part="input_layernorm.weight")
             if pending is None:
                 h = self.rms_norm(residual, norm_in, f"layers.{i}/input_norm")
@@ -163,12 +185,12 @@ class OrtGraphBuilder(GraphBuilder):
             if widths[-1]:  # a layer with no neuron left adds exactly 0: no MLP at all
                 h, residual = self.skip_norm(pending, residual, LAYER.format(i=i, part="post_attention_layernorm.weight"),
                                              f"layers.{i}/post_norm")
-                pending = self.mlp(i, h, keep, widths[-1])
+                pending = self.mlp(i, h, neurons)
             if progress is not None:
                 progress(i)
-        h, _ = self.skip_norm(pending, residual, "model.norm.weight", "final_norm")
+        h, _ = self.skip_norm(pending, residual, "model.norm.weight", "final_norm", keep_sum=False)
         self.lm_head(self.last_token(h, lengths), embed)
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
                   helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])]
         model = self.model_proto(inputs, ["batch", 1, d.vocab_size])
-        return BuildResult(model, widths, g.weights.offset, self.opset)
+        return BuildResult(model, widths, padding, g.weights.offset, self.opset)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-from export.onnx.graph_base import EMBED, LAYER, BuildResult, GraphBuilder, Projection, inv_freq
+from export.onnx.graph_base import EMBED, LAYER, BuildResult, GraphBuilder, MlpNeurons, Projection, inv_freq
 
 
 class PortableGraphBuilder(GraphBuilder):
@@ -133,15 +133,15 @@ class PortableGraphBuilder(GraphBuilder):
         ctx = g.op("Reshape", [ctx, k["shape_qflat"]], f"{p}/ctx")
         return self.linear(ctx, [Projection(f"{p}.o_proj")], f"{p}.o_proj")
 
-    def mlp(self, i: int, h: str, keep: torch.Tensor | None) -> str:
-        """down(silu(gate(h)) * up(h)); ``keep`` selects the neurons of a ragged layer."""
+    def mlp(self, i: int, h: str, neurons: MlpNeurons) -> str:
+        """down(silu(gate(h)) * up(h)) over ``neurons`` (a ragged layer's live ones, zero neurons for alignment)."""
         g = self.g
         p = LAYER.format(i=i, part="mlp")
-        gate = self.linear(h, [Projection(f"{p}.gate_proj", rows=keep)], f"{p}.gate_proj")
+        proj = self.mlp_projections(i, neurons)
+        gate = self.linear(h, [proj["gate"]], f"{p}.gate_proj")
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/silu")
-        inner = g.op("Mul", [act, self.linear(h, [Projection(f"{p}.up_proj", rows=keep)], f"{p}.up_proj")],
-                     f"{p}/inner")
-        return self.linear(inner, [Projection(f"{p}.down_proj", cols=keep)], f"{p}.down_proj")
+        inner = g.op("Mul", [act, self.linear(h, [proj["up"]], f"{p}.up_proj")], f"{p}/inner")
+        return self.linear(inner, [proj["down"]], f"{p}.down_proj")
 
     def build(self, ragged: bool, progress: Callable[[int], None] | None = None) -> BuildResult:
         g, d = self.g, self.dims
@@ -151,15 +151,17 @@ class PortableGraphBuilder(GraphBuilder):
         bias = self.attention_bias(seq, total)
         cos, sin = self.rotary_tables()
         widths: list[int] = []
+        padding: list[int] = []
         for i in range(d.num_layers):
-            keep = self.mlp_neurons(i, ragged)
-            widths.append(d.intermediate_size if keep is None else int(keep.numel()))
+            neurons = self.mlp_neurons(i, ragged)
+            widths.append(neurons.width)
+            padding.append(neurons.padding)
             h = self.rms_norm(residual, LAYER.format(i=i, part="input_layernorm.weight"), f"layers.{i}/input_norm")
             residual = g.op("Add", [residual, self.attention(i, h, cos, sin, bias)], f"layers.{i}/attn_residual")
             if widths[-1]:  # a layer with no neuron left adds exactly 0: no MLP at all
                 h = self.rms_norm(residual, LAYER.format(i=i, part="post_attention_layernorm.weight"),
                                   f"layers.{i}/post_norm")
-                residual = g.op("Add", [residual, self.mlp(i, h, keep)], f"layers.{i}/mlp_residual")
+                residual = g.op("Add", [residual, self.mlp(i, h, neurons)], f"layers.{i}/mlp_residual")
             if progress is not None:
                 progress(i)
         self.lm_head(self.rms_norm(residual, "model.norm.weight", "final_norm"), embed)
@@ -167,7 +169,7 @@ class PortableGraphBuilder(GraphBuilder):
             ("input_ids", ["batch", "sequence"]), ("attention_mask", ["batch", "total_sequence"]),
             ("position_ids", ["batch", "sequence"]))]
         model = self.model_proto(inputs, ["batch", "sequence", d.vocab_size])
-        return BuildResult(model, widths, g.weights.offset, self.opset)
+        return BuildResult(model, widths, padding, g.weights.offset, self.opset)
 
     def lm_head(self, h: str, embed: str) -> None:
         """logits = h @ W.T with W the (tied) embedding or lm_head.weight; quantized: a MatMulNBits of its own."""

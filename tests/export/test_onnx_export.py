@@ -9,6 +9,7 @@ the ``cpu`` graph with exactly that fusion, and the ``cpu`` graph is checked num
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 from pathlib import Path
 
@@ -177,6 +178,53 @@ def test_pruned_bake_matches(pruned_bake, vocab, tmp_path, layout, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("multiple", [24, 64])
+def test_aligned_widths_add_zero_neurons_and_stay_exact(dense_bake, vocab, tmp_path, target, multiple):
+    """--width-multiple rounds every ragged layer up with zero neurons (an empty layer still has no MLP); the
+    logits and greedy tokens are still transformers' own, and the padding is reported per layer."""
+    out = tmp_path / "onnx"
+    report = export_onnx(dense_bake, out, layout="ragged", target=target, width_multiple=multiple, progress=False)
+    kept = [128 - n for n in DENSE_ZEROED]  # 88, 128, 0, 28
+    widths = [-(-k // multiple) * multiple for k in kept]
+    assert report["mlp_widths"] == widths and report["mlp_padding_per_layer"] == [w - k for w, k in zip(widths, kept)]
+    assert report["mlp_neurons"] == sum(kept) and report["mlp_padding_neurons"] == sum(widths) - sum(kept)
+    io = json.loads((out / "onnx_io.json").read_text())
+    assert (io["mlp_widths"], io["mlp_padding"], io["width_multiple"]) == (widths, report["mlp_padding_per_layer"],
+                                                                           multiple)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out / "model.onnx")).graph.initializer}
+    for i, (w, k) in enumerate(zip(widths, kept)):
+        down = weights.get(f"model.layers.{i}.mlp.down_proj.weight")  # [width, hidden]: padding rows are zero
+        assert (down is None) == (w == 0)
+        if w:
+            assert down.shape == (w, 64) and not down[k:].any() and (down[:k] != 0).any(axis=1).all()
+    assert_matches(out, load_hf(dense_bake), vocab)
+
+
+def test_cuda_target_aligns_widths_to_64_by_default(dense_bake, tmp_path):
+    report = export_onnx(dense_bake, tmp_path / "cuda", target="cuda", dtype="float16", layout="ragged",
+                         progress=False)
+    assert report["width_multiple"] == 64 and report["mlp_widths"] == [128, 128, 0, 64]
+    assert export_onnx(dense_bake, tmp_path / "cpu", target="cpu", layout="ragged",
+                       progress=False)["mlp_widths"] == [88, 128, 0, 28]
+    with pytest.raises(ExportError, match="--width-multiple 0"):
+        export_onnx(dense_bake, tmp_path / "bad", target="cuda", dtype="float16", width_multiple=0, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("target", ["portable", "cpu", "cuda"])
+def test_no_graph_uses_gathernd_and_the_final_norm_writes_no_unused_sum(tiny, tmp_path, target):
+    """GatherND broke CUDA-graph capture in ONNX Runtime's CUDA kernels; the last SkipSimplifiedLayerNormalization's
+    residual sum is read by nothing, so it is not asked for."""
+    export_onnx(tiny, tmp_path / "onnx", target=target, dtype="float16" if target == "cuda" else "float32",
+                progress=False)
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert "GatherND" not in {n.op_type for n in graph.node}
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unused = [o for n in graph.node for o in n.output if o and o not in read]
+    assert unused == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_float16_export_agrees_on_top1(tiny, tiny_hf, vocab, tmp_path, target):
     out = tmp_path / "onnx"
     export_onnx(tiny, out, dtype="float16", target=target, progress=False)
@@ -217,7 +265,7 @@ def test_checker_shape_inference_and_io(tiny, vocab, tmp_path, target, dtype):
 # builder emits for Qwen3 on CUDA, plus the last-token gather). Anything else would be placed on the CPU.
 CUDA_OPS = {"Gather", "ReduceSum", "Sub", "Cast", "Shape", "RMSNormalization", "MatMul", "Split",
             "GroupQueryAttention", "SkipSimplifiedLayerNormalization", "Sigmoid", "Mul", "ConstantOfShape", "Min",
-            "Unsqueeze", "GatherND", "Gemm", "MatMulNBits"}
+            "Unsqueeze", "CumSum", "Add", "Reshape", "Gemm", "MatMulNBits"}
 
 
 def build(model: Path, folder: Path, **kwargs) -> onnx.ModelProto:
@@ -230,7 +278,7 @@ def build(model: Path, folder: Path, **kwargs) -> onnx.ModelProto:
 def test_cuda_graph_is_the_cpu_graph_with_the_qk_norm_fused_into_attention(dense_bake, tmp_path):
     cuda = build(dense_bake, tmp_path / "a", target="cuda")
     unfused = build(dense_bake, tmp_path / "b", target="cuda", fuse_qk_norm=False)
-    cpu = build(dense_bake, tmp_path / "c", target="cpu")
+    cpu = build(dense_bake, tmp_path / "c", target="cpu", width_multiple=64)  # the cuda target's default widths
     assert (tmp_path / "b" / "w.data").read_bytes() == (tmp_path / "c" / "w.data").read_bytes()
     assert unfused.graph == cpu.graph  # the cuda graph minus the fusion is the graph tested numerically on CPU
     assert {n.op_type for n in cuda.graph.node} <= CUDA_OPS
@@ -248,8 +296,45 @@ def test_cuda_graph_is_the_cpu_graph_with_the_qk_norm_fused_into_attention(dense
     assert len(host_side) == 2  # total_sequence_length (a host input of GQA) and ConstantOfShape's shape
 
 
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_bfloat16_cuda_graph_is_the_float16_one_in_bfloat16_with_float32_logits(dense_bake, tmp_path, quantize):
+    """bfloat16 (as Qwen3 ships: float16 can overflow on real weights) for --target cuda: every node and weight of the
+    float16 graph, in bfloat16, and one Cast making the logits float32 as onnxruntime-genai's builder does. ONNX
+    Runtime's CUDA provider registers a bfloat16 kernel for each of these ops (docs/ONNX.md lists them)."""
+    graphs = {}
+    for dtype in ("float16", "bfloat16"):
+        report = export_onnx(dense_bake, tmp_path / dtype, target="cuda", dtype=dtype, layout="ragged",
+                             quantize=quantize, progress=False)
+        graphs[dtype] = onnx.load(str(tmp_path / dtype / "model.onnx")).graph
+    assert "not loaded: ONNX Runtime's CPU provider has no bfloat16 kernels" in report["checked_on"]
+    f16, bf16 = graphs["float16"], graphs["bfloat16"]
+    (cast,) = [n for n in bf16.node if n.name == "lm_head/Cast"]
+    uncast = {cast.output[0]: cast.input[0]}  # the bfloat16 graph minus its Cast
+    assert [(n.op_type, [uncast.get(i, i) for i in n.input]) for n in bf16.node if n is not cast] == \
+        [(n.op_type, list(n.input)) for n in f16.node]
+    assert {n.op_type for n in bf16.node} <= CUDA_OPS
+    types = {t.name: t.data_type for t in bf16.initializer}
+    for t in f16.initializer:  # every float16 tensor (weights, scales, RoPE tables) is bfloat16 here
+        assert types[t.name] == (onnx.TensorProto.BFLOAT16 if t.data_type == onnx.TensorProto.FLOAT16 else t.data_type)
+    assert bf16.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # logits
+    assert bf16.output[1].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16  # the KV cache
+    io = json.loads((tmp_path / "bfloat16" / "onnx_io.json").read_text())
+    assert io["dtype"] == "bfloat16" and io["outputs"][0]["dtype"] == "float32"
+
+
+def test_bfloat16_kv_cache_is_allocated_zero_filled(tiny, tmp_path):
+    """The bfloat16 cache buffers (numpy has no bfloat16) are made on the device and zero-filled from raw bits."""
+    export_onnx(tiny, tmp_path / "bf16", target="cuda", dtype="bfloat16", progress=False)
+    lm = OnnxCausalLM.__new__(OnnxCausalLM)  # the cache alone: a bfloat16 graph has no CPU kernels to load
+    lm.io, lm.device = json.loads((tmp_path / "bf16" / "onnx_io.json").read_text()), "cpu"
+    buffer = lm._zeros([1, 2, 8, 16])
+    assert buffer.data_type() == "tensor(bfloat16)" and buffer.shape() == [1, 2, 8, 16]
+    raw = np.ctypeslib.as_array((ctypes.c_uint16 * 256).from_address(buffer.data_ptr()))
+    assert not raw.any()
+
+
 def test_cuda_target_needs_float16_and_loads_on_cpu(tiny, tmp_path):
-    with pytest.raises(ExportError, match="--target cuda needs --dtype float16"):
+    with pytest.raises(ExportError, match="--target cuda needs --dtype float16 or bfloat16"):
         export_onnx(tiny, tmp_path / "a", target="cuda", progress=False)
     report = export_onnx(tiny, tmp_path / "b", target="cuda", dtype="float16", progress=False)
     assert report["checked_on"].startswith("cpu (loaded only")
@@ -296,7 +381,7 @@ def test_ort_targets_refuse_head_dim_not_a_multiple_of_16(tmp_path):
 
 
 def test_bad_inputs_are_export_errors(tiny, tmp_path):
-    with pytest.raises(ExportError, match="bfloat16"):
+    with pytest.raises(ExportError, match="--dtype bfloat16 needs --target cuda"):
         export_onnx(tiny, tmp_path / "a", dtype="bfloat16", progress=False)
     with pytest.raises(ExportError, match="unknown target"):
         export_onnx(tiny, tmp_path / "a", target="tpu", progress=False)

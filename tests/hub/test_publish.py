@@ -158,3 +158,15 @@ def test_the_cards_instructions_run_without_lambda_bake(tiny_base: Path, tiny_ga
                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip()  # it generated text
+
+
+def test_card_of_a_cuda_export_names_its_dtype_and_alignment(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert bake(tiny_base, tiny_gates, out, "--onnx", "--onnx-target", "cuda", "--onnx-dtype", "bfloat16",
+                "--onnx-layout", "ragged") == 0
+    io = json.loads((out / "onnx" / "onnx_io.json").read_text())
+    padding = sum(io["mlp_padding"])
+    assert padding > 0 and all(w % 64 == 0 for w in io["mlp_widths"])
+    card = (out / "README.md").read_text()
+    assert (f"target `cuda`, bfloat16, layout ragged, MLP widths aligned to 64 ({padding:,} zero neurons added), "
+            "with KV cache") in card

@@ -208,6 +208,46 @@ def test_cuda_export_is_weight_checked_and_says_logits_were_not_run(bakes: dict[
     assert code == 0 and "logits not run" in table and "<= 0.500 step" in table
 
 
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_alignment_neurons_are_proven_zero(bakes: dict[tuple[str, str], Bakes], tmp_path: Path,
+                                          quantize: str) -> None:
+    """An aligned export passes; one alignment neuron made nonzero fails naming it; widths or padding in
+    onnx_io.json that the bake and the multiple do not give fail too."""
+    correct = bakes["tiny", "dense"].folders["correct"]
+    export_onnx(correct, tmp_path / "x", target="cpu", layout="ragged", quantize=quantize, width_multiple=64,
+                progress=False)
+    io_path = tmp_path / "x" / "onnx_io.json"
+    io = json.loads(io_path.read_text())
+    assert sum(io["mlp_padding"]) > 0 and all(w % 64 == 0 for w in io["mlp_widths"])
+    assert check_export_weights(tmp_path / "x", BakeFolder(correct)).passed
+    layer = next(i for i, p in enumerate(io["mlp_padding"]) if p)
+    path = tmp_path / "x" / "model.onnx"
+    model = onnx.load(str(path))
+    suffix = ".quant" if quantize == "int4" else ""
+    name = f"model.layers.{layer}.mlp.gate_up_proj.weight{suffix}"
+    init = next(t for t in model.graph.initializer if t.name == name)
+    a = numpy_helper.to_array(init).copy()
+    width = io["mlp_widths"][layer]
+    if quantize == "int4":  # [N, blocks, bytes]: the last gate row is an alignment neuron; a code and its scale move
+        a[width - 1, 0, 0] ^= 0x11
+        scales = next(t for t in model.graph.initializer if t.name == name.replace(".quant", ".scales"))
+        sc = numpy_helper.to_array(scales).copy()
+        sc.reshape(-1, sc.shape[-1] if sc.ndim > 1 else 1)[width - 1, 0] = 0.5
+        scales.CopyFrom(numpy_helper.from_array(sc, scales.name))
+    else:  # [hidden, 2 * width]: the last gate column is an alignment neuron
+        a[0, width - 1] = 0.5
+    init.CopyFrom(numpy_helper.from_array(a, name))
+    onnx.save(model, str(path))
+    (failure,) = check_export_weights(tmp_path / "x", BakeFolder(correct)).failures
+    assert failure.tensor == name and "zero neuron added to" in failure.message and "for alignment" in failure.message
+    export_onnx(correct, tmp_path / "y", target="cpu", layout="ragged", width_multiple=64, progress=False)
+    io_path = tmp_path / "y" / "onnx_io.json"
+    io = json.loads(io_path.read_text())
+    io_path.write_text(json.dumps(io | {"mlp_padding": [0] * len(io["mlp_padding"]), "width_multiple": 1}))
+    messages = [f.message for f in check_export_weights(tmp_path / "y", BakeFolder(correct)).failures]
+    assert any("onnx_io.json: records MLP widths" in m for m in messages), messages
+
+
 TAMPER = {  # initializer changed in one value -> the tensor the failure names
     "rotary.cos_cache": "rotary.cos_cache",
     "model.layers.2.mlp.down_proj.weight.zero_points": "model.layers.2.mlp.down_proj.weight.quant",
@@ -353,3 +393,41 @@ def test_weight_check_is_numpy_only(bakes: dict[tuple[str, str], Bakes], tmp_pat
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [True, []]
+
+
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_bfloat16_cuda_export_of_a_bfloat16_bake_is_proven_weight_by_weight(
+        tiny_base_bf16: Path, tiny_gates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        quantize: str) -> None:
+    """A bf16 bake (as Qwen3 ships) exported in bfloat16 for CUDA holds the bake's bits exactly (no rounding at all);
+    on a machine without CUDA verify proves its weights and says its logits need a GPU. One weight one bfloat16 step
+    off fails with the tensor named."""
+    import ml_dtypes
+
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    bake = tmp_path / "b"
+    bake_checkpoint(tiny_base_bf16, v, GateSettings(Cut("preset", 3), "hard", "energy"), bake,
+                    BakeOptions(progress=False))
+    export_onnx(bake, tmp_path / "x", target="cuda", dtype="bfloat16", layout="ragged", quantize=quantize,
+                progress=False)
+    code, report, err = verify_onnx(bake, tmp_path / "x", capsys)
+    cand = report["candidates"][-1]
+    assert code == 0 and cand["passed"] and cand["weights"]["passed"] and cand["mean_kl"] is None
+    assert cand["chain"] == ["bake bfloat16", "export bfloat16"] + (["quantization int4"] if quantize == "int4" else [])
+    assert "logits NOT compared: a --target cuda export runs only on CUDA" in err
+    if quantize == "int4":
+        assert 0 < cand["weights"]["max_quant_error_steps"] <= 0.5 + 1e-3
+        return
+    path = tmp_path / "x" / "model.onnx"
+    model = onnx.load(str(path))
+    name = "model.layers.0.self_attn.o_proj.weight"
+    init = next(t for t in model.graph.initializer if t.name == name)
+    w = numpy_helper.to_array(init).copy()
+    assert w.dtype == ml_dtypes.bfloat16
+    raw = w.view(np.uint16)
+    raw[2, 3] += 1  # one bfloat16 step
+    init.CopyFrom(numpy_helper.from_array(w, name))
+    onnx.save(model, str(path))
+    code, report, err = verify_onnx(bake, tmp_path / "x", capsys)
+    assert code == 3 and failing_tensors(report) == {name}
+    assert report["candidates"][-1]["weights"]["failures"][0]["worst"]["index"] == [3, 2]  # stored [in, out]

@@ -1,4 +1,4 @@
-"""Weight-level proof that an ONNX export is the float32, float16, int4 or int8 image of a bake.
+"""Weight-level proof that an ONNX export is the float32, float16, bfloat16, int4 or int8 image of a bake.
 
 Every initializer of the graph is traced back to the bake tensors it was made from
 (``bake.verify.weights.weight_map``) and checked against them:
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from bake.verify.weights.bake_tensors import BakeTensors, Stored
@@ -39,7 +40,8 @@ CHUNK_ELEMENTS = 1 << 20  # float weights are compared this many elements at a t
 ROTARY = ("rotary.cos_cache", "rotary.sin_cache", "rotary.inv_freq")
 _SPLIT = re.compile(r"^model\.layers\.(\d+)\.mlp/split$")
 _MLP_BLOCK = re.compile(r"^model\.layers\.(\d+)\.(mlp\.|post_attention_layernorm\.)")
-_NP_TYPES = {"float32": np.float32, "float16": np.float16}
+_NP_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+_SIGNIFICAND = {"float16": 11, "bfloat16": 8}  # bits: rounding to them moves a value by at most 2 ** -bits of it
 
 
 @dataclass
@@ -94,6 +96,7 @@ class _Checker:
         self.graph, self.io, self.bake = graph, io, bake
         self.dtype = str(io["dtype"])
         self.ragged = io.get("layout") == "ragged"
+        self.multiple = int(io.get("width_multiple") or 1)
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
         self.bake_names = set(bake.names())
         self.used: set[str] = set()
@@ -132,9 +135,22 @@ class _Checker:
         """The neurons an export layer holds: all (as-is), or those with a nonzero down_proj column (ragged)."""
         return self.live(layer) if self.ragged else None
 
+    def kept(self, layer: int) -> int:
+        keep = self.keep(layer)
+        return int(self.bake.config["intermediate_size"]) if keep is None else int(keep.size)
+
+    def padding(self, layer: int) -> int:
+        """The zero neurons the export must add after the kept ones: up to the width multiple (a layer with none
+        kept has no MLP, so none)."""
+        kept = self.kept(layer)
+        return -(-kept // self.multiple) * self.multiple - kept
+
+    def neurons(self, layer: int) -> tuple[np.ndarray | None, int]:
+        return self.keep(layer), self.padding(layer)
+
     def parts(self, name: str) -> list[Part] | None:
         prefix, _, suffix = name.rpartition(".")
-        parts = projection_parts(prefix, suffix, self.tied, self.keep) if suffix in ("weight", "bias") else None
+        parts = projection_parts(prefix, suffix, self.tied, self.neurons) if suffix in ("weight", "bias") else None
         if parts is None and name in self.bake_names:
             parts = [Part(name)]
         return parts
@@ -201,13 +217,15 @@ class _Checker:
         at = np.unravel_index(flat, diff.shape)
         value, exp = float(got[at]), float(want[at])
         idx = [int(i) for i in at]
-        bake_idx = part.bake_index(idx[0], idx[1] if len(idx) > 1 else None)
+        col = idx[1] if len(idx) > 1 else None
+        where = part.where(idx[0], col, want.shape)
+        bake_idx = None if part.is_padding(idx[0], col, want.shape) else part.bake_index(idx[0], col)
         idx[0] += row
-        self.fail(name, f"element {idx} is {value:.8g}, but {part.name}{bake_idx} of the bake rounded to "
-                        f"{self.dtype} is {exp:.8g} (|diff| {abs(value - exp):.3g}, bound 0: float weights are "
+        expected = f"it is {where}" if bake_idx is None else f"{where} of the bake rounded to {self.dtype} is {exp:.8g}"
+        self.fail(name, f"element {idx} is {value:.8g}, but {expected} (|diff| {abs(value - exp):.3g}, bound 0: float weights are "
                         f"the bake's, exactly); {int((diff > 0).sum())} of {diff.size} elements of this part differ",
                   {"index": idx, "value": value, "expected": exp, "bound": 0.0, "bake_tensor": part.name,
-                   "bake_index": bake_idx})
+                   "bake_index": bake_idx, "bake": where})
 
     def transposed(self, name: str) -> bool | None:
         """Whether the graph stores ``name`` as [in, out] (read as MatMul's B, or Gemm's B without transB)."""
@@ -277,7 +295,7 @@ class _Checker:
                 if got.index is not None:  # located: outside the bound
                     r, c = got.index
                     worst = replace(got, index=(row + r, c))
-                    where = f"{part.name}{part.bake_index(r, c)}" if c < k else f"padding column {c} past K={k}"
+                    where = part.where(r, c, block.shape) if c < k else f"padding column {c} past K={k}"
             row += h
         self.max_steps = max(self.max_steps or 0.0, worst.steps)
         if worst.steps <= 0.5 + STEP_SLACK:
@@ -310,8 +328,8 @@ class _Checker:
             angles = np.arange(int(config.get("max_position_embeddings", 32768)), dtype=np.float64)[:, None] * inv
             expected = np.cos(angles) if name == "rotary.cos_cache" else np.sin(angles)
             bound = angles * rel + 2.0 ** -22
-        if want_dtype == "float16":  # plus the final rounding to float16
-            bound = bound + np.abs(expected) * 2.0 ** -11 + 2.0 ** -25
+        if want_dtype in _SIGNIFICAND:  # plus the final rounding to the export dtype
+            bound = bound + np.abs(expected) * 2.0 ** -_SIGNIFICAND[want_dtype] + 2.0 ** -25
         actual = self.graph.tensor(name).astype(np.float64)
         self.checked += 1
         self.elements += actual.size
@@ -338,17 +356,20 @@ class _Checker:
             self.fail(name, f"splits gate/up as {got}, but the layer keeps {width} neurons of the bake")
 
     def width(self, layer: int) -> int:
-        keep = self.keep(layer)
-        return int(self.bake.config["intermediate_size"]) if keep is None else int(keep.size)
+        """The layer's MLP width in the export: its kept neurons, then zeros up to the width multiple."""
+        return self.kept(layer) + self.padding(layer)
 
     def widths(self) -> None:
-        recorded = self.io.get("mlp_widths")
         layers = int(self.bake.config["num_hidden_layers"])
-        expected = [self.width(i) for i in range(layers)]
-        if recorded != expected:
-            bad = [i for i in range(layers) if recorded is None or i >= len(recorded) or recorded[i] != expected[i]]
-            self.fail("onnx_io.json", f"records MLP widths {recorded}, but the bake's layers keep {expected} "
-                                      f"(first difference: layer {bad[0] if bad else len(expected)})")
+        for key, what, expected in (
+                ("mlp_widths", "MLP widths", [self.width(i) for i in range(layers)]),
+                ("mlp_padding", f"alignment neurons (to multiples of {self.multiple})",
+                 [self.padding(i) for i in range(layers)])):
+            recorded = self.io.get(key, expected if key == "mlp_padding" and self.multiple == 1 else None)
+            if recorded != expected:
+                bad = [i for i in range(layers) if recorded is None or i >= len(recorded) or recorded[i] != expected[i]]
+                self.fail("onnx_io.json", f"records {what} {recorded}, but the bake's layers give {expected} "
+                                          f"(first difference: layer {bad[0] if bad else len(expected)})")
 
     def coverage(self) -> None:
         """Every bake tensor made it into the export, unless the export has no use for it."""
