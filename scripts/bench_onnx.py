@@ -240,20 +240,31 @@ def main() -> None:
     for name, (load, run) in configs.items():
         candidate = (load(), run)
         warm(*candidate, vocab)
-        report["runs"][name], report["yardstick_runs"][name] = paired(yardstick, candidate, args.batches, args,
-                                                                      vocab)
+        batches = batches_for(name, args.batches)
+        report["runs"][name], report["yardstick_runs"][name] = paired(yardstick, candidate, batches, args, vocab)
         report["ratios"][name] = {b: report["runs"][name][b]["decode_tok_s"]
                                   / report["yardstick_runs"][name][b]["decode_tok_s"] for b in report["runs"][name]}
         cells = "  ".join(f"b{b} decode {report['runs'][name][f'batch{b}']['decode_tok_s']:8.2f} "
-                          f"(x{report['ratios'][name][f'batch{b}']:.2f})" for b in args.batches)
+                          f"(x{report['ratios'][name][f'batch{b}']:.2f})" for b in batches)
         print(f"{name:<58} {cells}", file=sys.stderr, flush=True)
         del candidate
         gc.collect()
-    report["runs"][yard_name] = {b: median_timing([r[b] for r in report["yardstick_runs"].values()])
+    report["runs"][yard_name] = {b: median_timing([r[b] for r in report["yardstick_runs"].values() if b in r])
                                  for b in (f"batch{b}" for b in args.batches)}
     print_summary(report, args.batches)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def batches_for(name: str, batches: list[int]) -> list[int]:
+    """The batch sizes a configuration runs: a CUDA-graph one at batch 1 only (onnxruntime-genai's captured graph
+    aborts at batch > 1: with its static mask GroupQueryAttention sees a past at the prompt)."""
+    if "+cudagraph" not in name:
+        return batches
+    if any(b != 1 for b in batches):
+        print(f"{name}: batch {', '.join(str(b) for b in batches if b != 1)} skipped (CUDA graph: batch 1 only)",
+              file=sys.stderr)
+    return [b for b in batches if b == 1]
 
 
 def _plain(folder: Path, dtype: torch.dtype) -> Any:
@@ -267,9 +278,11 @@ def print_summary(report: dict[str, Any], batches: list[int]) -> None:
     print(f"\n{'configuration':<60} " + " ".join(f"{'b' + str(b) + ' prefill':>12} {'b' + str(b) + ' decode':>11}"
                                                   for b in batches) + "   decode vs yardstick")
     for name, r in runs.items():
-        cells = [f"{r[f'batch{b}']['prefill_tok_s']:12.1f} {r[f'batch{b}']['decode_tok_s']:11.2f}" for b in batches]
+        cells = [f"{r[f'batch{b}']['prefill_tok_s']:12.1f} {r[f'batch{b}']['decode_tok_s']:11.2f}"
+                 if f"batch{b}" in r else f"{'-':>12} {'-':>11}" for b in batches]
         ratio = report["ratios"].get(name)
-        paired_with = " / ".join(f"x{ratio[f'batch{b}']:.2f}" for b in batches) if ratio else "(yardstick)"
+        paired_with = " / ".join(f"x{ratio[f'batch{b}']:.2f}" for b in batches if f"batch{b}" in ratio) \
+            if ratio else "(yardstick)"
         print(f"{name:<60} " + " ".join(cells) + f"   {paired_with}")
     print(f"\nyardstick: {report['yardstick']}; ratios are paired medians (decode tok/s)")
 

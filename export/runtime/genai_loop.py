@@ -65,6 +65,7 @@ class GenaiLM:
             raise ExportError(f"{self.folder} has no {GENAI_FILE}; export again with this version of lambda-bake "
                               "(it writes one into every export), or run with --engine ort")
         self.device = pick_device(device)
+        self.cuda_graph = cuda_graph and self.device == "cuda"
         if self.device == "cuda" and not cuda_available():
             raise ExportError(f"onnxruntime-genai here is the CPU package; {GPU_INSTALL} or use --device cpu."
                               f"{mixed_install_hint()}")
@@ -84,6 +85,11 @@ class GenaiLM:
         ``max_new_tokens`` were made."""
         import onnxruntime_genai as og
 
+        if self.cuda_graph and len(prompts) > 1:
+            raise ExportError(f"onnxruntime-genai captures a CUDA graph at batch 1 only, and this is a batch of "
+                              f"{len(prompts)}: with CUDA graphs its static attention mask makes GroupQueryAttention "
+                              "see a past at the prompt and abort; run one prompt at a time, or load without CUDA "
+                              "graphs (generate --no-cuda-graph, cuda_graph=False)")
         longest = max(len(p) for p in prompts)
         ids = np.full((len(prompts), longest), pad_id, np.int32)
         for b, p in enumerate(prompts):

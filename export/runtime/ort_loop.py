@@ -25,7 +25,8 @@ from bake.errors import ExportError
 from export.install import pick_device, providers_for
 from export.onnx.folder import read_export_folder
 
-NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bfloat16: its raw bits
+ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16 (generate does not import onnx)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -83,14 +84,18 @@ class OnnxCausalLM:
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``capacity`` tokens each."""
         shape = [batch, self.io["num_key_value_heads"], capacity if self.shared_kv else 0, self.io["head_dim"]]
-        if self.shared_kv and self.device == "cuda":
-            values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.np_dtype, "cuda", 0)
-                      for _ in self.past_names]
-        else:
-            values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.np_dtype), self.device, 0)
-                      for _ in self.past_names]
+        values = [self._zeros(shape) for _ in self.past_names]
         return KVCache(np.zeros(batch, np.int64), values, capacity if self.shared_kv else None,
                        np.zeros((batch, 0), np.int64))
+
+    def _zeros(self, shape: list[int]) -> ort.OrtValue:
+        """A zero-filled cache buffer on the device, in the model dtype, as onnxruntime-genai's cache is (one array
+        each: on the CPU the OrtValue is the array). numpy has no bfloat16: its buffer is filled from raw bits."""
+        if self.io["dtype"] == "bfloat16":
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, ONNX_BFLOAT16, self.device, 0)
+            value.update_inplace(np.zeros(shape, np.uint16))
+            return value
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.np_dtype), self.device, 0)
 
     def forward(self, tokens: np.ndarray, valid: np.ndarray, cache: KVCache) -> np.ndarray:
         """Feed ``tokens`` [batch, S], right-padded (row b holds ``valid[b]`` real tokens), and extend the cache.

@@ -252,3 +252,19 @@ def test_a_refused_cuda_graph_falls_back_to_plain_cuda(tmp_path, monkeypatch, ca
     with pytest.raises(ExportError, match="graph capture"):
         engines.open_engine(tmp_path, "genai", "auto", cuda_graph=True)
     assert loads == [True]
+
+
+def test_cuda_graph_runs_batch_one_only_with_a_clear_message(bakes, tmp_path):
+    """onnxruntime-genai's captured CUDA graph aborts at batch > 1 (static mask: GroupQueryAttention sees a past at
+    the prompt); the loop refuses such a batch with the reason and the fix before onnxruntime-genai sees it."""
+    from export.runtime.genai_loop import GenaiLM
+
+    out = tmp_path / "onnx"
+    export_onnx(bakes["dense"], out, target="cpu", progress=False)
+    lm = GenaiLM(out, device="cpu")
+    assert lm.cuda_graph is False  # on the CPU there is no graph to capture, whatever was asked
+    assert len(list(lm.stream([[5, 6, 7], [8, 9]], 2, set(), 0))) == 2  # without a graph, batches run
+    lm.cuda_graph = True  # as GenaiLM(..., device="cuda", cuda_graph=True) sets it
+    with pytest.raises(ExportError, match="CUDA graph at batch 1 only, and this is a batch of 2.*--no-cuda-graph"):
+        next(lm.stream([[5, 6, 7], [8, 9]], 2, set(), 0))
+    assert len(list(lm.stream([[5, 6, 7]], 2, set(), 0))) == 2
