@@ -182,4 +182,16 @@ def weight_lines(results: list[CandidateResult]) -> list[str]:
                          f"{w['elements_checked']:,} elements in {w['seconds']:.2f} s: {verdict}")
         if r.note:
             lines.append(f"{r.name}: {r.note}")
+        if r.float16_headroom is not None:
+            lines.append(f"{r.name}: {float16_line(r.float16_headroom)}")
     return lines
+
+
+def float16_line(h: dict[str, Any]) -> str:
+    """How close the hooked model's activations come to float16's largest value, and what to do if too close."""
+    advice = {"fits": "float16 fits these prompts",
+              "tight": "float16 is tight: longer or other inputs may overflow; prefer --dtype bfloat16 (--target cuda)",
+              "overflows": "float16 OVERFLOWS (inf/NaN): export with --dtype bfloat16 (--target cuda) or float32"}
+    return (f"largest activation of the hooked model on verify's prompts: |hidden| {h['hidden_max_abs']:,.1f} "
+            f"(layer {h['hidden_layer']}), |MLP inner| {h['mlp_max_abs']:,.1f} (layer {h['mlp_layer']}): "
+            f"{h['share_of_float16_max']:.2%} of float16's {h['float16_max']:,.0f}; {advice[h['float16']]}")

@@ -157,6 +157,7 @@ class CandidateResult:
     chain: list[str] = field(default_factory=list)  # the precision chain, e.g. ["bake bfloat16", "export float32"]
     budget: dict[str, Any] | None = None  # the budget against the hooked reference: dtype, why, limits
     checks: list[dict[str, Any]] = field(default_factory=list)  # Comparison.to_dict() of the other yardsticks
+    float16_headroom: dict[str, Any] | None = None  # float16 candidates: the reference's activation peaks vs 65,504
 
     @property
     def logits_run(self) -> bool:

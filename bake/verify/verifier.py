@@ -48,7 +48,7 @@ from bake.verify.metrics import (
     Tally,
 )
 from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompts
-from bake.verify.reference import load_hooked_model
+from bake.verify.reference import ActivationRange, load_hooked_model, record_activation_range
 from bake.verify.tensor_model import qwen3_model
 from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
 from bake.verify.weights.checkpoint_check import check_bake_weights
@@ -155,10 +155,21 @@ def verify(
     check_carried_files(base)  # the tokenizer and chat template the prompts are rendered with must parse
     prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), options.prompts)
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
-    sequences, reference = _generate(lambda: TorchRunner(load_hooked_model(base, scale, torch.float32)), prompts,
-                                     options.greedy_tokens)
+    activations: list[ActivationRange] = []
+
+    def hooked() -> TorchRunner:
+        model = load_hooked_model(base, scale, torch.float32)
+        activations.append(record_activation_range(model))
+        return TorchRunner(model)
+
+    sequences, reference = _generate(hooked, prompts, options.greedy_tokens)
+    headroom = activations[0].float16_headroom()
+    activations[0].remove()
     run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale)
     results = [_verify_one(run, c) for c in candidates]
+    for r, c in zip(results, candidates):
+        if _computes_in_float16(c):
+            r.float16_headroom = headroom
     return {
         "passed": all(r.passed for r in results),
         "reference": spec.describe() | {"gate_sha256": variant.sha256},
@@ -166,8 +177,15 @@ def verify(
         "prompt_tokens": [len(p) for p in prompts],
         "positions": sum(len(seq) for seq in sequences.inputs),
         "greedy_tokens": options.greedy_tokens,
+        "reference_activations": headroom,
         "candidates": [r.to_dict() for r in results],
     }
+
+
+def _computes_in_float16(c: Candidate) -> bool:
+    """Whether a candidate's activations are float16 (a float16 export, or a float16 GGUF), so that the reference's
+    activation peaks say how close it runs to float16's range."""
+    return c.kind != "checkpoint" and c.export_dtype == "float16"
 
 
 def _verify_one(run: _Run, c: Candidate) -> CandidateResult:

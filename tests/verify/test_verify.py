@@ -228,3 +228,60 @@ def test_table_columns_stay_aligned_with_long_candidate_names() -> None:
     lines = format_table([result("checkpoint (dense)"), result("onnx (cpu graph, as-is, on cpu)")]).splitlines()
     assert lines[2].index("float32") == lines[3].index("float32") == lines[0].index("dtype")
     assert lines[2].index("16/16") == lines[3].index("16/16")
+
+
+def test_float16_export_reports_the_hooked_models_largest_activations(tiny_base: Path, tiny_gates: Path,
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """verify of a float16 export says how close the hooked model's activations come to float16's 65,504; the peak
+    it reports is recomputed here from the layers' outputs (transformers' hidden states) on the same sequences."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bake.gates.gate_math import compute_gates
+    from bake.verify.prompts import render_prompts
+    from bake.verify.reference import attach_gate_hooks
+    from export.onnx.exporter import export_onnx
+
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    settings = GateSettings(Cut("preset", 2), "hard", "energy")
+    bake_checkpoint(tiny_base, v, settings, tmp_path / "b", BakeOptions(progress=False))
+    export_onnx(tmp_path / "b", tmp_path / "x", dtype="float16", progress=False)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"What is 2+2?"\n"Name a colour."\n')
+    code, report, err = verify_json(["--baked", str(tmp_path / "b"), "--onnx", str(tmp_path / "x"),
+                                     "--prompts", str(prompts)], capsys)
+    assert code == 0, err
+    checkpoint, onnx_candidate = report["candidates"]
+    assert checkpoint["float16_headroom"] is None  # float32 checkpoint: nothing to say
+    h = onnx_candidate["float16_headroom"]
+    assert h == report["reference_activations"] and h["float16"] == "fits" and h["float16_max"] == 65504.0
+    assert h["share_of_float16_max"] == pytest.approx(max(h["hidden_max_abs"], h["mlp_max_abs"]) / 65504.0)
+    assert "of float16's 65,504; float16 fits these prompts" in err
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base), dtype=torch.float32).eval()
+    attach_gate_hooks(model, compute_gates(v.logits, settings, v.selected_thresholds).scale)
+    ids = render_prompts(AutoTokenizer.from_pretrained(str(tiny_base)), ["What is 2+2?", "Name a colour."])
+    peaks = np.zeros(4)
+    with torch.no_grad():
+        for p in ids:
+            seq = torch.tensor([p])
+            for _ in range(6):  # the reference's greedy continuation, one step at a time as verify decodes it
+                out = model(seq, output_hidden_states=True)
+                seq = torch.cat([seq, out.logits[:, -1:].argmax(-1)], dim=1)
+            # hidden_states[i + 1] is layer i's output, except the last, which transformers gives after the final norm
+            for i, hs in enumerate(out.hidden_states[1:-1]):
+                peaks[i] = max(peaks[i], float(hs.abs().max()))
+    if h["hidden_layer"] < 3:
+        assert h["hidden_max_abs"] == pytest.approx(peaks[:3].max(), rel=1e-5)
+    else:
+        assert h["hidden_max_abs"] >= peaks[:3].max()
+
+
+def test_float16_headroom_verdicts() -> None:
+    from bake.verify.reference import ActivationRange
+
+    def verdict(hidden: float, mlp: float) -> str:
+        return ActivationRange(hidden_max=hidden, hidden_layer=0, mlp_max=mlp, mlp_layer=1).float16_headroom()["float16"]
+
+    assert [verdict(100.0, 10.0), verdict(10.0, 20000.0), verdict(70000.0, 1.0), verdict(float("nan"), 1.0)] == \
+        ["fits", "tight", "overflows", "overflows"]
