@@ -10,7 +10,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "chat_energy"
-SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B"}  # specs in bake.demo.assets
+SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B", "tiny": "TinyQwen3Spec"}  # specs in bake.demo.assets (tiny:
+# the test models' 4 x 128 shape, for running a benchmark script end to end in seconds)
 
 _BUILD = """
 import sys, torch
@@ -18,6 +19,7 @@ from pathlib import Path
 from bake.demo import assets as demo_assets
 from bake.demo.assets import build_tiny_qwen3, seed_gate_logits, write_gate_folder
 root, variant, spec = Path(sys.argv[1]), sys.argv[2], getattr(demo_assets, sys.argv[3])
+spec = spec() if isinstance(spec, type) else spec
 build_tiny_qwen3(root / "base", spec, dtype=torch.bfloat16)
 write_gate_folder(root / "gates" / variant, seed_gate_logits(spec.num_layers, spec.intermediate_size, seed=0),
                   scale_mode="energy")
