@@ -47,6 +47,10 @@ class PlotError(BakeError):
     """A figure cannot be written as asked (file type, folder, or the [plot] extra not installed)."""
 
 
+class EvalDataError(BakeError):
+    """An evaluation set (JSONL) is missing, malformed or empty; the message names the file and the line."""
+
+
 class HubError(BakeError):
     """A Hub repo could not be resolved or uploaded (offline, not cached, no token, ...)."""
 

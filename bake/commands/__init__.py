@@ -21,6 +21,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("bake.commands.demo_cmd", "offline end-to-end demo on a built-in model and the card's variants"),
     "verify": Command("bake.commands.verify_cmd", "check a baked model against the hooked reference"),
     "hooked": Command("bake.commands.hooked_cmd", "generate with the hooked reference model (no bake)"),
+    "eval": Command("bake.commands.eval_cmd", "measure what a cut costs on text and QA sets, in every runtime"),
     "push": Command("bake.commands.push_cmd", "upload a baked model folder to the Hugging Face Hub"),
     "export": Command("bake.commands.export_cmd", "export a baked Qwen3 folder to ONNX with KV cache"),
     "generate": Command("bake.commands.generate_cmd",

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from bake.errors import ExportError
 from bake.io.json_files import read_json
@@ -113,6 +112,8 @@ def float_activations(folder: Path, io: dict[str, Any]) -> tuple[bytes, dict[str
     level 0 the graph must reproduce its dequantized weights to float rounding, which is the exact check of
     a quantized export's graph. Nothing is written: the weights are read from the export's own data file.
     """
+    from export.onnx.variants import with_external
+
     folder = Path(folder)
     model = onnx.load(str(folder / io["model_file"]), load_external_data=False)
     for node in model.graph.node:
@@ -120,13 +121,7 @@ def float_activations(folder: Path, io: dict[str, Any]) -> tuple[bytes, dict[str
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend(kept)
-    external = {}
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in t.external_data}
-            external[t.name] = np.memmap(folder / info["location"], dtype=helper.tensor_dtype_to_np_dtype(t.data_type),
-                                         mode="r", offset=int(info.get("offset", 0)), shape=tuple(t.dims))
-    return model.SerializeToString(), external
+    return with_external(folder, model)
 
 
 GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",

@@ -28,8 +28,10 @@ def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def render_chat_template(template: str, messages: Messages, special_tokens: dict[str, str | None]) -> str:
-    """Render ``messages`` with a Hugging Face chat template, generation prompt on, thinking off."""
+def render_chat_template(template: str, messages: Messages, special_tokens: dict[str, str | None],
+                         add_generation_prompt: bool = True) -> str:
+    """Render ``messages`` with a Hugging Face chat template, thinking off; with ``add_generation_prompt`` (a prompt
+    to reply to) or without (a whole conversation, as a text to score)."""
     import jinja2
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -45,7 +47,7 @@ def render_chat_template(template: str, messages: Messages, special_tokens: dict
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                 enable_thinking=False, tools=None, documents=None, **special_tokens)
     except jinja2.TemplateError as e:
         raise ExportError(f"the chat template cannot render these messages: {e}") from e
@@ -83,10 +85,14 @@ class ChatTokenizer:
                               "copy the base model's tokenizer files next to the model")
         return template
 
-    def prompt_ids(self, messages: Messages) -> list[int]:
-        """Chat-templated prompt (generation prompt on, thinking off) as token ids."""
-        text = render_chat_template(self.chat_template(), messages, self.special_tokens)
+    def prompt_ids(self, messages: Messages, add_generation_prompt: bool = True) -> list[int]:
+        """Chat-templated prompt (thinking off; generation prompt on unless told) as token ids."""
+        text = render_chat_template(self.chat_template(), messages, self.special_tokens, add_generation_prompt)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def text_ids(self, text: str) -> list[int]:
+        """Raw text as token ids, with only the special tokens the tokenizer adds by itself (Qwen3's: none)."""
+        return self.tokenizer.encode(text).ids
 
     def eos_ids(self) -> set[int]:
         """End-of-turn ids: generation_config.json, config.json and the tokenizer's eos token."""

@@ -97,12 +97,16 @@ class GgufChat:
     def _text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", "replace")
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def prompt_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         from export.runtime.chat import render_chat_template
 
         specials = {"eos_token": self._text(min(self.eos)), "bos_token": None, "pad_token": None, "unk_token": None}
-        text = render_chat_template(self.template, messages, specials)
+        text = render_chat_template(self.template, messages, specials, add_generation_prompt)
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def text_ids(self, text: str) -> list[int]:
+        """Raw text as llama.cpp tokenizes it, with the BOS only where the file's vocabulary asks for one."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
     def eos_ids(self) -> set[int]:
         return set(self.eos)

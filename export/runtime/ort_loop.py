@@ -51,11 +51,20 @@ class OnnxCausalLM:
     """An export folder loaded in ONNX Runtime, with greedy generation through the KV cache."""
 
     def __init__(self, folder: Path, device: str = "auto", threads: int | None = None,
-                 graph: tuple[bytes, dict[str, np.ndarray]] | None = None):
+                 graph: tuple[bytes, dict[str, np.ndarray]] | None = None, all_logits: bool = False):
         """``graph``: run this serialized model instead of the folder's ``model.onnx`` (same inputs and outputs), with
-        the arrays of its externally stored initializers by name (verify runs a variant of the shipped graph)."""
+        the arrays of its externally stored initializers by name (verify runs a variant of the shipped graph).
+        ``all_logits``: a last-token graph runs as its variant with logits at every position (``score_batch``)."""
         self.folder = Path(folder)
         self.io = read_export_folder(self.folder)
+        if all_logits and self.io.get("logits") == "last":
+            import onnx
+
+            from export.onnx.variants import all_position_logits, with_external
+
+            model = onnx.load(str(self.folder / self.io["model_file"]), load_external_data=False)
+            graph = with_external(self.folder, all_position_logits(model))
+            self.io = self.io | {"logits": "all"}
         self.device = pick_device(device)
         if self.io.get("target") == "cuda" and self.device == "cpu":
             raise ExportError(f"{self.folder} is a --target cuda export: its fused q/k norm runs only on CUDA; run it "
@@ -147,6 +156,18 @@ class OnnxCausalLM:
         if self.last_logits_only:
             return logits[:, 0]
         return logits[np.arange(len(valid)), np.asarray(valid) - 1]
+
+    def score_batch(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """[len(seq), vocab] float32 logits at every position of each sequence, all in one right-padded pass (a graph
+        with logits at every position: the portable one, or any loaded with ``all_logits``)."""
+        if self.last_logits_only:
+            raise ExportError("score_batch needs logits at every position: load the export with all_logits=True")
+        lengths = np.array([len(s) for s in seqs], np.int64)
+        tokens = np.zeros((len(seqs), int(lengths.max())), np.int64)
+        for b, s in enumerate(seqs):
+            tokens[b, :len(s)] = s
+        logits = self.forward(tokens, lengths, self.new_cache(len(seqs), tokens.shape[1]))
+        return [logits[b, :n] for b, n in enumerate(lengths)]
 
     # ---- what verify and generate use ---------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:

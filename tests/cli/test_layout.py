@@ -18,6 +18,7 @@ WINGS: list[tuple[str, ...]] = [
     ("export.onnx", "export.gguf"),  # the two export formats: neither needs the other
     ("export.runtime",),
     ("bake.verify",),
+    ("bake.eval",),
     ("bake.plots",),
     ("bake.hub",),
     ("bake.demo",),

@@ -1,0 +1,151 @@
+"""``lambda-bake eval``: what a cut costs, measured on text and QA sets, in every runtime, against the base."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bake.commands import COMMANDS
+from bake.commands.common import BASE_ARG, add_gate_args, cut_from_args, load_base_and_gates, settings_from_args
+from bake.commands.output import add_output_args, emit_json, say, show
+from bake.errors import BakeError
+from bake.io.paths import path_arg
+
+DESCRIPTION = """\
+Score text sets and answer QA sets with each model given, one model in memory at a time, each in its own
+runtime: baked checkpoints, the hooked model and the base in transformers, ONNX exports in ONNX Runtime
+(answers through onnxruntime-genai), GGUF files in llama.cpp. A sweep folder counts as every cut in it.
+
+Text sets (JSONL: {"text": ...} or {"messages": [...]}, rendered with the chat template, thinking off): each
+row scored on its own from its first token, truncated to --max-length; per set tokens (each row's length
+minus one), nll (their summed negative log-likelihood / tokens, nats), perplexity = exp(nll), and against the
+reference (the base) delta_nll and the mean per-token KL(reference || model). QA sets (JSONL: {"question",
+"answers": [aliases], "context"?}): a greedy answer to the question (with the context: the oracle setting),
+exact match and contains-any-alias after PopQA's normalization. With sets named forget and retain, the
+selectivity is their delta_nll difference. docs/EVAL.md defines every number and how to build the sets.
+"""
+
+EPILOG = """\
+examples:
+  lambda-bake eval --model baked-p3 --model baked-p3/onnx --model baked-p3/model-ragged-Q8_0.gguf \\
+      --texts forget=popqa_masked.jsonl --texts retain=numina.jsonl --qa popqa=popqa_qa.jsonl
+  lambda-bake eval --model sweep/ --texts retain=numina.jsonl --plot tradeoff.png --json > eval.json
+  lambda-bake eval --base Qwen3-0.6B --gates gates --variant chat_energy_optA --preset 3 --texts forget=f.jsonl
+  lambda-bake eval --model baked-p3 --lm-eval my_task --lm-eval-include tasks/   (the [eval] extra)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help=COMMANDS["eval"].help, description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], type=Path, metavar="M",
+                   help="a baked folder, an ONNX export folder, a .gguf file or a sweep folder (repeatable)")
+    p.add_argument("--base", type=BASE_ARG,
+                   help="the base model: the reference (and a model of the report); with --gates and a cut, the hooked "
+                        "model is evaluated too (default: the base the first model's manifest records)")
+    add_gate_args(p, gates_required=False)
+    data = p.add_argument_group("data")
+    data.add_argument("--texts", action="append", default=[], metavar="NAME=FILE", help="a text set (repeatable)")
+    data.add_argument("--qa", action="append", default=[], metavar="NAME=FILE", help="a QA set (repeatable)")
+    data.add_argument("--max-length", type=int, default=1024, help="tokens per text row at most (default 1024)")
+    data.add_argument("--qa-max-new-tokens", type=int, default=32, help="answer length at most (default 32)")
+    data.add_argument("--forget", default="forget", help="the text set whose loss should rise (default: forget)")
+    data.add_argument("--retain", default="retain", help="the text set whose loss should hold (default: retain)")
+    p.add_argument("--reference", choices=("base", "none"), default="base",
+                   help="base (default): delta_nll and KL against the base; none: absolute figures only")
+    p.add_argument("--no-kl", action="store_true", help="no KL (the reference's logits are not kept on disk)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ONNX Runtime's device")
+    p.add_argument("--save", action="store_true",
+                   help="write each baked or ONNX folder's results to its eval.json (push puts them on the card)")
+    p.add_argument("--plot", type=Path, metavar="F.png", help="draw each set's change against the off-fraction")
+    harness = p.add_argument_group("lm-evaluation-harness (the [eval] extra)")
+    harness.add_argument("--lm-eval", metavar="TASKS", help="comma-separated lm-eval tasks run on every model")
+    harness.add_argument("--lm-eval-include", type=path_arg("folder", "a folder of lm-eval task YAMLs"),
+                         help="a folder of task YAMLs (local data: offline)")
+    harness.add_argument("--lm-eval-limit", type=float, help="examples per task (lm-eval's --limit)")
+    harness.add_argument("--lm-eval-backend", choices=("auto", "vllm"), default="auto",
+                         help="auto: HFLM / onnxruntime-genai; vllm: checkpoints through lm-eval's vLLM backend")
+    harness.add_argument("--data-parallel", type=int, default=1, help="vllm: GPUs per model through Ray")
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bake.eval.evaluate import EvalOptions, evaluate
+    from bake.eval.models import base_spec, hooked_spec, resolve
+    from bake.eval.report import folder_of, format_table, write_eval_file
+    from bake.eval.sets import named_file, read_set
+
+    if args.max_length < 2 or args.qa_max_new_tokens < 1:
+        raise BakeError("--max-length must be at least 2 and --qa-max-new-tokens at least 1")
+    texts = [read_set(*named_file(s, "--texts"), "text") for s in args.texts]
+    qas = [read_set(*named_file(s, "--qa"), "qa") for s in args.qa]
+    names = [s.name for s in texts + qas]
+    if len(set(names)) != len(names):
+        raise BakeError(f"set names must differ; got {', '.join(names)}")
+    if not texts and not qas and not args.lm_eval:
+        raise BakeError("nothing to evaluate on: give --texts NAME=FILE, --qa NAME=FILE and/or --lm-eval TASKS")
+    models = [spec for m in args.model for spec in resolve(m)]
+    base = _base(args, models)
+    if args.gates is not None:
+        if base is None or cut_from_args(args).kind == "none":
+            raise BakeError("the hooked model needs --base, --gates and a cut (--threshold, --off-fraction or --preset)")
+        _, variant, _ = load_base_and_gates(args)
+        settings, _ = settings_from_args(args, variant)
+        models.insert(0, hooked_spec(base, Path(args.gates), variant.name, settings))
+    reference = base_spec(base) if base is not None and args.reference == "base" else None
+    if not models and reference is None:
+        raise BakeError("no model to evaluate: give --model (repeatable) and/or --base")
+    say(f"evaluating {len(models) + (reference is not None)} model(s) on {len(texts)} text and {len(qas)} QA set(s)")
+    options = EvalOptions(max_length=args.max_length, qa_max_new_tokens=args.qa_max_new_tokens, device=args.device,
+                          kl=not args.no_kl, forget=args.forget, retain=args.retain, progress=not args.quiet)
+    report = evaluate(models, texts, qas, reference, options)
+    if args.lm_eval:
+        _harness(args, report, ([reference] if reference else []) + models)
+    if args.save:
+        by_label = {m.label: m for m in models}
+        for entry in report["models"]:
+            spec = by_label.get(entry["model"])
+            folder = folder_of(entry, spec.path) if spec is not None else None
+            if folder is not None:
+                say(f"  wrote {write_eval_file(folder, report, [entry])}")
+    if args.plot:
+        from bake.plots.eval_plot import draw_eval
+
+        draw_eval(report, args.plot)
+        say(f"  figure: {args.plot}")
+    if args.json:
+        emit_json(report)
+    else:
+        show(format_table(report))
+    return 0
+
+
+def _base(args: argparse.Namespace, models: list[Any]) -> Path | None:
+    """--base, else the base the first baked model's manifest records, where that folder exists here."""
+    if args.base is not None:
+        if not Path(args.base).is_dir():
+            raise BakeError(f"--base {args.base}: eval takes a local base folder (hf download it first)")
+        return Path(args.base)
+    from bake.write.manifest import MANIFEST_NAME, read_manifest
+
+    for spec in models:
+        folder = spec.path if spec.path.is_dir() else None
+        if folder is not None and (folder / MANIFEST_NAME).is_file():
+            local = read_manifest(folder)["base"].get("local_path")
+            if local and Path(local).is_dir():
+                return Path(local)
+    return None
+
+
+def _harness(args: argparse.Namespace, report: dict[str, Any], specs: list[Any]) -> None:
+    from bake.eval.harness import run_lm_eval
+
+    tasks = [t for t in args.lm_eval.split(",") if t]
+    by_label = {s.label: s for s in specs}
+    for entry in report["models"]:
+        say(f"  lm-eval {', '.join(tasks)} on {entry['model']} ...")
+        entry["lm_eval"] = run_lm_eval(by_label[entry["model"]], tasks, args.lm_eval_include, args.lm_eval_limit,
+                                       args.lm_eval_backend, args.data_parallel,
+                                       "cuda" if args.device == "cuda" else "cpu", args.max_length)

@@ -1,0 +1,100 @@
+"""The numbers an evaluation reports, defined so that anyone can recompute them (docs/EVAL.md).
+
+Text sets. Each row is scored on its own from its first token: for a row of ``n`` tokens ``x_1 .. x_n`` (after
+truncation to ``max_length``), the model's logits at positions 1 .. n-1 predict ``x_2 .. x_n``, so the row has
+``n - 1`` predicted tokens (a row of one token has none). Per set:
+
+- ``tokens``: the predicted tokens of all rows;
+- ``nll``: ``-sum log softmax(logits_t)[x_{t+1}]`` over them, divided by ``tokens`` (nats per token);
+- ``perplexity``: ``exp(nll)``;
+- with a reference model: ``delta_nll`` = ``nll - nll_ref``, and ``mean_kl`` = the mean over the same predicted
+  positions of ``KL(p_ref || p) = sum_v p_ref(v) (log p_ref(v) - log p(v))``, ``p = softmax(logits_t)``.
+
+Log-softmax is taken in float64. QA sets: a greedy answer, normalized as PopQA and SQuAD do (lower case,
+punctuation and the articles a/an/the removed, whitespace collapsed); ``exact_match`` is the share of rows whose
+answer equals one alias, ``contains`` the share whose answer contains one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log softmax in float64."""
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def row_nll(logits: np.ndarray, ids: list[int]) -> tuple[float, np.ndarray]:
+    """Summed negative log-likelihood of ``ids[1:]`` under ``logits[:-1]`` ([len(ids), V]), and the log-probs used."""
+    logp = log_softmax(logits[: len(ids) - 1])
+    return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), logp
+
+
+def row_kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
+    """Summed KL(ref || model) over the positions of two log-prob arrays [T, V]."""
+    return float((np.exp(ref_logp) * (ref_logp - logp)).sum())
+
+
+@dataclass
+class TextTally:
+    """One text set's running sums for one model."""
+
+    rows: int = 0
+    tokens: int = 0
+    nll_sum: float = 0.0
+    kl_sum: float | None = None
+    truncated: int = 0
+
+    def add(self, nll: float, tokens: int, kl: float | None = None) -> None:
+        self.rows += 1
+        self.tokens += tokens
+        self.nll_sum += nll
+        if kl is not None:
+            self.kl_sum = (self.kl_sum or 0.0) + kl
+
+    def figures(self, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+        nll = self.nll_sum / self.tokens if self.tokens else None
+        out: dict[str, Any] = {"rows": self.rows, "tokens": self.tokens, "nll": nll,
+                               "perplexity": math.exp(nll) if nll is not None else None, "truncated": self.truncated}
+        if reference is not None and nll is not None and reference.get("nll") is not None:
+            out["delta_nll"] = nll - reference["nll"]
+            out["mean_kl"] = self.kl_sum / self.tokens if self.kl_sum is not None else None
+        return out
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """PopQA's / SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+@dataclass
+class QATally:
+    rows: int = 0
+    exact: int = 0
+    contains: int = 0
+    answers: list[str] = field(default_factory=list)
+
+    def add(self, answer: str, aliases: tuple[str, ...]) -> None:
+        got = normalize_answer(answer)
+        want = [normalize_answer(a) for a in aliases]
+        self.rows += 1
+        self.exact += any(got == w for w in want)
+        self.contains += any(w and w in got for w in want)
+        self.answers.append(answer)
+
+    def figures(self) -> dict[str, Any]:
+        return {"rows": self.rows, "exact_match": self.exact / self.rows if self.rows else None,
+                "contains": self.contains / self.rows if self.rows else None}

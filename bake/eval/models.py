@@ -1,0 +1,92 @@
+"""What ``eval --model`` names, resolved before anything is loaded: a baked checkpoint folder, an ONNX export
+folder, a ``.gguf`` file, a sweep folder (every baked cut in it), the hooked model (base + gates + cut) and the
+base itself. Each becomes a ``ModelSpec`` that says how to run it and what cut it is (from its manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bake.errors import BakeError
+from bake.write.manifest import MANIFEST_NAME, read_manifest
+
+KINDS = ("checkpoint", "onnx", "gguf", "hooked", "base")
+
+
+@dataclass
+class ModelSpec:
+    """One model to evaluate: its report label, its kind, where it is, and (for bakes) the cut it carries."""
+
+    label: str
+    kind: str
+    path: Path
+    cut: dict[str, Any] = field(default_factory=dict)  # variant, off_fraction, layout, threshold, format
+    scale: np.ndarray | None = None  # the hooked model's gate scale [L, I]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.label, "kind": self.kind, **self.cut}
+
+
+def _cut_of(manifest: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
+    if manifest is None:
+        return {"format": fmt}
+    return {"variant": manifest["gates"]["variant"], "off_fraction": manifest["off_fraction"],
+            "threshold": manifest["cut"]["threshold"], "layout": manifest["layout"], "rule": manifest["cut"].get("rule"),
+            "format": fmt}
+
+
+def resolve(path: Path) -> list[ModelSpec]:
+    """The models ``path`` names (a sweep folder names several); a path that is none of them is a clear error."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from bake.verify.candidates import gguf_candidate
+
+        manifest = gguf_candidate(path).manifest
+        return [ModelSpec(path.name, "gguf", path, _cut_of(manifest, f"gguf {path.stem.rsplit('-', 1)[-1].lower()}"))]
+    if not path.is_dir():
+        raise BakeError(f"--model {path}: no such folder or .gguf file; give a baked folder, an ONNX export folder, a "
+                        ".gguf file or a sweep folder")
+    if (path / "onnx_io.json").is_file():
+        from export.onnx.folder import read_export_folder
+
+        io = read_export_folder(path)
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        quant = (io.get("quantization") or {}).get("weights")
+        fmt = f"onnx {io['target']} {io['layout']} {quant or io['dtype']}"
+        return [ModelSpec(_label(path), "onnx", path, _cut_of(manifest, fmt))]
+    if (path / "config.json").is_file():
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        return [ModelSpec(_label(path), "checkpoint", path, _cut_of(manifest, "checkpoint"))]
+    cuts = sorted(p for p in path.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file() and (p / "config.json").is_file())
+    if not cuts:
+        raise BakeError(f"--model {path}: not a baked folder (no config.json), an ONNX export (no onnx_io.json) nor a "
+                        "sweep folder (no baked folder in it); give one of those, or a .gguf file")
+    return [spec for cut in cuts for spec in resolve(cut)]
+
+
+def _label(path: Path) -> str:
+    """A folder's report label: its name, with its parent's for an export inside a bake (``bake/onnx``)."""
+    return f"{path.parent.name}/{path.name}" if path.name == "onnx" else path.name
+
+
+def hooked_spec(base: Path, gates_dir: Path, variant: str | None, settings: Any) -> ModelSpec:
+    """The hooked model: the base with the gates' scale applied by ``down_proj`` pre-hooks (as published)."""
+    from bake.gates.gate_math import compute_gates
+    from bake.gates.variant import load_variant
+    from bake.io.base_model import read_config
+
+    config = read_config(base)
+    v = load_variant(gates_dir, variant, num_layers=int(config["num_hidden_layers"]),
+                     intermediate_size=int(config["intermediate_size"]))
+    gates = compute_gates(v.logits, settings, v.selected_thresholds)
+    off = float((gates.scale == 0).mean())
+    return ModelSpec(f"hooked {v.name} ({settings.cut.describe()})", "hooked", Path(base),
+                     {"variant": v.name, "off_fraction": off, "layout": "hooked", "format": "transformers (hooked)"},
+                     scale=gates.scale)
+
+
+def base_spec(base: Path) -> ModelSpec:
+    return ModelSpec(f"base ({Path(base).name})", "base", Path(base), {"off_fraction": 0.0, "format": "transformers"})

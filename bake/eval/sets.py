@@ -1,0 +1,116 @@
+"""Evaluation sets, read from JSONL and checked line by line.
+
+Text sets: one JSON object a line, ``{"text": "..."}`` (raw text) or ``{"messages": [{"role", "content"}, ...]}``
+(a conversation, rendered with the model's chat template, thinking off, no generation prompt). QA sets:
+``{"question": "...", "answers": ["alias", ...], "context": "..."}`` (``context`` optional: with it, the oracle
+setting, the passage in the prompt). A malformed line, a row without its fields, or an empty file is an
+``EvalDataError`` naming the file and the line. A set is named by ``NAME=FILE`` on the command line and published
+by its file name and sha256, never by its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bake.errors import EvalDataError
+
+Messages = list[dict[str, str]]
+MAX_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TextRow:
+    text: str | None = None
+    messages: Messages | None = None
+
+
+@dataclass(frozen=True)
+class QARow:
+    question: str
+    answers: tuple[str, ...]
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A named set: its rows, and the file it came from (its name and sha256 are what a report publishes)."""
+
+    name: str
+    kind: str  # "text" or "qa"
+    path: Path
+    sha256: str
+    rows: tuple[Any, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "file": self.path.name, "sha256": self.sha256, "rows": len(self.rows)}
+
+
+def named_file(spec: str, flag: str) -> tuple[str, Path]:
+    """``NAME=FILE`` -> (name, path); the name is a plain word (it keys the report)."""
+    name, sep, file = spec.partition("=")
+    if not sep or not name or not file or not all(c.isalnum() or c in "-_." for c in name):
+        raise EvalDataError(f"{flag} {spec!r}: give NAME=FILE, NAME a plain word (letters, digits, - _ .), e.g. "
+                            f"{flag} retain=numina.jsonl")
+    return name, Path(file)
+
+
+def read_set(name: str, path: Path, kind: str) -> EvalSet:
+    """Read and check one set (``kind`` "text" or "qa") from ``path``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EvalDataError(f"{path} cannot be read ({e.strerror or e}); give an existing JSONL file") from e
+    parse = _text_row if kind == "text" else _qa_row
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            obj = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise EvalDataError(f"{where} is not a JSON object ({type(e).__name__}: {str(e)[:120]}); one JSON "
+                                "object a line") from e
+        if not isinstance(obj, dict):
+            raise EvalDataError(f"{where} holds a JSON {type(obj).__name__}, not an object; one JSON object a line")
+        rows.append(parse(obj, where))
+        if len(rows) > MAX_ROWS:
+            raise EvalDataError(f"{path} has more than {MAX_ROWS:,} rows; split it into several sets")
+    if not rows:
+        raise EvalDataError(f"{path} holds no rows; an evaluation set needs at least one JSON object")
+    return EvalSet(name, kind, path, hashlib.sha256(data).hexdigest(), tuple(rows))
+
+
+def _text_row(obj: dict[str, Any], where: str) -> TextRow:
+    if "text" in obj:
+        if not isinstance(obj["text"], str) or not obj["text"]:
+            raise EvalDataError(f"{where}: \"text\" must be a non-empty string")
+        return TextRow(text=obj["text"])
+    if "messages" in obj:
+        return TextRow(messages=_messages(obj["messages"], where))
+    raise EvalDataError(f"{where} has neither \"text\" nor \"messages\"; a text set row is {{\"text\": \"...\"}} or "
+                        "{\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, ...]}")
+
+
+def _messages(value: Any, where: str) -> Messages:
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise EvalDataError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": str, \"content\": str}}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _qa_row(obj: dict[str, Any], where: str) -> QARow:
+    question, answers, context = obj.get("question"), obj.get("answers"), obj.get("context")
+    if not isinstance(question, str) or not question:
+        raise EvalDataError(f"{where}: a QA row needs \"question\", a non-empty string")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise EvalDataError(f"{where}: \"answers\" must be a non-empty list of non-empty strings (the aliases)")
+    if context is not None and not isinstance(context, str):
+        raise EvalDataError(f"{where}: \"context\" must be a string when given")
+    return QARow(question, tuple(answers), context or None)
