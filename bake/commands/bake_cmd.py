@@ -95,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     gguf.add_argument("--gguf-layout", choices=LAYOUTS_EXPORT, default="as-is",
                       help="as-is (arch qwen3, the checkpoint's widths) or ragged (arch openelm: each layer its own "
                            "width)")
+    evaluation = p.add_argument_group("evaluation (what the cut costs; lambda-bake eval --help)")
+    evaluation.add_argument("--eval", action="append", default=[], metavar="NAME=FILE",
+                            help="score this JSONL text set with the checkpoint and every export, against the base; "
+                                 "the results go to OUT/eval.json and the model card (repeatable)")
+    evaluation.add_argument("--eval-qa", action="append", default=[], metavar="NAME=FILE",
+                            help="answer this JSONL QA set with the checkpoint and every export (repeatable)")
+    evaluation.add_argument("--eval-max-length", type=int, default=1024, help="tokens per text row at most")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME",
                       help="upload the finished folder to this Hub repo (one bake only, not a sweep)")
@@ -171,11 +178,39 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
 
 
 def extras_step(args: argparse.Namespace) -> Callable[[Path], list[str]] | None:
-    """The exports written into the finished checkpoint's temporary folder (ONNX, GGUF), as one step."""
-    steps = ([onnx_step(args)] if args.onnx else []) + ([gguf_step(args)] if args.gguf else [])
+    """What is written into the finished checkpoint's temporary folder (ONNX, GGUF, then the evaluation of all of
+    them), as one step."""
+    steps = ([onnx_step(args)] if args.onnx else []) + ([gguf_step(args)] if args.gguf else []) + (
+        [eval_step(args)] if args.eval or args.eval_qa else [])
     if not steps:
         return None
     return lambda folder: [name for step in steps for name in step(folder)]
+
+
+def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
+    """Evaluate the finished checkpoint and its exports against the base; write eval.json (the card shows it)."""
+    from bake.eval.evaluate import EvalOptions, evaluate
+    from bake.eval.models import ModelSpec, base_spec, resolve
+    from bake.eval.report import format_table, write_eval_file
+    from bake.eval.sets import named_file, read_set
+
+    texts = [read_set(*named_file(s, "--eval"), "text") for s in args.eval]  # before the bake: a bad file stops it
+    qas = [read_set(*named_file(s, "--eval-qa"), "qa") for s in args.eval_qa]
+    options = EvalOptions(max_length=args.eval_max_length, progress=not args.quiet)
+
+    def run(folder: Path) -> list[str]:
+        say("evaluating the checkpoint and its exports against the base ...")
+        models = [ModelSpec("checkpoint", "checkpoint", folder, resolve(folder)[0].cut)]
+        if (folder / "onnx").is_dir():
+            models.append(ModelSpec("onnx", "onnx", folder / "onnx", resolve(folder / "onnx")[0].cut))
+        models += [resolve(f)[0] for f in sorted(folder.glob("*.gguf"))]
+        base = Path(read_manifest(folder)["base"]["local_path"])
+        report = evaluate(models, texts, qas, base_spec(base), options)
+        say(format_table(report))
+        write_eval_file(folder, report, [m for m in report["models"] if not m.get("is_reference")])
+        return ["eval.json"]
+
+    return run
 
 
 def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:

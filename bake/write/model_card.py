@@ -17,6 +17,8 @@ import yaml
 
 from bake.errors import OutputError
 
+EVAL_NAME = "eval.json"  # beside the manifest: lambda-bake eval --save / bake --eval results, which the card shows
+
 CARD_NAME = "README.md"
 HUB = "https://huggingface.co/"
 
@@ -104,6 +106,9 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     exports = exports_in(folder, gguf_files)
     checkpoint = gguf_files is None
     meta = card_metadata(manifest, exports, checkpoint)
+    evaluation = read_eval(folder)
+    if evaluation is not None:
+        meta["model-index"] = model_index(evaluation, repo_id or "THIS_REPO")
     b, g, sizes, layout = manifest["base"], manifest["gates"], manifest["sizes"], manifest["layout"]
     size = sizes["pruned" if layout == "pruned" else "dense"]
     threshold = manifest["cut"]["threshold"]
@@ -135,6 +140,7 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
                      f"({_arch_why(g_file)}) |")
     lines.append("")
     lines += _verification_section(manifest.get("verification"))
+    lines += _evaluation_section(evaluation)
     if checkpoint:
         lines += _transformers_usage(repo)
     if "onnx" in exports:
@@ -144,6 +150,70 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     where = "`bake_manifest.json`" if checkpoint else "the GGUF's `lambda_bake.manifest` metadata field"
     lines += [f"The full bake record (sources, hashes, the cut per layer, sizes, verification) is in {where}.", ""]
     return "\n".join(lines)
+
+
+def read_eval(folder: Path | None) -> dict[str, Any] | None:
+    """The folder's ``eval.json`` (``lambda-bake eval --save``, ``bake --eval``), or None; a damaged one is a clear
+    error naming it (a card must not say what the file does not)."""
+    from bake.io.json_files import read_json_object
+
+    path = Path(folder) / EVAL_NAME if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    data = read_json_object(path, OutputError, "run lambda-bake eval --save again, or delete it", "an evaluation")
+    if not isinstance(data.get("results"), list) or not isinstance(data.get("sets"), dict):
+        raise OutputError(f"{path} has no results list or sets; run lambda-bake eval --save again, or delete it")
+    return data
+
+
+_INDEX_METRICS = (("perplexity", "perplexity"), ("nll", "NLL (nats/token)"), ("delta_nll", "change in NLL vs base"),
+                  ("mean_kl", "mean KL(base || model)"), ("exact_match", "exact match"),
+                  ("contains", "answer contains an alias"))
+
+
+def model_index(evaluation: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The card's ``model-index``: the checkpoint's results (else the first model's), one entry per set and metric,
+    each set named by its file name and sha256 (the dataset revision), as huggingface_hub's ``EvalResult`` writes
+    them."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = evaluation["results"]
+    own = next((r for r in results if r.get("kind") == "checkpoint"), results[0] if results else None)
+    evals = []
+    for set_name, info in evaluation["sets"].items():
+        figures = (own or {}).get("sets", {}).get(set_name, {})
+        for key, label in _INDEX_METRICS:
+            if isinstance(figures.get(key), (int, float)):
+                evals.append(EvalResult(task_type="text-generation", dataset_type=info["file"], dataset_name=set_name,
+                                        dataset_revision=info["sha256"], metric_type=key, metric_name=label,
+                                        metric_value=float(figures[key])))
+    return ModelCardData(model_name=name, eval_results=evals).to_dict()["model-index"] if evals else []
+
+
+def _evaluation_section(evaluation: dict[str, Any] | None) -> list[str]:
+    if evaluation is None:
+        return []
+    sets = evaluation["sets"]
+    lines = ["## Evaluation", "",
+             f"Measured with `lambda-bake eval` ({evaluation['created_by']}; rows truncated to "
+             f"{evaluation['settings']['max_length']} tokens, chat template with thinking off). nll is nats per "
+             "predicted token, perplexity exp(nll), the change and the KL against the base; QA: greedy answers, "
+             "exact match / contains-an-alias after PopQA's normalization. Sets: "
+             + ", ".join(f"`{n}` = `{i['file']}` ({i['rows']} rows, sha256 `{i['sha256'][:16]}...`)"
+                         for n, i in sets.items()) + ".", "",
+             "| model | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    rows = ([evaluation["reference"]] if evaluation.get("reference") else []) + evaluation["results"]
+    for r in rows:
+        cells = []
+        for n, info in sets.items():
+            f = r.get("sets", {}).get(n, {})
+            if info["kind"] == "text":
+                delta = f" ({f['delta_nll']:+.4f})" if f.get("delta_nll") is not None else ""
+                cells.append(f"nll {f['nll']:.4f}{delta}, ppl {f['perplexity']:.2f}" if f.get("nll") is not None else "-")
+            else:
+                cells.append(f"EM {f['exact_match']:.1%}, contains {f['contains']:.1%}" if f.get("rows") else "-")
+        lines.append(f"| {r.get('model')}{' (reference)' if r.get('is_reference') else ''} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> Path:
