@@ -16,7 +16,9 @@ DESCRIPTION = """\
 Run the whole job offline on built-in inputs: a small random-weight Qwen3 (real chat template on a
 small tokenizer) and the published card's four variants as gate folders. The chosen variant is baked
 at each of its selected thresholds (dense and pruned), each checkpoint is loaded with plain
-AutoModelForCausalLM, and its logits are compared with the hooked model on chat prompts.
+AutoModelForCausalLM, and its logits are compared with the hooked model on chat prompts. What each
+cut costs is then measured (lambda-bake eval) on a briefly trained copy of the same shape: NLL on a
+retain and a forget set against the base, and exact match on a QA set of sums.
 Then its most pruned cut takes every deployment path: baked with an ONNX export (CPU graph, float32,
 ragged widths) and a GGUF (f32, ragged widths), all verified against the hooked model (weights and
 logits), and each export generates a short reply in its runtime (onnxruntime-genai, llama.cpp). An
@@ -67,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_demo_table(rows))
         print()
+        if result["costs"] is not None:
+            from bake.eval.report import format_table
+
+            print("What each cut costs (a briefly trained copy of the demo shape, its seed gates; lambda-bake eval):")
+            print(format_table(result["costs"]))
+            print()
         print(format_deployment(deployed))
         exports = len(deployed["verification"]["candidates"]) - 1 if deployed["verification"] else 0
         say(f"{len(rows)} bakes and {exports} exports, {'all match' if ok else 'MISMATCH'} the hooked model "

@@ -3,7 +3,8 @@
 Builds a small random-weight Qwen3 (real chat template, small tokenizer) and the four seed variant
 folders, bakes the chosen variant at each of its selected thresholds in the dense and pruned
 layouts, loads each result with plain ``AutoModelForCausalLM`` and compares it with the hooked
-model on chat prompts. Then the most pruned cut goes through every deployment path
+model on chat prompts. What each cut costs is measured on a briefly trained copy of the demo shape
+(``bake.demo.costs``). Then the most pruned cut goes through every deployment path
 (``bake.demo.deploy``): ONNX and GGUF exports, verified and run in their runtimes.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from bake.demo.assets import SEED_VARIANTS, TinyQwen3Spec, build_seed_variants, build_tiny_qwen3
+from bake.demo.costs import cut_costs
 from bake.demo.deploy import deploy
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
@@ -32,7 +34,7 @@ DEMO_SPEC = TinyQwen3Spec(num_layers=4, hidden_size=64, intermediate_size=256, n
                           head_dim=16)
 DEMO_VARIANT = "chat_energy_optA"
 DEMO_PAD_MULTIPLE = 16
-WORKDIR_ENTRIES = ("base", "gates", "baked")  # all that the demo writes into its workdir
+WORKDIR_ENTRIES = ("base", "gates", "baked", "trained", "sets")  # all that the demo writes into its workdir
 
 
 def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
@@ -45,8 +47,10 @@ def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
 def run_demo(
     workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned"),
     greedy_tokens: int = 8, log: Callable[[str], None] | None = None, deployment: bool = True,
+    costs: bool = True,
 ) -> dict[str, Any]:
-    """Bake ``variant`` at every selected threshold and layout (``rows``: one of metrics per bake); then, with
+    """Bake ``variant`` at every selected threshold and layout (``rows``: one of metrics per bake); with ``costs``,
+    evaluate what each cut costs on a briefly trained model (``costs``: the eval report); then, with
     ``deployment``, export the most pruned cut for each runtime, verify and run it (``deployment``)."""
     if variant not in {v.name for v in SEED_VARIANTS}:
         from bake.errors import GateFileError
@@ -82,13 +86,14 @@ def run_demo(
                     "layout": layout, "intermediate_size": manifest["intermediate_size"],
                     "params": manifest["sizes"][layout]["params"], **r.to_dict(),
                 })
+        evaluation = cut_costs(root, DEMO_SPEC, gv, gv.scale_mode or "mean", DEMO_PAD_MULTIPLE, log) if costs else None
         if not deployment or settings is None:
-            return {"rows": rows, "deployment": None}
+            return {"rows": rows, "costs": evaluation, "deployment": None}
         if log:
             log(f"  preset {len(gv.selected_thresholds)}: bake pruned with ONNX and GGUF exports, verify, run")
         out = root / "baked" / f"{variant}-p{len(gv.selected_thresholds)}-deploy"
         report = deploy(base, gv, settings, out, DEMO_PAD_MULTIPLE, greedy_tokens, log)
-        return {"rows": rows, "deployment": report}
+        return {"rows": rows, "costs": evaluation, "deployment": report}
     finally:
         if own:
             own.cleanup()

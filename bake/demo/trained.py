@@ -44,8 +44,11 @@ def chat_corpus(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
 
 
 def build_trained_qwen3(out_dir: Path, spec: TinyQwen3Spec | None = None, steps: int = 300, batch: int = 16,
-                        seq_len: int = 96, lr: float = 3e-3, seed: int = 0) -> dict[str, float]:
-    """Build ``spec``'s random Qwen3 in ``out_dir``, train it in place on ``chat_corpus``; return the losses."""
+                        seq_len: int = 96, lr: float = 3e-3, seed: int = 0, as_replies: bool = False) -> dict[str, float]:
+    """Build ``spec``'s random Qwen3 in ``out_dir``, train it in place on ``chat_corpus``; return the losses.
+
+    ``as_replies``: each chat is the prompt as a reply is asked for (generation prompt, thinking off: the empty
+    think block) then the answer and the end of turn, so that the model answers prompts rendered that way."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
@@ -53,7 +56,11 @@ def build_trained_qwen3(out_dir: Path, spec: TinyQwen3Spec | None = None, steps:
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     ids: list[int] = []
     for chat in chat_corpus(4000, seed):
-        text = tokenizer.apply_chat_template(chat, tokenize=False, enable_thinking=False)
+        if as_replies:
+            text = tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True,
+                                                 enable_thinking=False) + chat[1]["content"] + "<|im_end|>\n"
+        else:
+            text = tokenizer.apply_chat_template(chat, tokenize=False, enable_thinking=False)
         ids += tokenizer(text, add_special_tokens=False)["input_ids"]
     stream = torch.tensor(ids)
     threads = torch.get_num_threads()

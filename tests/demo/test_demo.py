@@ -27,6 +27,16 @@ def test_demo_runs_offline_and_every_bake_matches(capsys: pytest.CaptureFixture[
     onnx, gguf = deployed["runs"]
     assert "onnxruntime-genai" in onnx["runtime"] and "llama.cpp" in gguf["runtime"]
     assert onnx["new_tokens"] == gguf["new_tokens"] > 0 and gguf["reply_ids"] == onnx["reply_ids"]
+    # what each cut costs, measured on a briefly trained copy: the loss on both text sets rises with the cut
+    costs = report["costs"]
+    assert list(costs["sets"]) == ["retain", "forget", "sums"] and costs["reference"] == "base (trained)"
+    cuts = costs["models"][1:]
+    assert [round(m["off_fraction"], 2) for m in cuts] == [0.05, 0.25, 0.5, 0.75, 0.95]
+    for name in ("retain", "forget"):
+        deltas = [m["sets"][name]["delta_nll"] for m in cuts]
+        assert deltas == sorted(deltas) and deltas[0] < 0.1 < 1.0 < deltas[-1], (name, deltas)
+        assert costs["models"][0]["sets"][name]["nll"] < 1.0  # trained: the base predicts its own kind of text
+    assert all(m["sets"]["sums"]["rows"] == 16 for m in costs["models"])
 
 
 def test_demo_names_the_exports_it_skips_without_their_runtimes(monkeypatch: pytest.MonkeyPatch,
