@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from bake import __version__
@@ -128,13 +130,12 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
                 kl = None
                 if same_ids and s.name in ref.logits:
                     ref_logits = ref.logits[s.name][ref.order[s.name][i]]
-                    kl = row_kl(log_softmax(ref_logits.numpy()), logp)
+                    kl = row_kl(log_softmax(ref_logits), logp)
                 tally.add(nll, len(rows[i]) - 1, kl)
                 if kept is not None:
-                    import torch
-
                     kept.order[s.name][i] = len(kept.logits[s.name])
-                    kept.logits[s.name].append(torch.from_numpy(logits[: len(rows[i]) - 1].astype("float32")))
+                    kept.logits[s.name].append(torch.from_numpy(np.ascontiguousarray(logits[: len(rows[i]) - 1],
+                                                                                     np.float32)))
             bar.close()
             figures = tally.figures(ref.figures.get(s.name) if ref is not None else None)
             if ref is not None and not same_ids:

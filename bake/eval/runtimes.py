@@ -22,7 +22,8 @@ import numpy as np
 from bake.eval.models import ModelSpec
 from bake.eval.sets import Messages
 
-BATCH_TOKENS = 4096  # rows batched by length up to this many (padded) tokens per forward pass
+BATCH_TOKENS = 2048  # rows batched by length up to this many (padded) tokens per forward pass ...
+LOGITS_BYTES = 1 << 28  # ... and this many bytes of float32 logits (Qwen3's 151,936-token vocabulary: 441 tokens)
 
 
 class EvalLM:
@@ -48,6 +49,11 @@ class EvalLM:
 
         self.__dict__.clear()
         release_memory()
+
+
+def token_budget(vocab: int) -> int:
+    """Padded tokens per batch: BATCH_TOKENS, fewer where their logits would pass LOGITS_BYTES."""
+    return max(1, min(BATCH_TOKENS, LOGITS_BYTES // (4 * vocab)))
 
 
 def batches_by_length(rows: list[list[int]], budget: int = BATCH_TOKENS) -> Iterator[list[int]]:
@@ -80,10 +86,11 @@ class TorchEval(EvalLM):
             self.model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=torch.float32).eval()
         self.chat = ChatTokenizer(spec.path)
         self.eos = self.chat.eos_ids()
+        self.budget = token_budget(int(self.model.config.vocab_size))
 
     def score(self, rows: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
         torch = self.torch
-        for batch in batches_by_length(rows):
+        for batch in batches_by_length(rows, self.budget):
             longest = max(len(rows[i]) for i in batch)
             ids = torch.zeros((len(batch), longest), dtype=torch.long)
             mask = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -122,7 +129,7 @@ class OnnxEval(EvalLM):
 
         if self._scorer is None:
             self._scorer = OnnxCausalLM(self.folder, device=self.device, all_logits=True)
-        for batch in batches_by_length(rows):
+        for batch in batches_by_length(rows, token_budget(int(self._scorer.io["vocab_size"]))):
             yield from zip(batch, self._scorer.score_batch([rows[i] for i in batch]))
 
     def answer(self, prompt: list[int], max_new_tokens: int) -> str:

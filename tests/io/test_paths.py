@@ -127,7 +127,7 @@ def test_demo_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (tmp_path / "empty").mkdir()
     assert workdir_arg(str(tmp_path / "empty")) == tmp_path / "empty"
     earlier = tmp_path / "earlier"
-    for name in ("base", "gates", "baked"):
+    for name in ("base", "gates", "baked", "trained", "sets"):
         (earlier / name).mkdir(parents=True)
     assert workdir_arg(str(earlier)) == earlier
     (tmp_path / "a-file").write_text("mine")
@@ -135,7 +135,7 @@ def test_demo_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (tmp_path / "home" / "thesis.tex").write_text("mine")
     for path, message in ((tmp_path / "a-file", "is a file, not a folder"),
                           (tmp_path / "home", "holds other things (thesis.tex) and the demo writes base, gates, "
-                                              "baked into it")):
+                                              "baked, trained, sets into it")):
         with pytest.raises(SystemExit) as exit_:
             main(["demo", "--workdir", str(path)])
         assert exit_.value.code == EXIT_USER
