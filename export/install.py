@@ -17,6 +17,9 @@ from bake.errors import ExportError
 CPU_INSTALL = 'pip install "lambda-bake[cpu]"'
 GGUF_INSTALL = 'pip install "lambda-bake[gguf]"'
 GPU_INSTALL = 'pip install "lambda-bake[gpu]"'
+# llama-cpp-python ships as a source distribution: pip compiles llama.cpp (measured: docs/BENCHMARKS.md)
+LLAMA_CPP_INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python>=0.3.36" (compiles llama.cpp from '
+                     'source: about 13 minutes on 2 cores, once; pip caches the wheel)')
 GPU_REPAIR = ('pip uninstall -y onnxruntime onnxruntime-genai onnxruntime-gpu onnxruntime-genai-cuda && '
               + GPU_INSTALL)
 
@@ -49,9 +52,8 @@ def require_gguf() -> None:
 def require_llama_cpp() -> None:
     """Refuse, naming the extra, when llama-cpp-python (which runs GGUF files) is missing."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python; {GGUF_INSTALL} "
-                          "(it builds llama.cpp from source: a few minutes; docs/GGUF.md says how on CPUs "
-                          "without AVX-512)")
+        raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python: {LLAMA_CPP_INSTALL}; "
+                          "docs/GGUF.md says how on CPUs without AVX-512")
 
 
 def mixed_install_hint() -> str:

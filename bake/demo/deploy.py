@@ -5,7 +5,9 @@ ONNX export (CPU graph, float32, ragged widths) and a GGUF (f32, ragged widths: 
 into the checkpoint's temporary folder, all three are verified against the hooked model (weights, then logits
 and greedy tokens), and only then is the folder moved into place. Each export then generates a short chat
 reply in its runtime (onnxruntime-genai, or lambda-bake's ONNX Runtime loop; llama.cpp). An export whose
-packages are not installed is skipped and the install command named.
+packages are not installed is skipped and the install command named; without llama.cpp (llama-cpp-python, which
+compiles llama.cpp from source: the ``demo`` extra leaves it out so that the first command is quick) the GGUF is
+still written and its weights proven, and one line says how to add llama.cpp to run it.
 """
 
 from __future__ import annotations
@@ -33,9 +35,16 @@ def missing_runtimes() -> dict[str, str]:
     """Per export the demo would make ("onnx", "gguf"), the install command when its packages are missing."""
     from export.install import CPU_INSTALL, GGUF_INSTALL
 
-    need = {"onnx": (("onnxruntime", "onnx"), CPU_INSTALL), "gguf": (("gguf", "llama_cpp"), GGUF_INSTALL)}
+    need = {"onnx": (("onnxruntime", "onnx"), CPU_INSTALL), "gguf": (("gguf",), GGUF_INSTALL)}
     return {kind: hint for kind, (modules, hint) in need.items()
             if any(importlib.util.find_spec(m) is None for m in modules)}
+
+
+def llama_cpp_missing() -> str | None:
+    """Why the GGUF is not run here (llama-cpp-python missing), with how to add it and what it costs; else None."""
+    from export.install import LLAMA_CPP_INSTALL
+
+    return None if importlib.util.find_spec("llama_cpp") is not None else LLAMA_CPP_INSTALL
 
 
 def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, pad_multiple: int,
@@ -80,15 +89,17 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
     try:
         manifest = bake_checkpoint(base, variant, settings, out, options, check=check, extras=add_exports)
     except VerificationFailed as e:
-        return {"folder": None, "passed": False, "verification": e.report, "runs": [], "skipped": skipped}
+        return {"folder": None, "passed": False, "verification": e.report, "runs": [], "skipped": skipped,
+                "not_run": {}}
     runs = [run_onnx(out / "onnx")] if "onnx" in exports else []
-    runs += [run_gguf(out / gguf_file)] if gguf_file else []
+    not_run = {"gguf": llama_cpp_missing()} if gguf_file and llama_cpp_missing() else {}
+    runs += [run_gguf(out / gguf_file)] if gguf_file and not not_run else []
     if len(runs) > 1:
         first = runs[0]["reply_ids"]
         for r in runs:
             r["same_reply_as"] = {runs[0]["runtime"]: r["reply_ids"] == first}
     return {"folder": str(out), "passed": manifest["verification"]["passed"], "verification": manifest["verification"],
-            "runs": runs, "skipped": skipped}
+            "runs": runs, "skipped": skipped, "not_run": not_run}
 
 
 def run_onnx(folder: Path) -> dict[str, Any]:
@@ -133,6 +144,8 @@ def format_deployment(report: dict[str, Any]) -> str:
                      "is noise; --json has it)")
     lines += [f"skipped the {kind.upper()} export: its runtime is not installed ({hint})"
               for kind, hint in report["skipped"].items()]
+    lines += [f"the {kind.upper()} was written and its weights proven, but not run: llama.cpp is not installed; to run it "
+              f"here: {hint}" for kind, hint in report.get("not_run", {}).items()]
     return "\n".join(lines)
 
 

@@ -277,9 +277,17 @@ def gguf_candidate(path: Path) -> Candidate:
     bake_dtype = str((manifest or {}).get("dtype") or "float32")
     layout = field(reader, GGUF_LAYOUT_KEY) or "as-is"
     arch = field(reader, "general.architecture")
-    return Candidate(f"gguf ({arch}, {layout}, {name}, llama.cpp)", name, export_chain(bake_dtype, export_dtype, quant),
-                     Path(path), "gguf", quantization={"weights": quant} if quant else None, export_dtype=export_dtype,
-                     manifest=manifest, gguf_type=name)
+    import importlib.util
+
+    from export.install import LLAMA_CPP_INSTALL
+
+    not_run = None if importlib.util.find_spec("llama_cpp") is not None else (
+        f"logits NOT compared: llama.cpp (llama-cpp-python) is not installed here; only its weights were checked. To "
+        f"run it: {LLAMA_CPP_INSTALL}")
+    return Candidate(f"gguf ({arch}, {layout}, {name}, llama.cpp{', not run' if not_run else ''})", name,
+                     export_chain(bake_dtype, export_dtype, quant), Path(path), "gguf",
+                     quantization={"weights": quant} if quant else None, export_dtype=export_dtype, manifest=manifest,
+                     gguf_type=name, not_run=not_run)
 
 
 def _bake_dtype(export: Path) -> str:

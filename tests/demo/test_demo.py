@@ -44,10 +44,30 @@ def test_demo_names_the_exports_it_skips_without_their_runtimes(monkeypatch: pyt
     import bake.demo.deploy as deploy
     from export.install import CPU_INSTALL, GGUF_INSTALL
 
-    monkeypatch.setattr(deploy.importlib.util, "find_spec", lambda name: None if name in ("onnx", "llama_cpp")
+    monkeypatch.setattr(deploy.importlib.util, "find_spec", lambda name: None if name in ("onnx", "gguf")
                         else object())
     assert main(["demo", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"skipped the ONNX export: its runtime is not installed ({CPU_INSTALL})" in out
     assert f"skipped the GGUF export: its runtime is not installed ({GGUF_INSTALL})" in out
     assert "checkpoint (pruned)" in out and "gguf (" not in out and "ran " not in out
+
+
+def test_demo_without_llama_cpp_writes_and_proves_the_gguf_and_says_how_to_run_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo extra leaves llama-cpp-python out (it compiles llama.cpp for 13 minutes): the GGUF is still written
+    and its weights proven, its logits and reply are not, and one line says how to add llama.cpp and what it costs."""
+    import importlib.util
+
+    from export.install import LLAMA_CPP_INSTALL
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert main(["demo", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    deployed = report["deployment"]
+    checkpoint, onnx, gguf = deployed["verification"]["candidates"]
+    assert gguf["passed"] and gguf["weights"]["passed"] and gguf["mean_kl"] is None
+    assert "llama.cpp (llama-cpp-python) is not installed" in gguf["note"]
+    assert [r["runtime"].split(" ")[0] for r in deployed["runs"]] == ["onnxruntime-genai"]
+    assert deployed["not_run"] == {"gguf": LLAMA_CPP_INSTALL} and "13 minutes" in LLAMA_CPP_INSTALL
