@@ -143,7 +143,7 @@ class OnnxCausalLM:
         if not self.shared_kv:
             cache.values, cache.mask = list(outputs[1:]), mask
         cache.lengths = cache.lengths + valid
-        return outputs[0].numpy().astype(np.float32)
+        return outputs[0].numpy().astype(np.float32, copy=False)
 
     def _check_positions(self, totals: np.ndarray) -> None:
         limit = self.io.get("max_position_id")
