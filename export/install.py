@@ -52,8 +52,8 @@ def require_gguf() -> None:
 def require_llama_cpp() -> None:
     """Refuse, naming the extra, when llama-cpp-python (which runs GGUF files) is missing."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python: {LLAMA_CPP_INSTALL}; "
-                          "docs/GGUF.md says how on CPUs without AVX-512")
+        raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python: {LLAMA_CPP_INSTALL}, or "
+                          f"{GGUF_INSTALL}; docs/GGUF.md says how on CPUs without AVX-512")
 
 
 def mixed_install_hint() -> str:

@@ -336,13 +336,14 @@ def _metadata(writer: Any, model_dir: Path, plan: _Plan, manifest: dict[str, Any
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     writer.add_type("model")
     writer.add_name(manifest["base"]["source"].split("/")[-1] + "-lambda-baked" if manifest else model_dir.name)
+    _provenance(writer, manifest, plan.ragged)
     writer.add_block_count(plan.layers)
     writer.add_context_length(int(config.get("max_position_embeddings", 32768)))
     writer.add_embedding_length(int(config["hidden_size"]))
-    if plan.ragged:
-        writer.add_feed_forward_length(plan.widths)
-        writer.add_head_count([heads] * plan.layers)
-        writer.add_head_count_kv([kv_heads] * plan.layers)
+    if plan.ragged:  # only the MLP widths differ by layer: head counts are one number (llama.cpp's loader takes
+        writer.add_feed_forward_length(plan.widths)  # either; the Hub's GGUF memory estimate reads a number)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
         writer.add_rope_dimension_count(head_dim)
     else:
         writer.add_feed_forward_length(plan.widths[0])
@@ -359,6 +360,26 @@ def _metadata(writer: Any, model_dir: Path, plan: _Plan, manifest: dict[str, Any
     writer.add_string(GGUF_LAYOUT_KEY, layout)
     if manifest is not None:
         writer.add_string(GGUF_MANIFEST_KEY, json.dumps(public_manifest(manifest, model_dir), sort_keys=True))
+
+
+def _provenance(writer: Any, manifest: dict[str, Any] | None, ragged: bool) -> None:
+    """``general.basename``, ``general.base_model.*`` and ``general.tags``: what the Hub and llama.cpp's tools show,
+    so that an openelm file still says it is a Qwen3 (a Hub base model is named by its id, never a local path)."""
+    tags = ["qwen3", "lambda-gates"] + (["ragged"] if ragged else [])
+    if manifest is None:
+        writer.add_tags(tags)
+        return
+    base = manifest["base"]
+    name = str(base.get("hub_id") or base["source"]).rstrip("/").split("/")[-1]
+    writer.add_basename(name)
+    writer.add_base_model_count(1)
+    writer.add_base_model_name(0, name)
+    hub_id = base.get("hub_id")
+    if hub_id and "/" in hub_id:
+        writer.add_base_model_organization(0, hub_id.split("/")[0])
+        writer.add_base_model_repo_url(0, f"https://huggingface.co/{hub_id}")
+    tags += [manifest["layout"], f"variant-{manifest['gates']['variant']}", f"off-{round(100 * manifest['off_fraction'])}pct"]
+    writer.add_tags(tags)
 
 
 def _storage(qtype: Any) -> np.dtype:

@@ -166,6 +166,17 @@ def test_bake_gguf_verify_generate_and_push_alone(tiny_base: Path, tiny_gates: P
     m = json.loads(capsys.readouterr().out)["manifest"]
     assert "model-ragged-Q8_0.gguf" in m["files"] and [c["name"] for c in m["verification"]["candidates"]] == [
         "checkpoint (dense)", "gguf (openelm, ragged, q8_0, llama.cpp)"]
+    fields = gguf.GGUFReader(str(out / "model-ragged-Q8_0.gguf")).fields
+    # only the MLP widths are per layer; the rest says what the file is, as the Hub and llama.cpp's tools read it
+    assert fields["openelm.attention.head_count"].contents() == 4 and fields["openelm.attention.head_count_kv"].contents() == 2
+    assert len(fields["openelm.feed_forward_length"].contents()) == 4
+    assert fields["general.basename"].contents() == "Qwen3-0.6B"
+    assert fields["general.base_model.0.name"].contents() == "Qwen3-0.6B"
+    assert fields["general.base_model.0.organization"].contents() == "Qwen"
+    assert fields["general.base_model.0.repo_url"].contents() == "https://huggingface.co/Qwen/Qwen3-0.6B"
+    assert fields["general.tags"].contents() == ["qwen3", "lambda-gates", "ragged", "dense", "variant-chat_mean",
+                                                 f"off-{round(100 * m['off_fraction'])}pct"]
+    assert str(tiny_base) not in json.dumps({k: str(f.contents()) for k, f in fields.items() if k.startswith("general.")})
     assert main(["generate", "--gguf", str(out / "model-ragged-Q8_0.gguf"), "--prompt", "What is 2+2?",
                  "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out.endswith("\n")
