@@ -284,3 +284,17 @@ def test_vllm_arguments_for_many_gpus(bake3: Path) -> None:
         run_lm_eval(resolve(bake3 / "onnx")[0], ["tiny_mc"], backend="vllm")
     with pytest.raises(BakeError, match="at least 1"):
         vllm_model_args(bake3, data_parallel=0)
+
+
+@pytest.mark.parametrize("content", ['{"results": "x", "sets": {}}', "{not json", "[]"])
+def test_a_damaged_eval_json_stops_the_card_with_its_name(bake3: Path, tmp_path: Path, content: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The card must not say what a damaged eval.json does not: push names the file and the fix (exit 2)."""
+    import shutil
+
+    folder = tmp_path / "b"
+    shutil.copytree(bake3, folder, symlinks=True)
+    (folder / "eval.json").write_text(content)
+    assert main(["push", str(folder), "--repo-id", "me/x", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.json" in err and "lambda-bake eval --save again" in err and "Traceback" not in err
