@@ -232,7 +232,7 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
             "catches gross errors of the file or the kernels"))
     elif c.kind in ("onnx", "gguf") and c.quantization is None:
         yardsticks.append(Yardstick(
-            THE_BAKE, _bake_outputs(run, c.folder), own_budget(c.export_dtype), c.export_dtype,
+            THE_BAKE, _bake_outputs(run, c.folder, c.manifest), own_budget(c.export_dtype), c.export_dtype,
             "the export holds the bake's weights (the weight check proves it), so it may differ from the bake only "
             f"by its own {c.export_dtype} arithmetic"))
     elif c.kind == "onnx":
@@ -363,10 +363,11 @@ def _derived_bake(run: _Run, folder: Path, manifest: dict[str, Any] | None = Non
                        label=f"the {layout} {dtype} bake that {base} and the gates define")
 
 
-def _bake_outputs(run: _Run, export: Path) -> Outputs:
-    """The bake's run: the checkpoint candidate's, when it ran before; else the bake's tensors run in transformers."""
+def _bake_outputs(run: _Run, export: Path, manifest: dict[str, Any] | None = None) -> Outputs:
+    """The bake's run: the checkpoint candidate's, when it ran before; else the bake's tensors run in transformers
+    (the bake ``export``'s manifest records, or ``manifest``: a lone GGUF's own, embedded in the file)."""
     if run.bake_outputs is None:
-        bake = _bake_tensors(run, export)
+        bake = _bake_tensors(run, export, manifest)
         run.bake_outputs = _score(lambda: TorchRunner(qwen3_model(bake.config, ((n, bake.tensor(n).values())
                                                                                for n in bake.names()))), run)
     return run.bake_outputs

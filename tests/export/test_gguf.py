@@ -264,3 +264,22 @@ def test_ragged_q8_gguf_of_a_bf16_bake_at_the_real_gate_shape(full_base_bf16: Pa
     assert candidate["passed"] and candidate["weights"]["passed"]
     widths = gguf.GGUFReader(str(out / "model-ragged-Q8_0.gguf")).fields["openelm.feed_forward_length"].contents()
     assert list(widths) == [max(32, -(-k // 32) * 32) for k in manifest["kept_per_layer"]] and len(widths) == 28
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
+def test_a_lone_gguf_verifies_from_its_own_manifest(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """verify --gguf FILE with no baked folder: the bake is the one the file's embedded manifest records (a float
+    file used to exit 2, "is a file, not a folder", reading the bake's config from the .gguf path)."""
+    out = tmp_path / "b"
+    assert main(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
+                 "--preset", "3", "--gguf", "--gguf-type", kind, "--gguf-layout", "ragged", "--out", str(out),
+                 "--quiet"]) == 0
+    lone = tmp_path / "lone.gguf"
+    shutil.copy(out / f"model-ragged-{kind.upper()}.gguf", lone)
+    assert main(["verify", "--gguf", str(lone), *FAST]) == 2  # the published manifest names no local folder
+    assert "give --base with that folder" in capsys.readouterr().err
+    assert main(["verify", "--gguf", str(lone), "--base", str(tiny_base), "--gates", str(tiny_gates), *FAST]) == 0
+    (candidate,) = json.loads(capsys.readouterr().out)["candidates"]
+    assert candidate["passed"] and candidate["weights"]["passed"]
+    assert candidate["weights"]["bake"].startswith("the dense float32 bake that")
