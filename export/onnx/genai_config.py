@@ -9,6 +9,7 @@ exactly when the graph writes its KV cache in place.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 GENAI_FILE = "genai_config.json"
@@ -78,3 +79,16 @@ def genai_config(config: dict[str, Any], generation: dict[str, Any], io: dict[st
         "top_p": float(generation.get("top_p", 1.0)),
     }
     return {"model": model, "search": search}
+
+
+def read_genai_config(folder: Path) -> dict[str, Any]:
+    """An export's genai_config.json, checked for what lambda-bake reads of it (``model.context_length``)."""
+    from bake.errors import ExportError
+    from bake.io.json_files import read_json_object
+
+    path = Path(folder) / GENAI_FILE
+    config = read_json_object(path, ExportError, "export again", "onnxruntime-genai's configuration")
+    context = (config.get("model") or {}).get("context_length") if isinstance(config.get("model"), dict) else None
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise ExportError(f"{path} has no model.context_length (a positive integer); export again")
+    return config

@@ -18,7 +18,7 @@ import numpy as np
 from bake.errors import ExportError
 from export.install import GPU_INSTALL, cpu_threads, mixed_install_hint, pick_device
 from export.onnx.folder import read_export_folder
-from export.onnx.genai_config import GENAI_FILE
+from export.onnx.genai_config import GENAI_FILE, read_genai_config
 
 
 def available() -> bool:
@@ -91,6 +91,12 @@ class GenaiLM:
                               "see a past at the prompt and abort; run one prompt at a time, or load without CUDA "
                               "graphs (generate --no-cuda-graph, cuda_graph=False)")
         longest = max(len(p) for p in prompts)
+        context = int(read_genai_config(self.folder)["model"]["context_length"])
+        if longest + max_new_tokens > context:
+            room = context - longest
+            fix = f"give --max-new-tokens {room} or less" if room > 0 else "shorten the prompt"
+            raise ExportError(f"a {longest}-token prompt and {max_new_tokens} new tokens do not fit this export's "
+                              f"context of {context} tokens (genai_config.json context_length); {fix}")
         ids = np.full((len(prompts), longest), pad_id, np.int32)
         for b, p in enumerate(prompts):
             ids[b, :len(p)] = p

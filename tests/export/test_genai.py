@@ -268,3 +268,19 @@ def test_cuda_graph_runs_batch_one_only_with_a_clear_message(bakes, tmp_path):
     with pytest.raises(ExportError, match="CUDA graph at batch 1 only, and this is a batch of 2.*--no-cuda-graph"):
         next(lm.stream([[5, 6, 7], [8, 9]], 2, set(), 0))
     assert len(list(lm.stream([[5, 6, 7]], 2, set(), 0))) == 2
+
+
+def test_prompt_and_new_tokens_past_the_context_are_a_clear_error(bakes, tmp_path, capsys):
+    """onnxruntime-genai refused them with an internal error (exit 1: "max_length (670) cannot be greater than model
+    context_length (512)"); the loop names the numbers and the fix before it is asked."""
+    from export.runtime.genai_loop import GenaiLM
+
+    out = tmp_path / "onnx"
+    export_onnx(bakes["dense"], out, target="cpu", progress=False)
+    lm = GenaiLM(out, device="cpu")
+    with pytest.raises(ExportError, match="a 414-token prompt and 256 new tokens do not fit this export's context of "
+                                          "512 tokens .*give --max-new-tokens 98 or less"):
+        next(lm.stream([[7] * 414], 256, set(), 0))
+    assert len(list(lm.stream([[7] * 414], 98, set(), 0))) == 98
+    assert main(["generate", "--onnx", str(out), "--engine", "genai", "--prompt", "word " * 600]) == 2
+    assert "shorten the prompt" in capsys.readouterr().err
