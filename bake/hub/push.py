@@ -99,7 +99,7 @@ def _plan_gguf(path: Path, repo_id: str) -> Upload:
 
     if path.suffix != ".gguf":
         raise HubError(f"{path} is a file; push takes a baked folder or a .gguf file")
-    manifest = embedded_manifest(read_gguf(path))
+    manifest = embedded_manifest(read_gguf(path), str(path))
     if manifest is None:
         raise HubError(f"{path} carries no lambda-bake manifest (it was not written by lambda-bake), so no model card "
                        "can say what it is; push the baked folder it came from instead")

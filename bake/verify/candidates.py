@@ -271,7 +271,7 @@ def gguf_candidate(path: Path) -> Candidate:
 
     require_gguf()
     reader = read_gguf(path)
-    manifest = embedded_manifest(reader)
+    manifest = embedded_manifest(reader, str(path))
     name = file_type_name(int(field(reader, "general.file_type") or 0))
     export_dtype, quant = GGUF_STEPS.get(name, ("float32", None))
     bake_dtype = str((manifest or {}).get("dtype") or "float32")

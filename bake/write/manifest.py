@@ -128,7 +128,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ManifestMismatch(f"{folder} has no {MANIFEST_NAME}; it was not baked by lambda-bake")
     fix = "the file is damaged or was edited: bake the folder again"
-    m = read_json_object(path, ManifestMismatch, fix, "a bake manifest")
+    return check_manifest(read_json_object(path, ManifestMismatch, fix, "a bake manifest"), path, fix)
+
+
+def check_manifest(m: dict[str, Any], path: Path | str, fix: str) -> dict[str, Any]:
+    """``m`` checked field by field (``path`` names where it came from: a folder's manifest, a GGUF's embedded
+    one); a field of the wrong type or value is a ``ManifestMismatch`` naming it and ``fix``."""
     number = (int, float)
     for key, kind in (("layout", str), ("dtype", str), ("gate_mode", str), ("scale_mode", str), ("scale_scope", str),
                       ("intermediate_size", int), ("off_fraction", number), ("files", list), ("sizes", dict),
@@ -152,4 +157,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         checked_field(m["cut"], "target_off_fraction", number, path, ManifestMismatch, fix, low=0.0, high=1.0)
     if not all(isinstance(f, str) for f in m["files"]):
         raise ManifestMismatch(f"{path}: 'files' must list file names; {fix}")
+    for key, choices in (("dtype", ("float32", "bfloat16", "float16")), ("layout", ("dense", "pruned"))):
+        if m[key] not in choices:
+            raise ManifestMismatch(f"{path}: {key} is {m[key]!r}, expected one of {', '.join(choices)}; {fix}")
     return m

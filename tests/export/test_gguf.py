@@ -283,3 +283,22 @@ def test_a_lone_gguf_verifies_from_its_own_manifest(tiny_base: Path, tiny_gates:
     (candidate,) = json.loads(capsys.readouterr().out)["candidates"]
     assert candidate["passed"] and candidate["weights"]["passed"]
     assert candidate["weights"]["bake"].startswith("the dense float32 bake that")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    (b'"dtype": "float32"', b'"dtype": "float64"', "(lambda_bake.manifest): dtype is 'float64', expected one of"),
+    (b"blk.0.attn_norm", b"blk.8.attn_norm", "tensor blk.8.attn_norm.weight names block 8, but the file has 4 blocks"),
+])
+def test_damaged_gguf_content_is_exit_2_naming_the_field(bakes: dict[str, Path], tiny_base: Path, tiny_gates: Path,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         old: bytes, new: bytes, message: str) -> None:
+    """Bytes changed in place (same length: the file still parses): both ended in exit 1, an internal error."""
+    good = tmp_path / "good.gguf"
+    export_gguf(bakes["dense"], good, gguf_type_name="f32", layout="ragged", progress=False)
+    data = good.read_bytes()
+    assert data.count(old) == 1
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data.replace(old, new))
+    assert main(["verify", "--gguf", str(bad), "--base", str(tiny_base), "--gates", str(tiny_gates), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and message in err and "internal error" not in err

@@ -64,14 +64,19 @@ def field(reader: Any, key: str) -> Any:
     return None if f is None else f.contents()
 
 
-def embedded_manifest(reader: Any) -> dict[str, Any] | None:
-    """The bake manifest a lambda-bake GGUF carries; None when it has none or it is not a JSON object."""
+def embedded_manifest(reader: Any, where: str = "the GGUF") -> dict[str, Any] | None:
+    """The bake manifest a lambda-bake GGUF carries, checked field by field as a folder's is; None when it has none
+    or it is not a JSON object; a damaged field is a clear error naming ``where``."""
+    from bake.write.manifest import check_manifest
+
     raw = field(reader, GGUF_MANIFEST_KEY)
     try:
         value = json.loads(raw) if isinstance(raw, str) else None
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return check_manifest(value, f"{where} ({GGUF_MANIFEST_KEY})", "the file is damaged: export it again")
 
 
 def check_gguf_weights(path: Path, bake: BakeTensors) -> WeightReport:
@@ -159,6 +164,8 @@ class _Checker:
         self.reader, self.bake, self.path = reader, bake, path
         self.arch = str(field(reader, "general.architecture"))
         self.layers = int(bake.config["num_hidden_layers"])
+        blocks = field(reader, f"{self.arch}.block_count")
+        self.blocks = int(blocks) if isinstance(blocks, int) and not isinstance(blocks, bool) else None
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
         self.ragged = field(reader, GGUF_LAYOUT_KEY) == "ragged" or self.arch == "openelm"
         self.failures: list[Failure] = []
@@ -186,6 +193,11 @@ class _Checker:
         if len(parts) != 4 or parts[0] != "blk" or parts[3] != "weight" or not parts[1].isdigit():
             return None
         i, kind, hf = int(parts[1]), parts[2], f"model.layers.{parts[1]}"
+        if self.blocks is not None and i >= self.blocks:
+            raise ExportError(f"{self.path}: tensor {name} names block {i}, but the file has {self.blocks} blocks "
+                              f"({self.arch}.block_count): the file is damaged; export it again")
+        if i >= self.layers:
+            return None  # a file with more blocks than the bake's layers: made from another model
         if kind in layer:
             return self.values(f"{hf}.{layer[kind]}.weight"), [f"{hf}.{layer[kind]}.weight"]
         if kind == "attn_qkv":
