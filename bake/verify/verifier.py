@@ -166,7 +166,12 @@ def verify(
     headroom = activations[0].float16_headroom()
     activations[0].remove()
     run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale)
-    results = [_verify_one(run, c) for c in candidates]
+    try:
+        results = [_verify_one(run, c) for c in candidates]
+    finally:  # the GGUF files verify parsed are memory-mapped: let them go (a failed cut's file may be removed)
+        from bake.verify.weights.gguf_check import release_readers
+
+        release_readers()
     for r, c in zip(results, candidates):
         if _computes_in_float16(c):
             r.float16_headroom = headroom

@@ -302,3 +302,14 @@ def test_damaged_gguf_content_is_exit_2_naming_the_field(bakes: dict[str, Path],
     assert main(["verify", "--gguf", str(bad), "--base", str(tiny_base), "--gates", str(tiny_gates), *FAST]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and message in err and "internal error" not in err
+
+
+def test_verify_lets_go_of_the_files_it_mapped(bakes: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The parsed-file cache kept up to 4 memory maps for the life of the process, so a removed GGUF (a sweep's failed
+    cut) kept its disk space; when verify ends, no map of the file is left."""
+    path = tmp_path / "m.gguf"
+    export_gguf(bakes["dense"], path, gguf_type_name="q8_0", layout="ragged", progress=False)
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 0
+    capsys.readouterr()
+    assert str(path) not in Path("/proc/self/maps").read_text()

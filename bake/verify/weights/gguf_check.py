@@ -48,6 +48,14 @@ def read_gguf(path: Path) -> Any:
     return _parsed(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
 
+def release_readers() -> None:
+    """Forget every parsed file, so that its memory map closes (a removed file's disk space is then freed)."""
+    _parsed.cache_clear()
+    import gc
+
+    gc.collect()
+
+
 @lru_cache(maxsize=4)
 def _parsed(path: str, version: tuple[int, ...]) -> Any:
     from gguf import GGUFReader
