@@ -103,6 +103,7 @@ def _plan_gguf(path: Path, repo_id: str) -> Upload:
     if manifest is None:
         raise HubError(f"{path} carries no lambda-bake manifest (it was not written by lambda-bake), so no model card "
                        "can say what it is; push the baked folder it came from instead")
+    manifest = manifest | {"verification": _verified_beside(path, manifest)}
     try:
         card = render_model_card(manifest, None, repo_id, gguf_files=[path])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -111,6 +112,27 @@ def _plan_gguf(path: Path, repo_id: str) -> Upload:
     upload = Upload(path.parent, repo_id, {path.name: None, CARD_NAME: card.encode()}, manifest)
     _refuse_leaks(upload, _local_paths(path.parent, None))
     return upload
+
+
+def _verified_beside(path: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The verification of this very file by ``bake --gguf --verify``: its embedded manifest is written before the
+    check runs, so the report is in the baked folder's manifest beside it (same gates and cut, a GGUF candidate of
+    this file name); that report with the checkpoint and this file's rows, else None."""
+    from bake.write.manifest import MANIFEST_NAME, read_manifest
+
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None
+    folder = read_manifest(path.parent)
+    report = folder.get("verification")
+    same = (folder["gates"]["sha256"], folder["cut"]) == (manifest["gates"]["sha256"], manifest["cut"])
+    if not same or not isinstance(report, dict) or not isinstance(report.get("candidates"), list):
+        return None
+    mine = [c for c in report["candidates"] if isinstance(c, dict) and (
+        str(c.get("name", "")).startswith("checkpoint") or (str(c.get("name", "")).startswith("gguf") and Path(
+            str((c.get("weights") or {}).get("export"))).name == path.name))]
+    if not any(str(c.get("name", "")).startswith("gguf") for c in mine):
+        return None
+    return report | {"candidates": mine, "passed": all(c.get("passed") for c in mine)}
 
 
 def _check_card(text: str) -> None:

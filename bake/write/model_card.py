@@ -139,7 +139,7 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         lines.append(f"| GGUF `{g_file['file']}` | {g_file['type']}, llama.cpp arch `{g_file['arch']}` "
                      f"({_arch_why(g_file)}) |")
     lines.append("")
-    lines += _verification_section(manifest.get("verification"))
+    lines += _verification_section(manifest.get("verification"), checkpoint)
     lines += _evaluation_section(evaluation)
     if checkpoint:
         lines += _transformers_usage(repo)
@@ -337,9 +337,11 @@ def _genai_usage(repo: str, io: dict[str, Any]) -> list[str]:
     ]
 
 
-def _verification_section(report: dict[str, Any] | None) -> list[str]:
+def _verification_section(report: dict[str, Any] | None, checkpoint: bool = True) -> list[str]:
     if not report:
-        return ["Not verified at bake time: run `lambda-bake verify --baked .` before relying on it.", ""]
+        how = "`lambda-bake verify --baked .`" if checkpoint else \
+            "`lambda-bake verify --gguf FILE --base BASE --gates GATES` (the base and gates this card names)"
+        return [f"Not verified at bake time: run {how} before relying on it.", ""]
     rows = [
         "## Verification against the hooked model", "",
         f"{report.get('num_prompts', '?')} chat prompts, reference = base model with `down_proj` pre-hooks. Each "

@@ -186,6 +186,14 @@ def test_bake_gguf_verify_generate_and_push_alone(tiny_base: Path, tiny_gates: P
     card = ModelCard(api.readme)
     assert card.data.base_model == "Qwen/Qwen3-0.6B" and {"gguf", "ragged"} <= set(card.data.tags)
     assert "| GGUF `model-ragged-Q8_0.gguf` | Q8_0, llama.cpp arch `openelm`" in card.text
+    # verified by bake --verify after its embedded manifest was written: the folder's report says so
+    assert "Not verified" not in card.text and "| gguf (openelm, ragged, q8_0, llama.cpp) |" in card.text
+    lone = tmp_path / "elsewhere" / "model-ragged-Q8_0.gguf"
+    lone.parent.mkdir()
+    shutil.copy(out / "model-ragged-Q8_0.gguf", lone)
+    api = FakeHfApi()
+    push.push_folder(lone, "me/q8", api=api)
+    assert "Not verified at bake time: run `lambda-bake verify --gguf FILE --base BASE --gates GATES`" in api.readme
     assert "library_name" not in card.data.to_dict() and "openelm" in card.text and "from_pretrained" not in card.text
     code = card.text.split("```python\n")[1].split("```")[0].replace('"model/', f'"{out}/')
     proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['bake'] = None\n" + code],
