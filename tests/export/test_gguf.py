@@ -321,3 +321,22 @@ def test_verify_lets_go_of_the_files_it_mapped(bakes: dict[str, Path], tmp_path:
     assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 0
     capsys.readouterr()
     assert str(path) not in Path("/proc/self/maps").read_text()
+
+
+def test_bf16_file_of_a_float32_bake_is_proven_by_ml_dtypes_rounding(bakes: dict[str, Path], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A float32 bake written bf16 rounds every weight once: the proof rounds the bake with ml_dtypes (not the
+    writer's gguf-py), and one element one bf16 step off fails with the tensor named."""
+    path = tmp_path / "m.gguf"
+    export_gguf(bakes["dense"], path, gguf_type_name="bf16", progress=False)
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 0
+    capsys.readouterr()
+    tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.1.ffn_down.weight")
+    offset = int(tensor.data_offset)
+    data = bytearray(path.read_bytes())
+    value = int.from_bytes(data[offset:offset + 2], "little")
+    data[offset:offset + 2] = (value + 1).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 3
+    failures = json.loads(capsys.readouterr().out)["candidates"][-1]["weights"]["failures"]
+    assert [f["tensor"] for f in failures] == ["blk.1.ffn_down.weight"] and failures[0]["worst"]["index"] == [0, 0]
