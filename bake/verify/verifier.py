@@ -23,6 +23,7 @@ Every export's weights are also checked tensor by tensor against the bake (``bak
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,7 @@ def verify(
     from transformers import AutoTokenizer
 
     options = options or VerifyOptions()
+    stages = _Stages()
     base = Path(spec.base)
     config = read_config(base)
     variant = load_variant(Path(spec.gates), spec.variant, num_layers=int(config["num_hidden_layers"]),
@@ -163,11 +165,15 @@ def verify(
         return TorchRunner(model)
 
     sequences, reference = _generate(hooked, prompts, options.greedy_tokens)
+    stages.done("hooked reference")
     headroom = activations[0].float16_headroom()
     activations[0].remove()
     run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale)
     try:
-        results = [_verify_one(run, c) for c in candidates]
+        results = []
+        for c in candidates:
+            results.append(_verify_one(run, c))
+            stages.done(c.name)
     finally:  # the GGUF files verify parsed are memory-mapped: let them go (a failed cut's file may be removed)
         from bake.verify.weights.gguf_check import release_readers
 
@@ -184,7 +190,30 @@ def verify(
         "greedy_tokens": options.greedy_tokens,
         "reference_activations": headroom,
         "candidates": [r.to_dict() for r in results],
+        "stages": stages.entries,
+        "seconds": round(time.monotonic() - stages.started, 2),
+        "peak_rss_mib": _peak_rss_mib(),
     }
+
+
+class _Stages:
+    """Time and peak memory per stage of a verification (the report's ``stages``), so a regression shows."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.entries: list[dict[str, Any]] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.entries.append({"stage": name, "seconds": round(now - self.last, 2), "peak_rss_mib": _peak_rss_mib()})
+        self.last = now
+
+
+def _peak_rss_mib() -> float:
+    """The process's peak resident memory so far, in MiB (ru_maxrss: kilobytes on Linux)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _computes_in_float16(c: Candidate) -> bool:

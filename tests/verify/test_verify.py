@@ -285,3 +285,23 @@ def test_float16_headroom_verdicts() -> None:
 
     assert [verdict(100.0, 10.0), verdict(10.0, 20000.0), verdict(70000.0, 1.0), verdict(float("nan"), 1.0)] == \
         ["fits", "tight", "overflows", "overflows"]
+
+
+def test_verify_reports_time_and_peak_memory_per_stage(tiny_base: Path, tiny_gates: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import resource
+
+    from export.onnx.exporter import export_onnx
+
+    v = load_variant(tiny_gates, "chat_energy_optA", num_layers=4, intermediate_size=128)
+    bake_checkpoint(tiny_base, v, GateSettings(Cut("preset", 2), "hard", "energy"), tmp_path / "b",
+                    BakeOptions(progress=False))
+    export_onnx(tmp_path / "b", tmp_path / "x", progress=False)
+    code, report, _ = verify_json(["--baked", str(tmp_path / "b"), "--onnx", str(tmp_path / "x")], capsys)
+    assert code == 0
+    assert [s["stage"] for s in report["stages"]] == ["hooked reference", "checkpoint (dense)",
+                                                      "onnx (cpu graph, as-is, on cpu)"]
+    assert all(s["seconds"] >= 0 for s in report["stages"])
+    assert sum(s["seconds"] for s in report["stages"]) <= report["seconds"] + 0.05
+    peaks = [s["peak_rss_mib"] for s in report["stages"]]
+    assert peaks == sorted(peaks) and 0 < report["peak_rss_mib"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 1
