@@ -223,9 +223,9 @@ def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     def export(folder: Path) -> list[str]:
         name = default_file_name(args.gguf_layout, args.gguf_type)
         say(f"exporting to GGUF ({args.gguf_type}, layout {args.gguf_layout}) ...")
-        export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
-                    progress=not args.quiet)
-        return [name]
+        report = export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
+                             progress=not args.quiet)
+        return [name, Path(report["modelfile"]).name]
 
     return export
 

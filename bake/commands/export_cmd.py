@@ -160,4 +160,5 @@ def run_gguf_export(args: argparse.Namespace) -> int:
         + ")" + (f"; kept f16 (rows not whole blocks): {len(report['f16_fallback'])} tensors"
                  if report["f16_fallback"] else ""))
     say(f"  try it: lambda-bake generate --gguf {report['out']} --prompt \"Hello\"")
+    say(f"  Ollama: ollama create NAME -f {report['modelfile']}  (its chat template, thinking off, and stop tokens)")
     return 0

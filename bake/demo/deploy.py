@@ -69,8 +69,8 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
             from export.gguf.writer import export_gguf
 
             _say(log, "  exporting GGUF (f32, ragged widths: arch openelm) ...")
-            export_gguf(folder, folder / gguf_file, **GGUF_OPTIONS, progress=False)
-            files.append(gguf_file)
+            report = export_gguf(folder, folder / gguf_file, **GGUF_OPTIONS, progress=False)
+            files += [gguf_file, Path(report["modelfile"]).name]
         return files
 
     def check(folder: Path) -> dict[str, Any]:

@@ -109,7 +109,11 @@ def _plan_gguf(path: Path, repo_id: str) -> Upload:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HubError(f"{path}'s manifest is damaged ({type(e).__name__}: {e}); export it again") from e
     _check_card(card)
-    upload = Upload(path.parent, repo_id, {path.name: None, CARD_NAME: card.encode()}, manifest)
+    from export.gguf.modelfile import modelfile_name
+
+    beside = [modelfile_name(path.name)] if (path.parent / modelfile_name(path.name)).is_file() else []
+    upload = Upload(path.parent, repo_id, {path.name: None, **dict.fromkeys(beside), CARD_NAME: card.encode()},
+                    manifest)
     _refuse_leaks(upload, _local_paths(path.parent, None))
     return upload
 

@@ -301,6 +301,12 @@ def _llama_usage(repo: str, files: list[dict[str, Any]]) -> list[str]:
         'out = llm(prompt, max_tokens=64, temperature=0.0, stop=["<|im_end|>"])',
         'print(out["choices"][0]["text"])',
         "```", "",
+        "With Ollama, create the model from the `Modelfile` beside the file (the Qwen3 chat template with thinking "
+        "off, its stop tokens and the base's sampling defaults; without it Ollama falls back to a bare prompt):", "",
+        "```bash",
+        f"hf download {repo} {name} {Path(name).stem}.Modelfile --local-dir model",
+        f"cd model && ollama create qwen3-lambda -f {Path(name).stem}.Modelfile && ollama run qwen3-lambda",
+        "```", "",
     ]
 
 

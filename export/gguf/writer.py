@@ -140,6 +140,7 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         finally:
             if first != tmp:
                 first.unlink(missing_ok=True)
+    modelfile = write_modelfile(out, model_dir)
     return {
         "out": str(out.absolute()), "model": str(model_dir.absolute()), "format": "gguf", "type": kind.name,
         "layout": layout, "arch": "openelm" if ragged else "qwen3", "mlp_widths": plan.widths,
@@ -147,8 +148,20 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         "f16_fallback": plan.fallback, "bytes": out.stat().st_size,
         # llama.cpp picks a K-quant's types per tensor, so read them back (parsing the vocabulary: seconds)
         "tensor_types": tensor_types(out) if kind.by_llama else plan.tensor_types(),
+        "modelfile": str(modelfile.absolute()),
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def write_modelfile(gguf_path: Path, model_dir: Path) -> Path:
+    """The Ollama Modelfile beside ``gguf_path`` (``export.gguf.modelfile``), written whole or not at all."""
+    from export.gguf.modelfile import modelfile_name, modelfile_text
+
+    path = Path(gguf_path).with_name(modelfile_name(Path(gguf_path).name))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(modelfile_text(Path(gguf_path).name, model_dir))
+    os.replace(tmp, path)
+    return path
 
 
 def _write(path: Path, model_dir: Path, plan: _Plan, manifest: dict[str, Any] | None, layout: str,

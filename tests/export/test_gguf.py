@@ -182,7 +182,7 @@ def test_bake_gguf_verify_generate_and_push_alone(tiny_base: Path, tiny_gates: P
     assert capsys.readouterr().out.endswith("\n")
     api = FakeHfApi()
     push.push_folder(out / "model-ragged-Q8_0.gguf", "me/q8", api=api)
-    assert api.uploaded == ["README.md", "model-ragged-Q8_0.gguf"]
+    assert api.uploaded == ["README.md", "model-ragged-Q8_0.Modelfile", "model-ragged-Q8_0.gguf"]
     card = ModelCard(api.readme)
     assert card.data.base_model == "Qwen/Qwen3-0.6B" and {"gguf", "ragged"} <= set(card.data.tags)
     assert "| GGUF `model-ragged-Q8_0.gguf` | Q8_0, llama.cpp arch `openelm`" in card.text
