@@ -64,6 +64,7 @@ class GenaiLM:
         if not (self.folder / GENAI_FILE).is_file():
             raise ExportError(f"{self.folder} has no {GENAI_FILE}; export again with this version of lambda-bake "
                               "(it writes one into every export), or run with --engine ort")
+        self.context = int(read_genai_config(self.folder)["model"]["context_length"])
         self.device = pick_device(device)
         self.cuda_graph = cuda_graph and self.device == "cuda"
         if self.device == "cuda" and not cuda_available():
@@ -91,7 +92,7 @@ class GenaiLM:
                               "see a past at the prompt and abort; run one prompt at a time, or load without CUDA "
                               "graphs (generate --no-cuda-graph, cuda_graph=False)")
         longest = max(len(p) for p in prompts)
-        context = int(read_genai_config(self.folder)["model"]["context_length"])
+        context = self.context
         if longest + max_new_tokens > context:
             room = context - longest
             fix = f"give --max-new-tokens {room} or less" if room > 0 else "shorten the prompt"
