@@ -340,3 +340,23 @@ def test_bf16_file_of_a_float32_bake_is_proven_by_ml_dtypes_rounding(bakes: dict
     assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 3
     failures = json.loads(capsys.readouterr().out)["candidates"][-1]["weights"]["failures"]
     assert [f["tensor"] for f in failures] == ["blk.1.ffn_down.weight"] and failures[0]["worst"]["index"] == [0, 0]
+
+
+@pytest.mark.parametrize(("key", "value"), [("attention.layer_norm_rms_epsilon", 1e-3), ("rope.freq_base", 12345.0)])
+def test_a_wrong_hyperparameter_fails_verify_naming_the_key(bakes: dict[str, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str], key: str,
+                                                           value: float) -> None:
+    """Every weight right and one hyperparameter wrong: a q8_0 file with rms_norm_eps 1e-3 passed verify before (its
+    logits within the bound that 8-bit activations need); now the key is proven against the bake's config."""
+    path = tmp_path / "m.gguf"
+    export_gguf(bakes["dense"], path, gguf_type_name="q8_0", layout="ragged", progress=False)
+    data = bytearray(path.read_bytes())
+    name = f"openelm.{key}".encode()
+    at = data.index(name) + len(name)
+    assert int.from_bytes(data[at:at + 4], "little") == 6  # GGUF value type FLOAT32
+    data[at + 4:at + 8] = np.float32(value).tobytes()
+    path.write_bytes(bytes(data))
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 3
+    failures = json.loads(capsys.readouterr().out)["candidates"][-1]["weights"]["failures"]
+    assert [f["tensor"] for f in failures] == [f"openelm.{key}"]
+    assert "a hyperparameter that changes the math" in failures[0]["message"]

@@ -258,10 +258,44 @@ class _Checker:
                 self.fail(name, f"is {qtype.name}, which the weight check does not cover (F32, F16, BF16, "
                                 f"{', '.join(CODES)})")
         self.check_widths(widths)
+        self.hyperparameters(widths)
         for name in sorted(set(self.bake.names()) - self.used):
             if name == "lm_head.weight" and self.tied:
                 continue
             self.fail(name, "this bake tensor is not in the GGUF: no tensor is made from it")
+
+    def hyperparameters(self, widths: dict[int, int]) -> None:
+        """Every key that changes the math equals what the bake's config gives (derived here, not by the writer):
+        a wrong norm epsilon or RoPE base leaves every weight right and every logit a little wrong, and no logit
+        budget that quantized activations need can tell it from rounding."""
+        c = self.bake.config
+        heads = int(c["num_attention_heads"])
+        head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        theta = float(rope.get("rope_theta", c.get("rope_theta", 10000.0)))
+        want: dict[str, Any] = {
+            "block_count": int(c["num_hidden_layers"]), "context_length": int(c.get("max_position_embeddings", 32768)),
+            "embedding_length": int(c["hidden_size"]), "attention.head_count": heads,
+            "attention.head_count_kv": int(c.get("num_key_value_heads") or heads),
+            "attention.key_length": head_dim, "attention.value_length": head_dim,
+            "rope.freq_base": float(np.float32(theta)),
+            "attention.layer_norm_rms_epsilon": float(np.float32(c.get("rms_norm_eps", 1e-6))),
+            "feed_forward_length": [widths[i] for i in sorted(widths)] if self.ragged else int(c["intermediate_size"]),
+        }
+        if self.ragged:
+            want["rope.dimension_count"] = head_dim
+        arch = "openelm" if self.ragged else "qwen3"
+        if self.arch != arch:
+            self.fail("general.architecture", f"is {self.arch!r}, but a {'ragged' if self.ragged else 'as-is'} file of "
+                                              f"this bake is {arch!r}")
+            return
+        for key, expected in want.items():
+            got = field(self.reader, f"{arch}.{key}")
+            per_layer = isinstance(got, list) and not isinstance(expected, list)
+            same = (all(g == expected for g in got) and len(got) == want["block_count"]) if per_layer else got == expected
+            if not same:
+                self.fail(f"{arch}.{key}", f"is {got!r}, but the bake's config gives {expected!r}: a hyperparameter "
+                                           "that changes the math")
 
     def exact(self, name: str, qtype: Any, got: np.ndarray, want: np.ndarray) -> None:
         import ml_dtypes
