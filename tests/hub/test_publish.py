@@ -170,3 +170,34 @@ def test_card_of_a_cuda_export_names_its_dtype_and_alignment(tiny_base: Path, ti
     card = (out / "README.md").read_text()
     assert (f"target `cuda`, bfloat16, layout ragged, MLP widths aligned to 64 ({padding:,} zero neurons added), "
             "with KV cache") in card
+
+
+def test_every_usage_the_card_gives_renders_the_chat_with_thinking_off(tiny_base: Path, tiny_gates: Path,
+                                                                       tmp_path: Path) -> None:
+    """The gates were trained with enable_thinking=False: the prompt of each snippet of the card (transformers,
+    onnxruntime-genai, llama-cpp-python) is apply_chat_template(..., add_generation_prompt=True,
+    enable_thinking=False) of the same chat, rendered here by each one's own tokenizer; llama-server's flag and the
+    Ollama Modelfile are checked as written (the Modelfile's template is rendered by Go in test_modelfile.py)."""
+    import ast
+    import json as json_module
+
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "repo"
+    assert bake(tiny_base, tiny_gates, out, "--onnx", "--gguf", "--gguf-type", "f32", "--base-id", BASE_ID) == 0
+    card = push.plan_upload(out, "me/baked").card()
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    tok = AutoTokenizer.from_pretrained(str(out))
+    want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    python = _snippet(card, "python", 0)
+    assert "enable_thinking=False" in python and "add_generation_prompt=True" in python  # transformers, as want is
+    genai = _snippet(card, "python", 1)
+    assert f"messages = {json_module.dumps(messages)}" in genai
+    suffix = ast.literal_eval(re.search(r"prompt \+= (\".*?\")  #", genai).group(1))
+    og_tok = og.Tokenizer(og.Model(str(out / "onnx")))
+    assert og_tok.apply_chat_template(json_module.dumps(messages), add_generation_prompt=True) + suffix == want
+    llama = _snippet(card, "python", 2)
+    assert ast.literal_eval(re.search(r"prompt = (\".*?\")  #", llama).group(1)) == want
+    assert """--chat-template-kwargs '{"enable_thinking": false}'""" in card
+    assert "ollama create" in card and (out / "model-as-is-F32.Modelfile").is_file()
