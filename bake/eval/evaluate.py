@@ -1,7 +1,7 @@
 """Run an evaluation: the reference first (when there is one), then every model in turn, one in memory at a time.
 
 Text rows are tokenized by each model's own tokenizer (``bake.eval.runtimes``), truncated to ``max_length``
-(counted), scored, and tallied (``bake.eval.metrics``). The reference's logits are kept in an unnamed temporary
+(counted), scored, and tallied (``bake.eval.metrics``). The reference's log-probs are kept in an unnamed temporary
 file (``bake.verify.candidates.LogitStore``: one row read back at a time), so a model's KL from it costs disk,
 not memory; its size is checked against the free space before the reference runs.
 """
@@ -15,13 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from bake import __version__
 from bake.errors import EvalDataError
-from bake.eval.metrics import QATally, TextTally, log_softmax, row_kl, row_nll
+from bake.eval.metrics import QATally, TextTally, row_kl, row_nll
 from bake.eval.models import ModelSpec
 from bake.eval.runtimes import EvalLM, open_model
 from bake.eval.sets import EvalSet, QARow, TextRow
@@ -40,11 +38,11 @@ class EvalOptions:
 
 @dataclass
 class _Kept:
-    """What the reference leaves for the models after it: its figures, its token ids and its logits per row."""
+    """What the reference leaves for the models after it: its figures, its token ids and its log-probs per row."""
 
     figures: dict[str, Any]
     ids: dict[str, list[list[int]]]
-    logits: dict[str, Any]  # set name -> LogitStore (row order of ``order``)
+    logp: dict[str, Any]  # set name -> LogitStore of log-softmaxed logits (row order of ``order``)
     order: dict[str, dict[int, int]]  # set name -> row index -> position in the store
 
 
@@ -116,7 +114,7 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
             rows, truncated = _rows(lm, s, options.max_length)
             if kept is not None:
                 _check_disk(s, rows, spec)
-                kept.ids[s.name], kept.logits[s.name], kept.order[s.name] = rows, LogitStore(), {}
+                kept.ids[s.name], kept.logp[s.name], kept.order[s.name] = rows, LogitStore(), {}
             same_ids = ref is not None and ref.ids.get(s.name) == rows
             tally = TextTally(truncated=truncated)
             bar = tqdm(total=len(rows), desc=f"{spec.label}: {s.name}", unit="row", disable=not options.progress,
@@ -128,14 +126,12 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
                     continue
                 nll, logp = row_nll(logits, rows[i])
                 kl = None
-                if same_ids and s.name in ref.logits:
-                    ref_logits = ref.logits[s.name][ref.order[s.name][i]]
-                    kl = row_kl(log_softmax(ref_logits), logp)
+                if same_ids and s.name in ref.logp:
+                    kl = row_kl(ref.logp[s.name][ref.order[s.name][i]], logp)
                 tally.add(nll, len(rows[i]) - 1, kl)
                 if kept is not None:
-                    kept.order[s.name][i] = len(kept.logits[s.name])
-                    kept.logits[s.name].append(torch.from_numpy(np.ascontiguousarray(logits[: len(rows[i]) - 1],
-                                                                                     np.float32)))
+                    kept.order[s.name][i] = len(kept.logp[s.name])
+                    kept.logp[s.name].append(logp)  # computed once here, not again for every model after it
             bar.close()
             figures = tally.figures(ref.figures.get(s.name) if ref is not None else None)
             if ref is not None and not same_ids:

@@ -92,12 +92,11 @@ class GenaiLM:
                               "see a past at the prompt and abort; run one prompt at a time, or load without CUDA "
                               "graphs (generate --no-cuda-graph, cuda_graph=False)")
         longest = max(len(p) for p in prompts)
-        context = self.context
-        if longest + max_new_tokens > context:
-            room = context - longest
+        if longest + max_new_tokens > self.context:
+            room = self.context - longest
             fix = f"give --max-new-tokens {room} or less" if room > 0 else "shorten the prompt"
             raise ExportError(f"a {longest}-token prompt and {max_new_tokens} new tokens do not fit this export's "
-                              f"context of {context} tokens (genai_config.json context_length); {fix}")
+                              f"context of {self.context} tokens (genai_config.json context_length); {fix}")
         ids = np.full((len(prompts), longest), pad_id, np.int32)
         for b, p in enumerate(prompts):
             ids[b, :len(p)] = p
