@@ -17,6 +17,7 @@ from bake.errors import ExportError
 CPU_INSTALL = 'pip install "lambda-bake[cpu]"'
 GGUF_INSTALL = 'pip install "lambda-bake[gguf]"'
 GPU_INSTALL = 'pip install "lambda-bake[gpu]"'
+MLX_INSTALL = 'pip install "lambda-bake[mlx]" (mlx and mlx-lm; mlx[cpu] on Linux)'
 # llama-cpp-python ships as a source distribution: pip compiles llama.cpp (measured: docs/BENCHMARKS.md)
 LLAMA_CPP_INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python>=0.3.36" (compiles llama.cpp from '
                      'source: about 13 minutes on 2 cores, once; pip caches the wheel)')
@@ -54,6 +55,13 @@ def require_llama_cpp() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise ExportError(f"running a GGUF needs llama.cpp's Python binding, llama-cpp-python: {LLAMA_CPP_INSTALL}, or "
                           f"{GGUF_INSTALL}; docs/GGUF.md says how on CPUs without AVX-512")
+
+
+def require_mlx() -> None:
+    """Refuse, naming the extra, when mlx or mlx-lm (which write and run the MLX export) is missing."""
+    missing = [m for m in ("mlx", "mlx_lm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"the MLX export needs {' and '.join(missing)}: {MLX_INSTALL}")
 
 
 def mixed_install_hint() -> str:

@@ -17,7 +17,7 @@ from bake.commands.common import (
     load_base_and_gates,
     settings_from_args,
 )
-from bake.commands.export_cmd import add_gguf_args, add_graph_args
+from bake.commands.export_cmd import MLX_DEFAULTS, add_gguf_args, add_graph_args, add_mlx_args
 from bake.commands.output import add_output_args, emit_json, say
 from bake.commands.sweep_cmd import is_sweep, one_cut, run_sweep_command
 from bake.commands.verify_cmd import add_budget_args, options_from_args
@@ -95,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     gguf.add_argument("--gguf-layout", choices=LAYOUTS_EXPORT, default="as-is",
                       help="as-is (arch qwen3, the checkpoint's widths) or ragged (arch openelm: each layer its own "
                            "width)")
+    mlx = p.add_argument_group("MLX export (into OUT/mlx, for mlx-lm)")
+    mlx.add_argument("--mlx", action="store_true",
+                     help="also write OUT/mlx, an mlx-lm model folder (see lambda-bake export --format mlx)")
+    add_mlx_args(mlx)
+    mlx.add_argument("--mlx-layout", choices=LAYOUTS_EXPORT, default="as-is",
+                     help="as-is (mlx-lm's qwen3, the checkpoint's widths) or ragged (mlx-lm's openelm: each layer its "
+                          "own width)")
     evaluation = p.add_argument_group("evaluation (what the cut costs; lambda-bake eval --help)")
     evaluation.add_argument("--eval", action="append", default=[], metavar="NAME=FILE",
                             help="score this JSONL text set with the checkpoint and every export, against the base; "
@@ -124,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
                         "variant's cuts without baking)")
     if (args.gguf_type != "f16" or args.gguf_layout != "as-is") and not args.gguf:
         raise ExportError("--gguf-type and --gguf-layout only apply to the GGUF export: add --gguf")
+    mlx_given = [f"--{n.replace('_', '-')}" for n, v in (MLX_DEFAULTS | {"mlx_layout": "as-is"}).items()
+                 if getattr(args, n) != v]
+    if mlx_given and not args.mlx:
+        raise ExportError(f"{', '.join(mlx_given)} only apply to the MLX export: add --mlx")
     if is_sweep(args):
         return run_sweep_command(args, options_from(args), verify_check(args) if args.verify else None,
                                  extras_step(args))
@@ -157,7 +168,7 @@ def options_from(args: argparse.Namespace) -> BakeOptions:
 def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
     """The verifier run on the finished temporary folder, with the table shown to a person."""
     from bake.hub.sources import resolve_reference
-    from bake.verify.candidates import gguf_candidate, onnx_candidate, torch_candidate
+    from bake.verify.candidates import gguf_candidate, mlx_candidate, onnx_candidate, torch_candidate
     from bake.verify.metrics import CandidateResult, format_table
     from bake.verify.verifier import spec_from_manifest, verify
 
@@ -168,6 +179,8 @@ def verify_check(args: argparse.Namespace) -> Callable[[Path], dict[str, Any]]:
         candidates = [torch_candidate(folder)]
         if (folder / "onnx").is_dir():
             candidates.append(onnx_candidate(folder / "onnx"))
+        if (folder / "mlx").is_dir():
+            candidates.append(mlx_candidate(folder / "mlx"))
         candidates += [gguf_candidate(f) for f in sorted(folder.glob("*.gguf"))]
         spec = resolve_reference(spec_from_manifest(read_manifest(folder)))
         report = verify(spec, candidates, options, bake=folder)
@@ -181,7 +194,7 @@ def extras_step(args: argparse.Namespace) -> Callable[[Path], list[str]] | None:
     """What is written into the finished checkpoint's temporary folder (ONNX, GGUF, then the evaluation of all of
     them), as one step."""
     steps = ([onnx_step(args)] if args.onnx else []) + ([gguf_step(args)] if args.gguf else []) + (
-        [eval_step(args)] if args.eval or args.eval_qa else [])
+        [mlx_step(args)] if args.mlx else []) + ([eval_step(args)] if args.eval or args.eval_qa else [])
     if not steps:
         return None
     return lambda folder: [name for step in steps for name in step(folder)]
@@ -226,6 +239,25 @@ def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
         report = export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
                              progress=not args.quiet)
         return [name, Path(report["modelfile"]).name]
+
+    return export
+
+
+def mlx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
+    """Write the finished checkpoint's MLX folder into its mlx/ subfolder; return the added file names."""
+    from export.install import require_mlx
+    from export.mlx.writer import check_mlx_options, export_mlx_into
+
+    require_mlx()
+    options = {"layout": args.mlx_layout, "dtype": args.mlx_dtype, "bits": args.mlx_bits,
+               "group_size": args.mlx_group_size}
+    check_mlx_options(**options)  # before the bake, not after
+
+    def export(folder: Path) -> list[str]:
+        bits = f", {args.mlx_bits}-bit" if args.mlx_bits else ""
+        say(f"exporting to MLX (layout {args.mlx_layout}{bits}) ...")
+        report = export_mlx_into(folder, **options, progress=not args.quiet)
+        return [f"mlx/{name}" for name in report["files"]]
 
     return export
 

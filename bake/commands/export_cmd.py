@@ -64,7 +64,22 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                         "widths, and 1 (no rounding) for cpu and portable")
 
 
-FORMATS = ("onnx", "gguf")
+FORMATS = ("onnx", "gguf", "mlx")
+MLX_DEFAULTS = {"mlx_dtype": None, "mlx_bits": None, "mlx_group_size": 64}
+
+
+def add_mlx_args(p: argparse.ArgumentParser) -> None:
+    """The MLX export's options (export --format mlx, and bake --mlx)."""
+    p.add_argument("--mlx-dtype", choices=DTYPES, default=None,
+                   help="MLX weight dtype (default: the bake's own, bfloat16 for Qwen3; quantized weights' scales "
+                        "are in it too)")
+    p.add_argument("--mlx-bits", type=int, choices=(4, 8), default=None,
+                   help="quantize every linear layer and the embedding with mlx-lm's own quantizer (affine, per "
+                        "group): smaller and faster, judged by verify against its own dequantized weights (default: "
+                        "not quantized)")
+    p.add_argument("--mlx-group-size", type=int, choices=(32, 64, 128), default=64,
+                   help="inputs per quantization group (mlx-lm's default 64); a ragged layer's width is rounded up "
+                        "to it with zero neurons")
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
@@ -95,9 +110,11 @@ def register(sub: Any) -> None:
                         "*.gguf file (GGUF)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="onnx (default): a folder for ONNX Runtime and onnxruntime-genai; gguf: one file for "
-                        "llama.cpp (arch qwen3 as-is, openelm for --layout ragged)")
+                        "llama.cpp (arch qwen3 as-is, openelm for --layout ragged); mlx: an mlx-lm folder (qwen3 "
+                        "as-is, openelm for --layout ragged)")
     add_graph_args(p)
     add_gguf_args(p)
+    add_mlx_args(p)
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="execution provider the export is loaded and run on after writing (default auto: CUDA when "
                         "onnxruntime-gpu has it, else CPU; a cuda-target export is only loaded on a CPU)")
@@ -109,8 +126,13 @@ def register(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bake.commands.output import emit_json
 
+    given = _given_for_other_formats(args)
+    if given:
+        raise ExportError(given)
     if args.format == "gguf":
         return run_gguf_export(args)
+    if args.format == "mlx":
+        return run_mlx_export(args)
     from export.install import require_onnxruntime
 
     require_onnxruntime()
@@ -136,14 +158,44 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_for_other_formats(args: argparse.Namespace) -> str | None:
+    """Why the options given do not fit --format (an option of another format, set away from its default)."""
+    own = {"onnx": [n for n in GRAPH_DEFAULTS if n != "layout"], "gguf": ["gguf_type"], "mlx": list(MLX_DEFAULTS)}
+    defaults = {n: v for n, v in GRAPH_DEFAULTS.items() if n != "layout"} | {"gguf_type": "f16"} | MLX_DEFAULTS
+    wrong = [f"--{n.replace('_', '-')}" for fmt, names in own.items() if fmt != args.format for n in names
+             if getattr(args, n) != defaults[n]]
+    if not wrong:
+        return None
+    takes = {"onnx": "the graph options (--target, --dtype, --quantize, ...)", "gguf": "--gguf-type",
+             "mlx": "--mlx-dtype, --mlx-bits and --mlx-group-size"}[args.format]
+    return f"{', '.join(wrong)} do not apply to --format {args.format}, which takes {takes} and --layout"
+
+
+def run_mlx_export(args: argparse.Namespace) -> int:
+    from bake.commands.output import emit_json
+    from export.mlx.writer import export_mlx
+
+    report = export_mlx(args.model, args.out, layout=args.layout, dtype=args.mlx_dtype, bits=args.mlx_bits,
+                        group_size=args.mlx_group_size, overwrite=args.overwrite, progress=not args.quiet)
+    if args.json:
+        emit_json(report)
+        return 0
+    say(f"exported {report['model']} -> {report['out']} in {report['seconds']:.1f} s")
+    widths = report["mlp_widths"]
+    weights = f"{report['bits']}-bit (groups of {report['group_size']})" if report["bits"] else "unquantized"
+    say(f"  MLX {report['model_type']}, layout {report['layout']}, {report['dtype']}, {weights}, "
+        f"{report['bytes'] / 1e6:.1f} MB; MLP neurons {report['mlp_neurons']:,} (per layer {min(widths)}..{max(widths)}"
+        f" wide" + (f", {report['mlp_padding_neurons']:,} zero neurons to whole groups"
+                    if report["mlp_padding_neurons"] else "") + ")"
+        + (f"; kept float (input not whole groups): {', '.join(report['kept_float'])}" if report["kept_float"] else ""))
+    say(f"  try it: lambda-bake generate --mlx {report['out']} --prompt \"Hello\"")
+    return 0
+
+
 def run_gguf_export(args: argparse.Namespace) -> int:
     from bake.commands.output import emit_json
     from export.install import require_gguf
 
-    onnx_only = [f"--{n.replace('_', '-')}" for n, default in GRAPH_DEFAULTS.items()
-                 if n != "layout" and getattr(args, n) != default]
-    if onnx_only:
-        raise ExportError(f"{', '.join(onnx_only)} only apply to --format onnx; a GGUF takes --gguf-type and --layout")
     require_gguf()
     from export.gguf.writer import export_gguf
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from bake.commands import COMMANDS
 from bake.commands.output import say
-from bake.io.paths import EXPORT_FOLDER, GGUF_FILE, path_arg
+from bake.io.paths import EXPORT_FOLDER, GGUF_FILE, MLX_FOLDER, path_arg
 from export.options import ENGINES
 
 
@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     model.add_argument("--gguf", type=path_arg("file", GGUF_FILE), metavar="FILE",
                        help="GGUF file written by lambda-bake export --format gguf (or bake --gguf): runs in "
                             "llama.cpp (llama-cpp-python) on the CPU")
+    model.add_argument("--mlx", type=path_arg("folder", MLX_FOLDER), metavar="DIR",
+                       help="MLX folder written by lambda-bake export --format mlx (or bake --mlx): runs in mlx-lm "
+                            "(Apple silicon's GPU, or the CPU of mlx's Linux build)")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--system", help="optional system message")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="upper bound on reply length (default 256)")
@@ -53,6 +56,8 @@ def run_generate(args: argparse.Namespace) -> int:
         {"role": "user", "content": args.prompt}]
     if args.gguf is not None:
         return _generate_gguf(args, messages)
+    if args.mlx is not None:
+        return _generate_mlx(args, messages)
     from export.install import require_onnxruntime
 
     require_onnxruntime()
@@ -76,6 +81,20 @@ def _generate_gguf(args: argparse.Namespace, messages: list[dict[str, str]]) -> 
     lm = LlamaCppLM(args.gguf, n_ctx=4096, threads=args.threads)
     say(f"running {args.gguf} with llama.cpp (llama-cpp-python) on the CPU")
     for piece in stream_reply(lm, GgufChat(lm), messages, args.max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _generate_mlx(args: argparse.Namespace, messages: list[dict[str, str]]) -> int:
+    from export.runtime.chat import ChatTokenizer
+    from export.runtime.engines import stream_reply
+    from export.runtime.mlx_loop import MlxLM
+
+    lm = MlxLM(args.mlx)
+    say(f"running {args.mlx} with mlx-lm on {lm.device}")
+    for piece in stream_reply(lm, ChatTokenizer(args.mlx), messages, args.max_new_tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

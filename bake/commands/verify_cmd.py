@@ -13,7 +13,7 @@ from bake.commands.output import add_output_args, say, show
 from bake.errors import BakeError, VerificationFailed
 from bake.gates.gate_math import GateSettings
 from bake.io.dtypes import COMPUTE_DTYPES
-from bake.io.paths import BAKED_FOLDER, EXPORT_FOLDER, GGUF_FILE, PROMPTS_FILE, path_arg
+from bake.io.paths import BAKED_FOLDER, EXPORT_FOLDER, GGUF_FILE, MLX_FOLDER, PROMPTS_FILE, path_arg
 from bake.write.manifest import read_manifest
 
 if TYPE_CHECKING:  # bake.verify.verifier imports torch: load it when a verification runs, not to parse arguments
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # bake.verify.verifier imports torch: load it when a verifica
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) on chat-templated prompts,
 decoding greedily, then each candidate in turn (the baked checkpoint through transformers; with --onnx,
-the ONNX export through ONNX Runtime) on the reference's sequences, one model in memory at a time, and
+the ONNX export through ONNX Runtime; --gguf through llama.cpp; --mlx through mlx-lm) on the reference's sequences, one model in memory at a time, and
 report per candidate: max and mean |logit diff|, mean and max KL(ref || candidate), top-1 agreement and
 the first step where its greedy continuation would diverge.
 
@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=path_arg("folder", EXPORT_FOLDER), help="ONNX export folder to check as well")
     p.add_argument("--gguf", type=path_arg("file", GGUF_FILE), nargs="+", metavar="FILE",
                    help="GGUF file(s) to check as well: weights against the bake, logits through llama.cpp")
+    p.add_argument("--mlx", type=path_arg("folder", MLX_FOLDER), metavar="DIR",
+                   help="MLX export folder to check as well: weights against the bake, logits through mlx-lm")
     p.add_argument("--base", type=BASE_ARG, help="base model (default: from the bake manifest)")
     add_gate_args(p, gates_required=False)
     p.set_defaults(gate_mode=None, scale_mode=None, scale_scope=None)  # None: take the manifest's
@@ -126,9 +128,10 @@ def reference_spec(args: argparse.Namespace, manifest: dict[str, Any] | None) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.baked is None and args.onnx is None and not args.gguf:
-        raise BakeError("give --baked DIR (a baked checkpoint), --onnx DIR (an ONNX export) and/or --gguf FILE")
-    manifest_dir = args.baked or args.onnx
+    if args.baked is None and args.onnx is None and args.mlx is None and not args.gguf:
+        raise BakeError("give --baked DIR (a baked checkpoint), --onnx DIR (an ONNX export), --mlx DIR (an MLX "
+                        "export) and/or --gguf FILE")
+    manifest_dir = args.baked or args.onnx or args.mlx
     if manifest_dir is not None:
         manifest = read_manifest(manifest_dir) if (Path(manifest_dir) / "bake_manifest.json").exists() else None
     else:
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     spec = reference_spec(args, manifest)
     options = options_from_args(args)
     from bake.hub.sources import resolve_reference
-    from bake.verify.candidates import gguf_candidate, onnx_candidate, torch_candidate
+    from bake.verify.candidates import gguf_candidate, mlx_candidate, onnx_candidate, torch_candidate
     from bake.verify.verifier import verify
 
     candidates = []
@@ -146,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         candidates.append(torch_candidate(args.baked, options.compute_dtype))
     if args.onnx is not None:
         candidates.append(onnx_candidate(args.onnx))
+    if args.mlx is not None:
+        candidates.append(mlx_candidate(args.mlx))
     candidates += [gguf_candidate(f) for f in args.gguf or []]
     say(f"verifying {len(candidates)} candidate(s) against the hooked reference ({spec.variant}, "
         f"{spec.settings.cut.describe()})")

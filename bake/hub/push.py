@@ -239,6 +239,8 @@ def check_push_folder(folder: Path, files: list[str], allow_unbaked: bool) -> di
             f"{folder} has no {MANIFEST_NAME}, so it was not baked by lambda-bake (or the bake did not "
             "finish); bake it first, or pass --allow-unbaked to push it anyway"
         )
+    if (Path(folder) / "mlx_export.json").is_file():  # an MLX folder: mlx_export.json, not the manifest, lists it
+        return manifest
     missing = [f for f in manifest.get("files", []) if f not in files]
     if missing:
         raise HubError(f"{folder} lacks files its {MANIFEST_NAME} lists: {', '.join(missing)}; bake it again")

@@ -24,6 +24,7 @@ EXPORT_FOLDER = "an ONNX export folder (the --out of lambda-bake export)"
 GATES_PATH = "a gate variant folder (or a folder of variants, or a .pt/.safetensors gate file)"
 GATE_FILE_SUFFIXES = (".pt", ".safetensors")
 PROMPTS_FILE = "a JSONL prompt file"
+MLX_FOLDER = "an MLX export folder (the --out of lambda-bake export --format mlx)"
 GGUF_FILE = "a GGUF file (written by lambda-bake export --format gguf)"
 HUB_ALTERNATIVE = ", or a Hub repo id (owner/name)"
 

@@ -164,7 +164,7 @@ def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
 class BatchRunner:
     """A runtime that scores all sequences in one call: lambda-bake's ONNX Runtime loop
     (``OnnxCausalLM.score``: both paths of the shipped graph, one-token steps through the KV cache and a pass
-    over a whole sequence) or llama.cpp (``LlamaCppLM.score``)."""
+    over a whole sequence), llama.cpp (``LlamaCppLM.score``) or mlx-lm (``MlxLM.score``)."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -194,7 +194,7 @@ class Candidate:
     dtype: str
     chain: list[Step]
     folder: Path
-    kind: str  # "checkpoint" or "onnx"
+    kind: str  # "checkpoint", "onnx", "gguf" or "mlx"
     compute_dtype: torch.dtype = torch.float32
     device: str = "auto"
     quantization: dict[str, Any] | None = None  # onnx_io.json's, for a quantized export
@@ -210,6 +210,10 @@ class Candidate:
             from transformers import AutoModelForCausalLM
 
             return TorchRunner(AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=self.compute_dtype).eval())
+        if self.kind == "mlx":
+            from export.runtime.mlx_loop import MlxLM
+
+            return BatchRunner(MlxLM(self.folder))
         if self.kind == "gguf":
             from export.runtime.llama_loop import LlamaCppLM
 
@@ -255,6 +259,24 @@ def onnx_candidate(folder: Path, device: str = "auto") -> Candidate:
                                  "has no CUDA provider; only its weights were checked", **common)
     return Candidate(f"onnx ({target} graph, {io['layout']}, on {pick_device(device)})", label, chain, Path(folder),
                      "onnx", **common)
+
+
+def mlx_candidate(folder: Path) -> Candidate:
+    """An MLX export folder, run by mlx-lm; its chain is the bake's dtype, the export's dtype, then its bits."""
+    from export.install import require_mlx
+    from export.mlx.folder import read_mlx_folder
+
+    require_mlx()
+    import mlx.core as mx
+
+    info = read_mlx_folder(folder)
+    quant = info.get("quantization")
+    bits = f"int{quant['bits']}" if quant else None
+    chain = export_chain(_bake_dtype(Path(folder)), info["dtype"], bits)
+    where = "cpu" if "cpu" in str(mx.default_device()) else "gpu"
+    return Candidate(f"mlx ({info['model_type']}, {info['layout']}, mlx-lm on {where})", bits or info["dtype"], chain,
+                     Path(folder), "mlx", quantization={"weights": bits, **quant} if quant else None,
+                     export_dtype=info["dtype"])
 
 
 GGUF_STEPS = {"f32": ("float32", None), "f16": ("float16", None), "bf16": ("bfloat16", None),

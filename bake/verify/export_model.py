@@ -22,7 +22,7 @@ import onnx
 from bake.errors import ExportError
 from bake.io.json_files import read_json
 from bake.verify.tensor_model import qwen3_model
-from bake.verify.weights.nbits import unpack_codes
+from bake.verify.weights.nbits import mlx_dequantize, unpack_codes
 from bake.verify.weights.onnx_weights import ExportGraph
 
 SKIPPED = ("const/", "rotary.")  # graph constants and the RoPE tables: no model weights
@@ -160,3 +160,47 @@ def gguf_model(path: Path, config: dict[str, Any]) -> Any:
     state = list(tensors())
     layers = int(config["num_hidden_layers"])
     return qwen3_model(config, state, widths=[widths[i] for i in range(layers)])
+
+
+MLX_LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn.q_norm": "self_attn.q_norm",
+             "attn.k_norm": "self_attn.k_norm", "attn.out_proj": "self_attn.o_proj", "attn.qkv_proj": "self_attn.qkv_proj",
+             "ffn.proj_1": "mlp.gate_up_proj", "ffn.proj_2": "mlp.down_proj"}
+MLX_TOP = {"transformer.token_embeddings": "model.embed_tokens", "transformer.norm": "model.norm", "lm_head": "lm_head"}
+
+
+def mlx_model(folder: Path, config: dict[str, Any]) -> Any:
+    """An MLX export's own weights (read with safetensors, dequantized by ``nbits.mlx_dequantize``) as a float32
+    transformers model of ``config``, each ragged layer as wide as its tensors."""
+    from safetensors import safe_open
+
+    from export.mlx.folder import read_mlx_folder
+
+    info = read_mlx_folder(folder)
+    quant = info.get("quantization")
+    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
+    handles = {}
+    for file in sorted(Path(folder).glob("model*.safetensors")):
+        handle = safe_open(str(file), framework="np")
+        handles.update({k: handle for k in handle.keys()})
+
+    def weight(module: str) -> np.ndarray:
+        w = handles[f"{module}.weight"].get_tensor(f"{module}.weight")
+        if f"{module}.scales" not in handles:
+            return w.astype(np.float32)
+        return mlx_dequantize(w, handles[f"{module}.scales"].get_tensor(f"{module}.scales"),
+                              handles[f"{module}.biases"].get_tensor(f"{module}.biases"),
+                              int(quant["bits"]), int(quant["group_size"]))
+
+    def hf_name(module: str) -> str:
+        if info["layout"] != "ragged":
+            return module
+        if module in MLX_TOP:
+            return MLX_TOP[module]
+        _, _, i, kind = module.split(".", 3)
+        return f"model.layers.{i}.{MLX_LAYER[kind]}"
+
+    state = [pair for module in sorted({n.rsplit(".", 1)[0] for n in handles})
+             for pair in _unpacked(hf_name(module), "weight", weight(module), sizes)]
+    return qwen3_model(config, state, widths=list(info["mlp_widths"]))

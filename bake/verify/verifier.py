@@ -1,4 +1,4 @@
-"""The verifier: prove a baked checkpoint (and its ONNX export) equals the hooked model.
+"""The verifier: prove a baked checkpoint (and its ONNX, GGUF and MLX exports) equals the hooked model.
 
 The reference is always the *unmodified base* with ``down_proj`` pre-hooks (``bake.verify.reference``),
 built from the bake manifest's record of base, gates and cut (or from what the user gives), never
@@ -235,6 +235,10 @@ def _verify_one(run: _Run, c: Candidate) -> CandidateResult:
                             "give --baked with the baked folder it was exported from")
 
         weights = check_gguf_weights(c.folder, _bake_tensors(run, c.folder, c.manifest))
+    elif c.kind == "mlx":
+        from bake.verify.weights.mlx_check import check_mlx_weights
+
+        weights = check_mlx_weights(c.folder, _bake_tensors(run, c.folder))
     else:
         weights = check_bake_weights(BakeFolder(c.folder), _derived_bake(run, c.folder))
     if c.not_run:
@@ -264,7 +268,15 @@ def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:
             "the yardstick is the file's own weights, dequantized by gguf-py and run in float32 by transformers; "
             "llama.cpp's CPU kernels quantize the activations to 8 bits for q8_0/q4_0 weights, so this bound only "
             "catches gross errors of the file or the kernels"))
-    elif c.kind in ("onnx", "gguf") and c.quantization is None:
+    elif c.kind == "mlx" and c.quantization is not None:
+        dequantized = _dequantized_outputs(run, c, None)
+        not_judged = _flatness(run.reference, dequantized, budget)
+        yardsticks.append(Yardstick(
+            DEQUANTIZED, dequantized, own_budget(c.export_dtype), c.export_dtype,
+            "the yardstick is the export's own weights, dequantized by verify and run in float32 by transformers; "
+            f"mlx's quantized matmul computes on {c.export_dtype} activations, so the export may differ from it only "
+            f"by its own {c.export_dtype} arithmetic"))
+    elif c.kind in ("onnx", "gguf", "mlx") and c.quantization is None:
         yardsticks.append(Yardstick(
             THE_BAKE, _bake_outputs(run, c.folder, c.manifest), own_budget(c.export_dtype), c.export_dtype,
             "the export holds the bake's weights (the weight check proves it), so it may differ from the bake only "
@@ -408,9 +420,12 @@ def _bake_outputs(run: _Run, export: Path, manifest: dict[str, Any] | None = Non
 
 
 def _dequantized_outputs(run: _Run, c: Candidate, subset: list[int] | None) -> Outputs:
-    from bake.verify.export_model import export_model, gguf_model
+    from bake.verify.export_model import export_model, gguf_model, mlx_model
     from export.onnx.folder import read_export_folder
 
+    if c.kind == "mlx":
+        config = dict(read_config(Path(run.spec.base)))
+        return _score(lambda: TorchRunner(mlx_model(c.folder, config)), run, subset)
     if c.kind == "gguf":
         config = dict(read_config(Path(run.spec.base)))
         return _score(lambda: TorchRunner(gguf_model(c.folder, config)), run, subset)

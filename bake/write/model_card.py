@@ -17,6 +17,7 @@ import yaml
 
 from bake.errors import OutputError
 
+MLX_INFO = "mlx_export.json"  # export.mlx.folder.INFO_FILE (this wing is below the exporters)
 EVAL_NAME = "eval.json"  # beside the manifest: lambda-bake eval --save / bake --eval results, which the card shows
 
 CARD_NAME = "README.md"
@@ -42,15 +43,17 @@ def card_metadata(manifest: dict[str, Any], exports: dict[str, Any], checkpoint:
         meta["base_model_relation"] = "finetune"
     if manifest["base"].get("license"):
         meta["license"] = manifest["base"]["license"]
-    if checkpoint:  # a GGUF-only repo: the Hub recognizes the file type itself
+    if exports.get("mlx_only"):  # an mlx-lm folder alone: the Hub's MLX library, as mlx-community's repos
+        meta["library_name"] = "mlx"
+    elif checkpoint:  # a GGUF-only repo: the Hub recognizes the file type itself
         meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-generation"
     tags = ["qwen3", "lambda-gates", "lambda-bake", manifest["layout"]]
     if (manifest.get("cut") or {}).get("rule") == "uniform":
         tags.append("uniform-width")
-    tags += list(exports)
+    tags += [k for k in exports if k != "mlx_only"]
     if ("onnx" in exports and exports["onnx"].get("layout") == "ragged") or any(
-            g["layout"] == "ragged" for g in exports.get("gguf", [])):
+            g["layout"] == "ragged" for g in exports.get("gguf", [])) or (exports.get("mlx") or {}).get("layout") == "ragged":
         tags.append("ragged")
     tags += [f"variant-{manifest['gates']['variant']}", f"off-{round(100 * manifest['off_fraction'])}pct"]
     meta["tags"] = tags
@@ -58,13 +61,17 @@ def card_metadata(manifest: dict[str, Any], exports: dict[str, Any], checkpoint:
 
 
 def exports_in(folder: Path | None, gguf_files: list[Path] | None = None) -> dict[str, Any]:
-    """The exports a baked folder holds: ``{"onnx": its onnx_io.json, "gguf": [{file, type, arch, layout}]}``."""
+    """The exports a baked folder holds: ``{"onnx": its onnx_io.json, "gguf": [{file, type, arch, layout}], "mlx":
+    its mlx_export.json}``; an MLX folder itself gives its own description and ``mlx_only``."""
     found: dict[str, Any] = {}
-    if folder is not None and (Path(folder) / "onnx" / "onnx_io.json").is_file():
-        try:
-            found["onnx"] = json.loads((Path(folder) / "onnx" / "onnx_io.json").read_text())
-        except (OSError, ValueError):
-            pass
+    for key, path in (("onnx", "onnx/onnx_io.json"), ("mlx", "mlx/" + MLX_INFO), ("mlx", MLX_INFO)):
+        if folder is not None and (Path(folder) / path).is_file():
+            try:
+                found[key] = json.loads((Path(folder) / path).read_text())
+            except (OSError, ValueError):
+                continue
+            if path == MLX_INFO:
+                found["mlx_only"] = True
     files = gguf_files if gguf_files is not None else sorted(Path(folder).glob("*.gguf")) if folder else []
     if files:
         found["gguf"] = [gguf_summary(f) for f in files]
@@ -104,7 +111,7 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     """The full card text. ``folder``: the baked folder (which exports it holds); ``repo_id``: the repo it goes to;
     ``gguf_files``: a repo of GGUF files alone (no checkpoint)."""
     exports = exports_in(folder, gguf_files)
-    checkpoint = gguf_files is None
+    checkpoint = gguf_files is None and not exports.get("mlx_only")
     meta = card_metadata(manifest, exports, checkpoint)
     evaluation = read_eval(folder)
     if evaluation is not None:
@@ -119,7 +126,7 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         f"{manifest['off_fraction']:.0%} of MLP neurons off)", "",
         f"{_link(b)} with the `{g['variant']}` lambda gates of {_link(g)} folded into its `down_proj` weights "
         f"(one learned sigmoid gate per MLP neuron; neurons whose gate is below the cut are switched off, the rest "
-        f"rescaled). {_what_it_is(checkpoint)} Baked with lambda-bake {manifest['tool']['version']}.", "",
+        f"rescaled). {_what_it_is(checkpoint, bool(exports.get('mlx_only')))} Baked with lambda-bake {manifest['tool']['version']}.", "",
         "| what | value |", "|---|---|",
         f"| base model | {_link(b)}{_revision(b)} |",
         f"| gates | {_link(g)}{_revision(g)}, variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
@@ -135,6 +142,9 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     ]
     if "onnx" in exports:
         lines.append(f"| ONNX export (`onnx/`) | {_onnx_summary(exports['onnx'])} |")
+    if "mlx" in exports:
+        lines.append(f"| MLX {'model' if exports.get('mlx_only') else 'export (`mlx/`)'} | "
+                     f"{_mlx_summary(exports['mlx'])} |")
     for g_file in exports.get("gguf", []):
         lines.append(f"| GGUF `{g_file['file']}` | {g_file['type']}, llama.cpp arch `{g_file['arch']}` "
                      f"({_arch_why(g_file)}) |")
@@ -147,7 +157,10 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         lines += _genai_usage(repo, exports["onnx"])
     if exports.get("gguf"):
         lines += _llama_usage(repo, exports["gguf"])
-    where = "`bake_manifest.json`" if checkpoint else "the GGUF's `lambda_bake.manifest` metadata field"
+    if "mlx" in exports:
+        lines += _mlx_usage(repo, None if exports.get("mlx_only") else "mlx")
+    where = "`bake_manifest.json`" if checkpoint or exports.get("mlx_only") else \
+        "the GGUF's `lambda_bake.manifest` metadata field"
     lines += [f"The full bake record (sources, hashes, the cut per layer, sizes, verification) is in {where}.", ""]
     return "\n".join(lines)
 
@@ -222,7 +235,10 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def _what_it_is(checkpoint: bool) -> str:
+def _what_it_is(checkpoint: bool, mlx: bool = False) -> str:
+    if mlx:
+        return ("This repo holds it as an mlx-lm model folder (Apple silicon; LM Studio's MLX engine): the gates are "
+                "in the weights, no hooks or custom code.")
     if checkpoint:
         return ("It is a plain Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs no "
                 "hooks or custom code.")
@@ -270,6 +286,35 @@ def _transformers_usage(repo: str) -> list[str]:
         "were trained",
         'output = model.generate(**inputs, max_new_tokens=64, do_sample=False)',
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+    ]
+
+
+def _mlx_summary(info: dict[str, Any]) -> str:
+    quant = info.get("quantization")
+    weights = f"{quant['bits']}-bit (mlx-lm affine, groups of {quant['group_size']})" if quant else "unquantized"
+    why = ("ragged: each layer keeps exactly its own neurons, in mlx-lm's openelm model, which sizes each layer's MLP "
+           "on its own and computes Qwen3's math" if info.get("layout") == "ragged" else "the checkpoint's shapes")
+    return f"mlx-lm `{info.get('model_type')}`, {info.get('dtype')}, {weights} ({why})"
+
+
+def _mlx_usage(repo: str, subfolder: str | None) -> list[str]:
+    where = "model/mlx" if subfolder else repo
+    fetch = [f'hf download {repo} --include "{subfolder}/*" --local-dir model'] if subfolder else []
+    return [
+        "## Run with mlx-lm", "",
+        "```bash",
+        'pip install mlx-lm  # Apple silicon; on Linux: pip install "mlx[cpu]" mlx-lm',
+        *fetch,
+        "```", "",
+        "```python",
+        "from mlx_lm import generate, load",
+        "",
+        f'model, tokenizer = load("{where}")',
+        'messages = [{"role": "user", "content": "What is 2+2?"}]',
+        "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)  # "
+        "thinking off, as the gates were trained",
+        "print(generate(model, tokenizer, prompt=prompt, max_tokens=256))",
         "```", "",
     ]
 

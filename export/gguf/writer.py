@@ -48,6 +48,7 @@ from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import check_carried_files
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY, MANIFEST_NAME, public_manifest, read_manifest
 from export.gguf.vocab import add_vocab
+from export.neurons import live_neurons, ragged_width
 from export.options import GGUF_TYPES
 
 GGUF_LAYOUTS = ("as-is", "ragged")
@@ -241,11 +242,10 @@ class _Plan:
         self.widths: list[int] = []
         for i in range(self.layers):
             if ragged:
-                live = np.flatnonzero((self._values(f"model.layers.{i}.mlp.down_proj.weight") != 0).any(axis=0))
-                granule = max(kind.block, 1)
+                live = live_neurons(self._values(f"model.layers.{i}.mlp.down_proj.weight"))
                 self.keep.append(live)
                 self.kept_counts.append(int(live.size))
-                self.widths.append(max(granule, -(-live.size // granule) * granule))
+                self.widths.append(ragged_width(live.size, kind.block))
             else:
                 width = int(reader.tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1])
                 self.keep.append(None)

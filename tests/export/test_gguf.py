@@ -149,7 +149,7 @@ def test_damaged_gguf_and_refused_requests_are_clear_errors(bakes: dict[str, Pat
     assert "output.weight" in {t.name for t in gguf.GGUFReader(str(tmp_path / "u.gguf")).tensors}
     assert main(["export", "--model", str(bakes["dense"]), "--format", "gguf", "--quantize", "int4", "--out",
                  str(tmp_path / "x.gguf"), "--quiet"]) == 2
-    assert "--quantize only apply to --format onnx" in capsys.readouterr().err
+    assert "--quantize do not apply to --format gguf" in capsys.readouterr().err
 
 
 def test_bake_gguf_verify_generate_and_push_alone(tiny_base: Path, tiny_gates: Path, tmp_path: Path,

@@ -175,7 +175,7 @@ def test_card_of_a_cuda_export_names_its_dtype_and_alignment(tiny_base: Path, ti
 def test_every_usage_the_card_gives_renders_the_chat_with_thinking_off(tiny_base: Path, tiny_gates: Path,
                                                                        tmp_path: Path) -> None:
     """The gates were trained with enable_thinking=False: the prompt of each snippet of the card (transformers,
-    onnxruntime-genai, llama-cpp-python) is apply_chat_template(..., add_generation_prompt=True,
+    onnxruntime-genai, llama-cpp-python, mlx-lm) is apply_chat_template(..., add_generation_prompt=True,
     enable_thinking=False) of the same chat, rendered here by each one's own tokenizer; llama-server's flag and the
     Ollama Modelfile are checked as written (the Modelfile's template is rendered by Go in test_modelfile.py)."""
     import ast
@@ -185,7 +185,8 @@ def test_every_usage_the_card_gives_renders_the_chat_with_thinking_off(tiny_base
     from transformers import AutoTokenizer
 
     out = tmp_path / "repo"
-    assert bake(tiny_base, tiny_gates, out, "--onnx", "--gguf", "--gguf-type", "f32", "--base-id", BASE_ID) == 0
+    assert bake(tiny_base, tiny_gates, out, "--onnx", "--gguf", "--gguf-type", "f32", "--mlx", "--base-id",
+                BASE_ID) == 0
     card = push.plan_upload(out, "me/baked").card()
     messages = [{"role": "user", "content": "What is 2+2?"}]
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -201,3 +202,10 @@ def test_every_usage_the_card_gives_renders_the_chat_with_thinking_off(tiny_base
     assert ast.literal_eval(re.search(r"prompt = (\".*?\")  #", llama).group(1)) == want
     assert """--chat-template-kwargs '{"enable_thinking": false}'""" in card
     assert "ollama create" in card and (out / "model-as-is-F32.Modelfile").is_file()
+    from mlx_lm import load
+
+    mlx = _snippet(card, "python", 3)  # mlx-lm's tokenizer wrapper, on the MLX folder the card downloads
+    line = next(x for x in mlx.splitlines() if x.startswith("prompt = "))
+    scope = {"messages": messages, "tokenizer": load(str(out / "mlx"))[1]}
+    exec(line, scope)  # noqa: S102 - the card's own line, run as the card's reader runs it
+    assert scope["prompt"] == tok(want, add_special_tokens=False)["input_ids"]  # mlx-lm tokenizes: the same ids

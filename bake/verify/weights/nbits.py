@@ -29,3 +29,15 @@ def unpack_codes(packed: np.ndarray, bits: int, out: np.ndarray | None = None) -
         np.bitwise_and(field, (1 << bits) - 1, out=field)
         fields[..., i] = field
     return out.reshape(shape)
+
+
+def mlx_dequantize(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """mlx's affine weight back to float32 [rows, cols]: ``code * scale + bias`` per group of ``group`` inputs.
+
+    mlx packs ``32 / bits`` codes into each uint32, the first in the lowest bits: on a little-endian machine its
+    bytes hold the codes in the order ``unpack_codes`` reads them.
+    """
+    rows = packed.shape[0]
+    codes = unpack_codes(np.ascontiguousarray(packed).view(np.uint8), bits)
+    s, b = scales.astype(np.float32), biases.astype(np.float32)
+    return (codes.reshape(rows, -1, group) * s[..., None] + b[..., None]).reshape(rows, -1)
