@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         raise PlotError("--plot draws a sweep's cuts against their off-fractions, and this bake is one cut; give "
                         "several cuts (e.g. --preset all) or drop --plot (lambda-bake inspect --plot draws one "
                         "variant's cuts without baking)")
-    if (args.gguf_type != "f16" or args.gguf_layout != "as-is") and not args.gguf:
-        raise ExportError("--gguf-type and --gguf-layout only apply to the GGUF export: add --gguf")
+    if (args.gguf_type != "f16" or args.gguf_layout != "as-is" or args.gguf_pure) and not args.gguf:
+        raise ExportError("--gguf-type, --gguf-pure and --gguf-layout only apply to the GGUF export: add --gguf")
     mlx_given = [f"--{n.replace('_', '-')}" for n, v in (MLX_DEFAULTS | {"mlx_layout": "as-is"}).items()
                  if getattr(args, n) != v]
     if mlx_given and not args.mlx:
@@ -231,13 +231,17 @@ def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     from export.install import require_gguf
 
     require_gguf()
-    from export.gguf.writer import default_file_name, export_gguf
+    from export.gguf.writer import default_file_name, export_gguf, gguf_type, require_llama_quantizer
+
+    kind = gguf_type(args.gguf_type, args.gguf_pure)
+    if kind.by_llama:
+        require_llama_quantizer(kind)  # before the bake, not after
 
     def export(folder: Path) -> list[str]:
-        name = default_file_name(args.gguf_layout, args.gguf_type)
+        name = default_file_name(args.gguf_layout, args.gguf_type, args.gguf_pure)
         say(f"exporting to GGUF ({args.gguf_type}, layout {args.gguf_layout}) ...")
         report = export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
-                             progress=not args.quiet)
+                             pure=args.gguf_pure, progress=not args.quiet)
         return [name, Path(report["modelfile"]).name]
 
     return export

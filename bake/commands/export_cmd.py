@@ -83,11 +83,15 @@ def add_mlx_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
-    """``--gguf-type`` (export --format gguf, and bake --gguf)."""
+    """``--gguf-type`` and ``--gguf-pure`` (export --format gguf, and bake --gguf)."""
     p.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES,
-                   help="GGUF tensor type: f32, f16 (default), bf16, q8_0, q4_0 (gguf-py; norms stay f32, a row that "
-                        "is not a whole number of blocks stays f16), or the K-quants q6_k, q5_k_m, q4_k_m (llama.cpp's "
-                        "own quantizer, through llama-cpp-python, with its per-tensor type mix)")
+                   help="GGUF file type, each tensor in the type llama-quantize gives it: f32, f16 (default), bf16, "
+                        "q8_0 (gguf-py; norms stay f32, a row that is not a whole number of blocks f16), q4_0 and the "
+                        "K-quants q6_k, q5_k_m, q4_k_m (llama.cpp's own quantizer, through llama-cpp-python: the "
+                        "embedding/output one type up, Q6_K, and the K-quants' per-tensor mix)")
+    p.add_argument("--gguf-pure", action="store_true",
+                   help="every 2-D tensor in --gguf-type, as llama-quantize --pure (q4_0: written by gguf-py, no "
+                        "llama.cpp needed)")
 
 
 def register(sub: Any) -> None:
@@ -160,13 +164,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _given_for_other_formats(args: argparse.Namespace) -> str | None:
     """Why the options given do not fit --format (an option of another format, set away from its default)."""
-    own = {"onnx": [n for n in GRAPH_DEFAULTS if n != "layout"], "gguf": ["gguf_type"], "mlx": list(MLX_DEFAULTS)}
-    defaults = {n: v for n, v in GRAPH_DEFAULTS.items() if n != "layout"} | {"gguf_type": "f16"} | MLX_DEFAULTS
+    own = {"onnx": [n for n in GRAPH_DEFAULTS if n != "layout"], "gguf": ["gguf_type", "gguf_pure"],
+           "mlx": list(MLX_DEFAULTS)}
+    defaults = {n: v for n, v in GRAPH_DEFAULTS.items() if n != "layout"} | {"gguf_type": "f16", "gguf_pure": False} \
+        | MLX_DEFAULTS
     wrong = [f"--{n.replace('_', '-')}" for fmt, names in own.items() if fmt != args.format for n in names
              if getattr(args, n) != defaults[n]]
     if not wrong:
         return None
-    takes = {"onnx": "the graph options (--target, --dtype, --quantize, ...)", "gguf": "--gguf-type",
+    takes = {"onnx": "the graph options (--target, --dtype, --quantize, ...)", "gguf": "--gguf-type and --gguf-pure",
              "mlx": "--mlx-dtype, --mlx-bits and --mlx-group-size"}[args.format]
     return f"{', '.join(wrong)} do not apply to --format {args.format}, which takes {takes} and --layout"
 
@@ -200,7 +206,7 @@ def run_gguf_export(args: argparse.Namespace) -> int:
     from export.gguf.writer import export_gguf
 
     report = export_gguf(args.model, args.out, gguf_type_name=args.gguf_type, layout=args.layout,
-                         overwrite=args.overwrite, progress=not args.quiet)
+                         pure=args.gguf_pure, overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)
         return 0

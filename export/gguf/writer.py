@@ -15,12 +15,15 @@ Two architectures, by layout:
   layout's global width), and a layer with no neuron left keeps one block of zeros (llama.cpp asserts on a
   zero-width matmul).
 
-Types: ``f32``, ``f16``, ``bf16``, ``q8_0``, ``q4_0`` (gguf-py's numpy quantizers). 1-D tensors (norms) stay
-F32, and a 2-D tensor whose rows are not a whole number of blocks falls back to F16, as the converter does.
-The K-quants ``q6_k``, ``q5_k_m``, ``q4_k_m`` (gguf-py has no K-quantizer) are llama.cpp's own
+Types: each tensor gets the type llama.cpp's ``llama-quantize`` gives it for the file type, so a file compares one
+to one with the files people already run. ``f32``, ``f16``, ``bf16`` and ``q8_0`` are written by gguf-py (norms
+F32; a 2-D tensor whose rows are not a whole number of blocks F16, as the converter does; llama-quantize keeps
+every other Q8_0 tensor Q8_0). ``q4_0`` and the K-quants ``q6_k``, ``q5_k_m``, ``q4_k_m`` are llama.cpp's own
 ``llama_model_quantize`` (through llama-cpp-python) run on an F32 file of the same tensors: its mix of types per
-tensor (``_m``: some attention and ``ffn_down`` tensors one type up), its fallback for rows that are not whole
-256-element super-blocks (Q5_0, Q5_1, Q8_0), and a ragged layer's width rounded up to 256.
+tensor (the output, or the tied embedding, one type up: Q6_K for Q4_0 and the K-quants; ``_m``: some attention
+and ``ffn_down`` tensors one type up), its fallback for rows that are not whole blocks (Q5_0, Q5_1, Q8_0), and a
+ragged layer's width rounded up to the block (32; 256 for the K-quants). ``pure`` (``--gguf-pure``, as
+``llama-quantize --pure``) makes every 2-D tensor the one type: gguf-py writes a pure Q4_0 without llama.cpp.
 The file is written to a temporary file beside ``--out`` and renamed when complete; the public bake
 manifest rides along as the ``lambda_bake.manifest`` string, so a lone GGUF still says what it is.
 """
@@ -63,7 +66,8 @@ class GgufType:
     by_llama: bool = False  # written by llama.cpp's quantizer from an F32 file
 
 
-def gguf_type(name: str) -> GgufType:
+def gguf_type(name: str, pure: bool = False) -> GgufType:
+    """The type ``name``; ``pure``: every 2-D tensor in it (Q4_0 then comes from gguf-py, not llama.cpp's mix)."""
     import gguf
 
     q, f = gguf.GGMLQuantizationType, gguf.LlamaFileType
@@ -73,12 +77,13 @@ def gguf_type(name: str) -> GgufType:
     if name not in table:
         raise ExportError(f"unknown --gguf-type {name!r}; choose one of {', '.join(GGUF_TYPES)}")
     qtype, ftype = table[name]
-    return GgufType(name, qtype, ftype, gguf.GGML_QUANT_SIZES[qtype][0], by_llama=name.endswith(("_k", "_k_m")))
+    by_llama = name.endswith(("_k", "_k_m")) or (name == "q4_0" and not pure)
+    return GgufType(name, qtype, ftype, gguf.GGML_QUANT_SIZES[qtype][0], by_llama=by_llama)
 
 
-def default_file_name(layout: str, gguf_type_name: str) -> str:
-    """The name ``bake --gguf`` gives the file inside the baked folder."""
-    return f"model-{layout}-{gguf_type_name.upper()}.gguf"
+def default_file_name(layout: str, gguf_type_name: str, pure: bool = False) -> str:
+    """The name ``bake --gguf`` gives the file inside the baked folder (``-pure``: one type, ``--gguf-pure``)."""
+    return f"model-{layout}-{gguf_type_name.upper()}{'-pure' if pure else ''}.gguf"
 
 
 def file_type_name(file_type: int) -> str:
@@ -97,17 +102,15 @@ class Planned:
 
 
 def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layout: str = "as-is",
-                overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                pure: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write the GGUF of ``model_dir`` to the file ``out`` all or nothing; return the report."""
     import gguf
 
     if layout not in GGUF_LAYOUTS:
         raise ExportError(f"unknown --layout {layout!r} for GGUF; choose one of {', '.join(GGUF_LAYOUTS)}")
-    kind = gguf_type(gguf_type_name)
+    kind = gguf_type(gguf_type_name, pure)
     if kind.by_llama:
-        from export.install import require_llama_cpp
-
-        require_llama_cpp()
+        require_llama_quantizer(kind)
     model_dir, out = Path(model_dir), Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"--out {out}: a GGUF export is one file; name it *.gguf")
@@ -137,14 +140,14 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         try:
             _write(first, model_dir, plan, manifest, layout, progress)
             if kind.by_llama:
-                llama_quantize(first, tmp, kind, progress)
+                llama_quantize(first, tmp, kind, progress, pure)
         finally:
             if first != tmp:
                 first.unlink(missing_ok=True)
     modelfile = write_modelfile(out, model_dir)
     return {
         "out": str(out.absolute()), "model": str(model_dir.absolute()), "format": "gguf", "type": kind.name,
-        "layout": layout, "arch": "openelm" if ragged else "qwen3", "mlp_widths": plan.widths,
+        "layout": layout, "pure": pure, "arch": "openelm" if ragged else "qwen3", "mlp_widths": plan.widths,
         "mlp_neurons": sum(plan.kept_counts), "mlp_padding_neurons": sum(plan.widths) - sum(plan.kept_counts),
         "f16_fallback": plan.fallback, "bytes": out.stat().st_size,
         # llama.cpp picks a K-quant's types per tensor, so read them back (parsing the vocabulary: seconds)
@@ -184,15 +187,31 @@ def _write(path: Path, model_dir: Path, plan: _Plan, manifest: dict[str, Any] | 
     writer.close()
 
 
-def llama_quantize(source: Path, out: Path, kind: GgufType, progress: bool) -> None:
+def require_llama_quantizer(kind: GgufType) -> None:
+    """Refuse a type only llama.cpp's quantizer makes when llama-cpp-python is missing, naming both ways out."""
+    import importlib.util
+
+    from export.install import GGUF_INSTALL, LLAMA_CPP_INSTALL
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pure = (" or add --gguf-pure for a file of Q4_0 tensors only, which gguf-py writes (llama-quantize --pure)"
+                if kind.name == "q4_0" else "")
+        raise ExportError(f"--gguf-type {kind.name} is made by llama.cpp's quantizer, as llama-quantize makes it "
+                          f"(its per-tensor types: the embedding/output in Q6_K), and llama-cpp-python is not "
+                          f"installed: {LLAMA_CPP_INSTALL}, or {GGUF_INSTALL}{pure}")
+
+
+def llama_quantize(source: Path, out: Path, kind: GgufType, progress: bool, pure: bool = False) -> None:
     """llama.cpp's ``llama_model_quantize`` (what ``llama-quantize`` runs) from the F32 ``source`` to ``out``; it
-    keeps every metadata key and sets ``general.file_type``. Its per-tensor log is shown only with progress."""
+    keeps every metadata key and sets ``general.file_type``; ``pure``: no per-tensor mix (``--pure``). Its
+    per-tensor log is shown only with progress."""
     import llama_cpp
 
     from export.install import cpu_threads
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(kind.file_type)
+    params.pure = pure
     params.nthread = cpu_threads()
     if progress:
         print(f"quantizing to {kind.name.upper()} with llama.cpp ...", file=sys.stderr)

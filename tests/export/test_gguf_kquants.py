@@ -102,3 +102,38 @@ def test_k_quants_without_llama_cpp_name_the_extra(bakes: dict[str, Path], tmp_p
     err = capsys.readouterr().err
     assert "llama-cpp-python" in err and GGUF_INSTALL in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("layout", ["as-is", "ragged"])
+def test_q4_0_has_llama_quantizes_type_mix_and_pure_is_one_type(bakes: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str], layout: str) -> None:
+    """llama-quantize Q4_0 (src/llama-quant.cpp): the tied embedding, which is also the output, in Q6_K (its rows,
+    256, are whole super-blocks); every other 2-D tensor Q4_0, norms F32. --gguf-pure: all Q4_0, by gguf-py."""
+    mixed = export_gguf(bakes["dense"], tmp_path / "m.gguf", gguf_type_name="q4_0", layout=layout, progress=False)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    assert types.pop("token_embd.weight") == "Q6_K"
+    assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q4_0"}
+    assert {t for n, t in types.items() if n.endswith("norm.weight")} == {"F32"}
+    pure = export_gguf(bakes["dense"], tmp_path / "p.gguf", gguf_type_name="q4_0", layout=layout, pure=True,
+                       progress=False)
+    assert pure["tensor_types"] == {"F32": mixed["tensor_types"]["F32"], "Q4_0": mixed["tensor_types"]["Q4_0"] + 1}
+    assert mixed["bytes"] > pure["bytes"]  # the Q6_K embedding: 6.56 bits a weight against 4.5
+    assert mixed["mlp_widths"] == pure["mlp_widths"]  # ragged: whole 32-blocks either way
+    for path in ("m.gguf", "p.gguf"):
+        code = main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(tmp_path / path), *FAST])
+        _, candidate = json.loads(capsys.readouterr().out)["candidates"]
+        assert code == 0 and candidate["weights"]["passed"], candidate["failures"]
+
+
+def test_q4_0_without_llama_cpp_names_gguf_pure(bakes: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    args = ["export", "--model", str(bakes["dense"]), "--format", "gguf", "--gguf-type", "q4_0", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "m.gguf")]) == 2
+    assert "add --gguf-pure" in capsys.readouterr().err and not (tmp_path / "m.gguf").exists()
+    assert main([*args, "--gguf-pure", "--out", str(tmp_path / "p.gguf")]) == 0  # gguf-py alone
+    assert {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "p.gguf")).tensors} == {"Q4_0", "F32"}
