@@ -214,8 +214,9 @@ def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     def run(folder: Path) -> list[str]:
         say("evaluating the checkpoint and its exports against the base ...")
         models = [ModelSpec("checkpoint", "checkpoint", folder, resolve(folder)[0].cut)]
-        if (folder / "onnx").is_dir():
-            models.append(ModelSpec("onnx", "onnx", folder / "onnx", resolve(folder / "onnx")[0].cut))
+        for sub in ("onnx", "mlx"):
+            if (folder / sub).is_dir():
+                models.append(ModelSpec(sub, sub, folder / sub, resolve(folder / sub)[0].cut))
         models += [resolve(f)[0] for f in sorted(folder.glob("*.gguf"))]
         base = Path(read_manifest(folder)["base"]["local_path"])
         report = evaluate(models, texts, qas, base_spec(base), options)

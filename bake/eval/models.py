@@ -13,7 +13,7 @@ import numpy as np
 from bake.errors import BakeError
 from bake.write.manifest import MANIFEST_NAME, read_manifest
 
-KINDS = ("checkpoint", "onnx", "gguf", "hooked", "base")
+KINDS = ("checkpoint", "onnx", "gguf", "mlx", "hooked", "base")
 
 
 @dataclass
@@ -57,6 +57,15 @@ def resolve(path: Path) -> list[ModelSpec]:
         quant = (io.get("quantization") or {}).get("weights")
         fmt = f"onnx {io['target']} {io['layout']} {quant or io['dtype']}"
         return [ModelSpec(_label(path), "onnx", path, _cut_of(manifest, fmt))]
+    if (path / "mlx_export.json").is_file():
+        from export.mlx.folder import read_mlx_folder
+
+        info = read_mlx_folder(path)
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        quant = info.get("quantization")
+        weights = f"{quant['bits']}bit" if quant else info["dtype"]
+        fmt = f"mlx {info['model_type']} {info['layout']} {weights}"
+        return [ModelSpec(_label(path), "mlx", path, _cut_of(manifest, fmt))]
     if (path / "config.json").is_file():
         manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
         return [ModelSpec(_label(path), "checkpoint", path, _cut_of(manifest, "checkpoint"))]
@@ -69,7 +78,7 @@ def resolve(path: Path) -> list[ModelSpec]:
 
 def _label(path: Path) -> str:
     """A folder's report label: its name, with its parent's for an export inside a bake (``bake/onnx``)."""
-    return f"{path.parent.name}/{path.name}" if path.name == "onnx" else path.name
+    return f"{path.parent.name}/{path.name}" if path.name in ("onnx", "mlx") else path.name
 
 
 def hooked_spec(base: Path, gates_dir: Path, variant: str | None, settings: Any) -> ModelSpec:

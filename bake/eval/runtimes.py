@@ -161,6 +161,26 @@ class GgufEval(EvalLM):
         return "".join(self.chat.stream_text(tokens, self.eos))
 
 
+class MlxEval(EvalLM):
+    """An MLX folder in mlx-lm (its tokenizer and chat template are the folder's Hugging Face files)."""
+
+    def __init__(self, spec: ModelSpec):
+        from export.runtime.chat import ChatTokenizer
+        from export.runtime.mlx_loop import MlxLM
+
+        self.lm = MlxLM(spec.path)
+        self.chat = ChatTokenizer(spec.path)
+        self.eos = self.chat.eos_ids()
+
+    def score(self, rows: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
+        for i, row in enumerate(rows):
+            yield i, self.lm.score([row])[0]
+
+    def answer(self, prompt: list[int], max_new_tokens: int) -> str:
+        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
+        return "".join(self.chat.stream_text(tokens, self.eos))
+
+
 def open_model(spec: ModelSpec, max_length: int, device: str = "auto") -> EvalLM:
     if spec.kind in ("checkpoint", "hooked", "base"):
         return TorchEval(spec)
@@ -169,6 +189,8 @@ def open_model(spec: ModelSpec, max_length: int, device: str = "auto") -> EvalLM
 
         require_onnxruntime()
         return OnnxEval(spec, device)
+    if spec.kind == "mlx":
+        return MlxEval(spec)
     return GgufEval(spec, max_length)
 
 

@@ -92,17 +92,23 @@ def test_figures_are_recomputed_by_transformers_and_torch(tiny_base: Path, bake3
                                         "sha256": __import__("hashlib").sha256(data["retain"].read_bytes()).hexdigest()}
 
 
-def test_every_runtime_gives_the_same_numbers(bake3: Path, data: dict[str, Path],
+def test_every_runtime_gives_the_same_numbers(bake3: Path, data: dict[str, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A float32 export's nll equals its bake's within 1e-4 relative in ONNX Runtime and llama.cpp; an int4 export
-    shows its own cost. The forget set has no digits: llama.cpp splits the tiny test tokenizer's digits otherwise."""
+    """A float32 export's nll equals its bake's within 1e-4 relative in ONNX Runtime, llama.cpp and mlx-lm; an int4
+    export shows its own cost. The forget set has no digits: llama.cpp splits the tiny test tokenizer's digits
+    otherwise."""
+    from export.mlx.writer import export_mlx
+
+    export_mlx(bake3, tmp_path / "mlx", layout="ragged", dtype="float32", progress=False)
     code, report, err = run_eval(capsys, "--model", str(bake3), "--model", str(bake3 / "onnx"), "--model",
                                  str(bake3.parent / "b3-int4"), "--model", str(bake3 / "model-ragged-F32.gguf"),
+                                 "--model", str(tmp_path / "mlx"),
                                  "--texts", f"forget={data['forget']}", "--texts", f"retain={data['retain']}")
     assert code == 0, err
     by = {m["model"]: m for m in report["models"]}
     bake_nll = by["b3"]["sets"]["forget"]["nll"]
-    for name in ("b3/onnx", "model-ragged-F32.gguf"):
+    assert by[f"{tmp_path.name}/mlx"]["format"] == "mlx openelm ragged float32"
+    for name in ("b3/onnx", "model-ragged-F32.gguf", f"{tmp_path.name}/mlx"):
         assert by[name]["sets"]["forget"]["nll"] == pytest.approx(bake_nll, rel=1e-4), name
         assert by[name]["sets"]["forget"]["mean_kl"] == pytest.approx(by["b3"]["sets"]["forget"]["mean_kl"], rel=1e-3)
     assert by["b3/onnx"]["sets"]["retain"]["nll"] == pytest.approx(by["b3"]["sets"]["retain"]["nll"], rel=1e-4)
