@@ -49,4 +49,5 @@ def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
     assert names(extras["gpu"]) == {"onnxruntime-gpu", "onnxruntime-genai-cuda"}
     assert names(extras["gguf"]) == {"gguf", "llama-cpp-python"}
     assert names(extras["eval"]) == {"lm-eval", "accelerate"}  # lm-eval's onnxruntime-genai backend uses [cpu]'s
-    assert "lambda-bake[cpu,plot,gguf,eval]" in extras["test"] and not names(extras["test"]) & runtimes
+    assert {"mlx", "mlx-lm"} <= names(extras["mlx"]) and not names(extras["mlx"]) & runtimes
+    assert "lambda-bake[cpu,plot,gguf,eval,mlx]" in extras["test"] and not names(extras["test"]) & runtimes
