@@ -80,10 +80,10 @@ def exports_in(folder: Path | None, gguf_files: list[Path] | None = None) -> dic
 
 def gguf_summary(path: Path) -> dict[str, Any]:
     """What a card says of a GGUF file: its name, type, llama.cpp arch and layout (from its own metadata)."""
-    from gguf import GGUFReader
+    from bake.io.gguf_reader import open_gguf
 
     try:
-        fields = GGUFReader(str(path)).fields
+        fields = open_gguf(path).fields
     except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
         raise OutputError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
                           "truncated: export it again") from e

@@ -244,9 +244,9 @@ def tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type the written file holds."""
     from collections import Counter
 
-    from gguf import GGUFReader
+    from bake.io.gguf_reader import open_gguf
 
-    return dict(sorted(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors).items()))
+    return dict(sorted(Counter(t.tensor_type.name for t in open_gguf(path).tensors).items()))
 
 
 class _Plan:

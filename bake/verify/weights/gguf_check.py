@@ -33,6 +33,7 @@ from bake.verify.weights.weight_check import Failure, WeightReport
 from bake.verify.weights.weight_map import LiveNeurons
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY
 
+PAD_SLACK = 256  # a ragged layer's width rounds up to at most one K-quant block (256) of zero neurons
 SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
 
 
@@ -58,10 +59,10 @@ def release_readers() -> None:
 
 @lru_cache(maxsize=4)
 def _parsed(path: str, version: tuple[int, ...]) -> Any:
-    from gguf import GGUFReader
+    from bake.io.gguf_reader import open_gguf
 
     try:
-        return GGUFReader(path)
+        return open_gguf(path)
     except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
         raise ExportError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
                           "truncated: export (or download) it again") from e
@@ -181,6 +182,7 @@ class _Checker:
         self.max_steps: float | None = None
         self.used: set[str] = set()
         self.live = LiveNeurons(bake)
+        self.max_width = int(bake.config["intermediate_size"]) + PAD_SLACK
 
     def fail(self, tensor: str, message: str, worst: dict[str, Any] | None = None) -> None:
         self.failures.append(Failure(tensor, f"{tensor}: {message}", worst))
@@ -236,9 +238,15 @@ class _Checker:
             want, sources = found
             self.used.update(sources)
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
-            if name.split(".")[-2] in ("ffn_gate", "ffn_up", "ffn_down"):
-                widths[int(name.split(".")[1])] = shape[1] if name.split(".")[-2] == "ffn_down" else shape[0]
-                want = _pad_to(want, shape, down=name.split(".")[-2] == "ffn_down")
+            if name.split(".")[-2] in ("ffn_gate", "ffn_up", "ffn_down") and len(shape) == 2:
+                down = name.split(".")[-2] == "ffn_down"
+                width = shape[1] if down else shape[0]
+                if width > self.max_width:  # a damaged dimension: padding the bake's rows to it would exhaust memory
+                    self.fail(name, f"is {width} neurons wide, more than the bake's {self.max_width - PAD_SLACK} plus "
+                                    f"one quantization block: the file is damaged; export it again")
+                    continue
+                widths[int(name.split(".")[1])] = width
+                want = _pad_to(want, shape, down=down)
             if want is None or want.shape != shape:
                 self.fail(name, f"shape {list(shape)}, but the bake's {' + '.join(sources)} gives "
                                 f"{list(None if want is None else want.shape)}")
@@ -349,10 +357,8 @@ class _Checker:
                                         "of the bake")
 
 
-def _pad_to(want: np.ndarray, shape: tuple[int, ...], *, down: bool) -> np.ndarray | None:
+def _pad_to(want: np.ndarray, shape: tuple[int, ...], *, down: bool) -> np.ndarray:
     """The kept neurons' rows (gate/up) or columns (down), then zeros up to the file's width."""
-    if len(shape) != 2:
-        return None
     if down:
         if shape[0] != want.shape[0] or shape[1] < want.shape[1]:
             return want
