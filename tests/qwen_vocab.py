@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bake.demo.assets import QWEN_SPLIT
+
 # Qwen/Qwen3-0.6B's tokenizer_config.json added_tokens_decoder: (content, special), ids 151643 on.
 QWEN3_ADDED = [
     ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
@@ -24,9 +26,6 @@ QWEN3_ADDED = [
 ]
 FIRST_ADDED = 151643
 VOCAB_SIZE = 151936
-# Qwen2/Qwen3 tokenizer.json's pre-tokenizer split.
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-              r"|\s+(?!\S)|\s+")
 
 
 def llama_cpp_cases(llama_src: Path) -> list[tuple[str, list[int]]]:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # bake.verify.verifier imports torch: load it when a verifica
 DESCRIPTION = """\
 Run the hooked reference (the unmodified base model with down_proj pre-hooks) on chat-templated prompts,
 decoding greedily, then each candidate in turn (the baked checkpoint through transformers; with --onnx,
-the ONNX export through ONNX Runtime; --gguf through llama.cpp; --mlx through mlx-lm) on the reference's sequences, one model in memory at a time, and
+the ONNX export through ONNX Runtime; --gguf through llama.cpp; --mlx through mlx-lm) on the reference's
+sequences, one model in memory at a time (the transformers models read one layer at a time), and
 report per candidate: max and mean |logit diff|, mean and max KL(ref || candidate), top-1 agreement and
 the first step where its greedy continuation would diverge.
 
@@ -36,9 +37,14 @@ rounding), a quantized one against its own weights dequantized and run in float3
 float activations, to float rounding). Where the hooked logits are too flat for top-1/KL to tell a right
 quantized export from a wrong one, those are reported, not judged, and the report says why.
 
-Weights are proven too: every checkpoint tensor bit for bit against what the base and the gates define;
-every export tensor against the bake (--baked, else the bake the base and gates define): float weights
-exactly, int4/int8 within half a quantization step, off neurons exactly 0. A --target cuda export on a
+What a deployment carries besides weights is proven against the base: tokenizer files, chat template,
+special ids, generation_config.json and config.json (the fields the bake does not change; those it does
+against the manifest); an ONNX folder's genai_config.json ids, lengths and search settings; a GGUF's
+vocabulary, token types, merges, special ids and template, and llama.cpp's tokenization of the prompts.
+A GGUF that llama.cpp would abort on is refused by name first (exit 2), and llama.cpp loads it once in a
+child process before this one does. Weights are proven too: every checkpoint tensor bit for bit against
+what the base and the gates define; every export tensor against the bake (--baked, else the bake the base
+and gates define): float weights exactly, int4/int8 within half a quantization step, off neurons exactly 0. A --target cuda export on a
 machine without CUDA gets the weight check only (its logits are not run, and the report says so).
 Exit code 0 only when every candidate passes, 3 when one fails (the metric or the tensor is named).
 """
@@ -185,6 +191,11 @@ def weight_lines(results: list[CandidateResult]) -> list[str]:
             verdict = "pass" if w["passed"] else f"FAIL in {len(w['failures'])} tensor(s)"
             lines.append(f"{r.name}: weights checked against {w['bake']}: {w['weights_checked']} tensors, "
                          f"{w['elements_checked']:,} elements in {w['seconds']:.2f} s: {verdict}")
+        if r.carried is not None:
+            c = r.carried
+            verdict = "pass" if c["passed"] else f"FAIL in {len(c['failures'])}: {c['failures'][0]['message']}"
+            lines.append(f"{r.name}: tokenizer, chat template, special ids and configs checked against the base "
+                         f"({len(c['proven'])} files and fields): {verdict}")
         if r.note:
             lines.append(f"{r.name}: {r.note}")
         if r.float16_headroom is not None:

@@ -87,13 +87,24 @@ QWEN3_1_7B = TinyQwen3Spec(num_layers=28, hidden_size=2048, intermediate_size=61
                            head_dim=128, init_std=0.02, vocab_size=151936)
 
 
+# Qwen2/Qwen3 tokenizer.json's pre-tokenizer split (one digit per piece), which llama.cpp's ``qwen2`` pre-tokenizer
+# implements: the demo tokenizer splits text as Qwen3's does, so every runtime tokenizes the demo's prompts alike.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+
+
 def build_tokenizer(out_dir: Path):
-    """Train a small byte-level BPE with Qwen3's special tokens and save it with the chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a small byte-level BPE with Qwen3's normalizer, pre-tokenizer and special tokens and save it with the chat
+    template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=384, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

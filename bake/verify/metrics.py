@@ -158,6 +158,7 @@ class CandidateResult:
     budget: dict[str, Any] | None = None  # the budget against the hooked reference: dtype, why, limits
     checks: list[dict[str, Any]] = field(default_factory=list)  # Comparison.to_dict() of the other yardsticks
     float16_headroom: dict[str, Any] | None = None  # float16 candidates: the reference's activation peaks vs 65,504
+    carried: dict[str, Any] | None = None  # bake.verify.carried.CarriedReport: tokenizer, template, ids, configs
 
     @property
     def logits_run(self) -> bool:
@@ -181,6 +182,12 @@ class CandidateResult:
         """Attach an export's weight check; its failures fail the candidate."""
         self.weights = report
         self.failures += [f"weights: {line}" for line in failure_lines]
+        self.passed = self.passed and report["passed"]
+
+    def add_carried_check(self, report: dict[str, Any], failure_lines: list[str]) -> None:
+        """Attach the check of what the deployment carries besides weights; its failures fail the candidate."""
+        self.carried = report
+        self.failures += [f"carried: {line}" for line in failure_lines]
         self.passed = self.passed and report["passed"]
 
     @property

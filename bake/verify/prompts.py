@@ -28,15 +28,16 @@ DEFAULT_PROMPTS: tuple[Messages, ...] = (
 )
 
 
+def render_prompt_texts(tokenizer: Any, prompts: Sequence[Messages | str]) -> list[str]:
+    """Chat-template each prompt (add_generation_prompt=True, enable_thinking=False) to text."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else p,
+                                          tokenize=False, add_generation_prompt=True, enable_thinking=False)
+            for p in prompts]
+
+
 def render_prompts(tokenizer: Any, prompts: Sequence[Messages | str]) -> list[list[int]]:
     """Chat-template each prompt (add_generation_prompt=True, enable_thinking=False) to token ids."""
-    out = []
-    for p in prompts:
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             enable_thinking=False)
-        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return out
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in render_prompt_texts(tokenizer, prompts)]
 
 
 def read_prompts_file(path: Path) -> list[Messages | str]:

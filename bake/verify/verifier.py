@@ -48,7 +48,7 @@ from bake.verify.metrics import (
     Comparison,
     Tally,
 )
-from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompts
+from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompt_texts
 from bake.verify.reference import ActivationRange, load_hooked_model, record_activation_range
 from bake.verify.tensor_model import qwen3_model
 from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
@@ -125,6 +125,7 @@ class _Run:
     reference: Outputs
     bake_dir: Path | None
     scale: np.ndarray
+    prompt_texts: list[str]
     bake_outputs: Outputs | None = None
 
 
@@ -155,7 +156,9 @@ def verify(
             "or --ignore-manifest to compare against these anyway"
         )
     check_carried_files(base)  # the tokenizer and chat template the prompts are rendered with must parse
-    prompts = render_prompts(AutoTokenizer.from_pretrained(str(base)), options.prompts)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    texts = render_prompt_texts(tokenizer, options.prompts)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     scale = compute_gates(variant.logits, spec.settings, variant.selected_thresholds).scale
     activations: list[ActivationRange] = []
 
@@ -168,7 +171,7 @@ def verify(
     stages.done("hooked reference")
     headroom = activations[0].float16_headroom()
     activations[0].remove()
-    run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale)
+    run = _Run(spec, variant, options, sequences, reference, Path(bake) if bake is not None else None, scale, texts)
     try:
         results = []
         for c in candidates:
@@ -241,6 +244,7 @@ def _verify_one(run: _Run, c: Candidate) -> CandidateResult:
         weights = check_mlx_weights(c.folder, _bake_tensors(run, c.folder))
     else:
         weights = check_bake_weights(BakeFolder(c.folder), _derived_bake(run, c.folder))
+    carried = _carried(run, c)
     if c.not_run:
         result = CandidateResult.not_run(c.name, c.dtype, c.not_run, chain)
     elif c.kind != "checkpoint" and not weights.passed:  # a wrong export: more model runs would only say so again
@@ -250,7 +254,30 @@ def _verify_one(run: _Run, c: Candidate) -> CandidateResult:
         result = _compare(run, c, chain)
     if weights is not None:
         result.add_weight_check(weights.to_dict(), weights.failure_lines())
+    result.add_carried_check(carried.to_dict(), carried.failure_lines())
     return result
+
+
+def _carried(run: _Run, c: Candidate) -> Any:
+    """What the candidate carries besides weights, against the base (``bake.verify.carried``); for a GGUF that llama.cpp
+    runs here, also llama.cpp's tokenization of verify's prompts against the base tokenizer's."""
+    from bake.verify.carried import check_folder, check_gguf
+
+    base = Path(run.spec.base)
+    if c.kind != "gguf":
+        manifest = read_manifest(c.folder) if (Path(c.folder) / MANIFEST_NAME).is_file() else None
+        return check_folder(c.folder, base, c.kind, manifest)
+    report = check_gguf(c.folder, base)
+    if report.passed and not c.not_run:
+        from export.runtime.llama_loop import llama_tokens
+
+        report.proven.append("llama.cpp's tokenization of verify's prompts")
+        for i, (got, want) in enumerate(zip(llama_tokens(c.folder, run.prompt_texts), run.sequences.prompts)):
+            if got != want:
+                at = next((k for k, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+                report.fail(f"prompt {i}", f"llama.cpp tokenizes it into {len(got)} tokens and the base tokenizer into "
+                                           f"{len(want)}; they first differ at token {at}")
+    return report
 
 
 def _compare(run: _Run, c: Candidate, chain: list[str]) -> CandidateResult:

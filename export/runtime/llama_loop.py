@@ -1,6 +1,9 @@
 """Run a GGUF file with llama.cpp (through llama-cpp-python): logits at every position for verify, and greedy
 streaming for ``generate --gguf``.
 
+A file is checked before llama.cpp loads it here (``export.gguf.loadable``): its vocabulary read with gguf-py,
+then one load in a child process, so that a damaged file is a clear error, never an abort of this process.
+
 verify asks for a float32 KV cache: llama.cpp's default float16 cache alone moves the logits by about 2e-4
 of the largest, which would hide a float32 export's exactness. The prompt is the chat template rendered by
 lambda-bake's own renderer (``export.runtime.chat``, the same ids as every other engine), not llama.cpp's.
@@ -28,7 +31,11 @@ class LlamaCppLM:
         require_llama_cpp()
         from llama_cpp import Llama
 
+        from export.gguf.loadable import check_loadable, probe
+
         self.path = Path(path)
+        check_loadable(self.path)  # what llama.cpp would abort on, refused by name first
+        probe(self.path)  # then one load in a child process: an abort there cannot take this command down
         threads = threads or cpu_threads()
         cache = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
         try:
@@ -78,6 +85,20 @@ class LlamaCppLM:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "llama.cpp (llama-cpp-python)", "file": str(self.path)}
+
+
+def llama_tokens(path: Path, texts: list[str]) -> list[list[int]]:
+    """Each text as llama.cpp tokenizes it with the file's own vocabulary (special tokens parsed, no BOS added),
+    from a vocabulary-only load."""
+    require_llama_cpp()
+    from llama_cpp import Llama
+
+    from export.gguf.loadable import check_loadable, probe
+
+    check_loadable(path)
+    probe(path)
+    llm = Llama(str(path), vocab_only=True, verbose=False)
+    return [list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)) for t in texts]
 
 
 class GgufChat:

@@ -5,11 +5,14 @@ or raises the project's own error naming the file; never another exception."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from fuzzing import FUZZ, damaged
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bake.errors import BakeError
@@ -86,3 +89,44 @@ def test_a_gguf_is_parsed_once_per_version(gguf_file: tuple[Path, bytes], tmp_pa
     export_gguf(bake, path, gguf_type_name="f32", overwrite=True, progress=False)  # same path, a new file
     again = read_gguf(path)
     assert again is not first and int(field(again, "general.file_type")) == 0
+
+
+CLI = [sys.executable, "-c", "from bake.cli import main; raise SystemExit(main())"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (the [gguf] extra)")
+@settings(FUZZ, max_examples=8, deadline=None)  # two commands in child processes: seconds each
+@given(data=st.data())
+def test_damaged_gguf_through_generate_and_verify_never_ends_in_a_signal(
+        gguf_file: tuple[Path, bytes], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """Damaged metadata (the vocabulary, token types, special ids, hyperparameters) through the two commands that
+    hand a file to llama.cpp, each in its own process as a user runs it: a clear exit 2 or 3 (or 0 where the
+    damage changed nothing the command reads), never exit 1 and never a signal (llama.cpp's abort is exit -6)."""
+    bake, raw = gguf_file
+    path = tmp_path_factory.mktemp("bad-cli") / "m.gguf"
+    path.write_bytes(data.draw(damaged(raw[:HEAD])) + raw[HEAD:])
+    for command, allowed in ((["generate", "--gguf", str(path), "--prompt", "hi", "--max-new-tokens", "2"], (0, 2)),
+                             (["verify", "--baked", str(bake), "--gguf", str(path), "--quiet", "--greedy-tokens", "2"],
+                              (0, 2, 3))):
+        done = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=600)
+        assert done.returncode in allowed, (command[0], done.returncode, done.stderr[-2000:])
+        if done.returncode == 2:
+            assert str(path) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_damaged_array_count_is_refused_not_looped_on(gguf_file: tuple[Path, bytes], tmp_path: Path) -> None:
+    """One array count rewritten to 2^40 (gguf-py alone loops once per claimed entry past the end of the file,
+    allocating until memory runs out): every reader refuses the file by name at once."""
+    import gguf
+    import numpy as np
+
+    _, raw = gguf_file
+    reader = gguf.GGUFReader(_write(tmp_path / "ok.gguf", raw))
+    count = reader.fields["tokenizer.ggml.merges"].parts[4]  # key length, key, type, item type, count, items...
+    at = count.ctypes.data - reader.data.ctypes.data
+    bad = bytearray(raw)
+    bad[at:at + 8] = np.uint64(2**40).tobytes()
+    path = _write(tmp_path / "count.gguf", bytes(bad))
+    for read in (gguf_candidate, gguf_summary):
+        with pytest.raises(BakeError, match="run past the end of the file"):
+            read(path)

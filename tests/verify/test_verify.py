@@ -49,7 +49,7 @@ def test_correct_bake_passes(tiny_base: Path, tiny_gates: Path, tmp_path: Path, 
     (c,) = report["candidates"]
     assert c["max_rel_diff"] < 1e-5 and c["mean_kl"] < 1e-9 and c["top1_agreement"] == 1.0
     assert c["greedy_first_divergence"] is None and c["greedy_steps"] == 6
-    assert report["num_prompts"] == 6 and min(report["prompt_tokens"]) < 30 < max(report["prompt_tokens"])
+    assert report["num_prompts"] == 6 and min(report["prompt_tokens"]) < 40 < max(report["prompt_tokens"])
     assert report["reference"]["variant"] == "chat_energy_optA" and report["reference"]["scale_mode"] == "energy"
 
 
