@@ -206,7 +206,13 @@ class Candidate:
 
     def open(self) -> Runner:
         """Load the model (transformers, or an ONNX Runtime session) and return its runner."""
-        if self.kind == "checkpoint":
+        if self.kind == "checkpoint" and self.compute_dtype == torch.float32:  # one layer in memory at a time
+            from bake.verify.tensor_model import bake_layers, qwen3_model
+            from bake.verify.weights.bake_tensors import BakeFolder
+
+            folder = BakeFolder(self.folder)
+            return TorchRunner(qwen3_model(folder.config, bake_layers(folder)))
+        if self.kind == "checkpoint":  # as a user runs it in that dtype
             from transformers import AutoModelForCausalLM
 
             return TorchRunner(AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=self.compute_dtype).eval())
@@ -224,7 +230,9 @@ class Candidate:
 
 
 def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) -> Candidate:
-    """A checkpoint, to be loaded with plain AutoModelForCausalLM; its chain is its checkpoint dtype.
+    """A checkpoint, run in float32 by transformers' Qwen3 modules one layer at a time (its tensors read from its
+    safetensors as each layer runs), or in another ``compute_dtype`` loaded whole with plain AutoModelForCausalLM;
+    its chain is its checkpoint dtype.
 
     The bake manifest names the layout; a checkpoint without one (baked elsewhere) is still checked.
     """

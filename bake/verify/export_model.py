@@ -21,7 +21,7 @@ import onnx
 
 from bake.errors import ExportError
 from bake.io.json_files import read_json
-from bake.verify.tensor_model import qwen3_model
+from bake.verify.tensor_model import LayerTensors, qwen3_model
 from bake.verify.weights.nbits import mlx_dequantize, unpack_codes
 from bake.verify.weights.onnx_weights import ExportGraph
 
@@ -33,20 +33,17 @@ def export_model(folder: Path, io: dict[str, Any]) -> Any:
     """The export in ``folder`` (``io``: its onnx_io.json) as a float32 transformers model of its own weights."""
     folder = Path(folder)
     config = read_json(folder / "config.json", ExportError, "export again")
-    graph = ExportGraph(folder / io["model_file"])
-    return qwen3_model(config, export_tensors(graph, config), widths=list(io["mlp_widths"]))
+    return qwen3_model(config, export_tensors(ExportGraph(folder / io["model_file"]), config),
+                       widths=list(io["mlp_widths"]))
 
 
-def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
-    """(transformers name, float32 array) for every weight the export holds."""
-    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
-    sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
+def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> LayerTensors:
+    """Every weight the export holds as (transformers name, float32 array), read layer by layer."""
+    sizes = _qkv_sizes(config)
     quantized = {use.inputs[1]: use for uses in graph.uses.values() for use in uses
                  if use.op_type == "MatMulNBits" and use.index == 1}
-    for name in graph.names():
-        if name.startswith(SKIPPED) or name.endswith("/split") or name.endswith((".weight.scales", ".weight.zero_points")):
-            continue
+
+    def read(name: str) -> Iterator[tuple[str, np.ndarray]]:
         if name.endswith(QUANT):
             prefix, suffix, value = name[: -len(QUANT)], "weight", dequantize(graph, quantized[name])
         else:
@@ -55,6 +52,17 @@ def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> Iterator[tuple
             if _read_transposed(graph, name):
                 value = value.T
         yield from _unpacked(prefix, suffix, value, sizes)
+
+    names = [n for n in graph.names() if not (n.startswith(SKIPPED) or n.endswith("/split")
+                                              or n.endswith((".weight.scales", ".weight.zero_points")))]
+    return LayerTensors.grouped(names, read)
+
+
+def _qkv_sizes(config: dict[str, Any]) -> list[int]:
+    """The rows of q, k and v in a fused qkv projection."""
+    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    return [heads * head_dim, kv * head_dim, kv * head_dim]
 
 
 def dequantize(graph: ExportGraph, use: Any, rows_per_chunk: int = 4096) -> np.ndarray:
@@ -132,34 +140,30 @@ GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "ou
 
 
 def gguf_model(path: Path, config: dict[str, Any]) -> Any:
-    """A GGUF file's own weights (dequantized by gguf-py) as a float32 transformers model of ``config``."""
+    """A GGUF file's own weights (dequantized by gguf-py, a tensor when its layer runs) as a float32 transformers
+    model of ``config``, each layer as wide as its ``ffn_down``."""
     from gguf.quants import dequantize
 
     from bake.verify.weights.gguf_check import read_gguf
 
-    reader = read_gguf(path)
-    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
-    sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
-    widths: dict[int, int] = {}
+    tensors = {t.name: t for t in read_gguf(path).tensors}
+    sizes = _qkv_sizes(config)
 
-    def tensors() -> Iterator[tuple[str, np.ndarray]]:
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            value = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
-            parts = t.name.split(".")
-            if parts[0] in GGUF_TOP:
-                yield f"{GGUF_TOP[parts[0]]}.weight", value
-            elif parts[2] == "attn_qkv":
-                yield from _unpacked(f"model.layers.{parts[1]}.self_attn.qkv_proj", "weight", value, sizes)
-            else:
-                if parts[2] == "ffn_down":
-                    widths[int(parts[1])] = shape[1]
-                yield f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.weight", value
+    def read(name: str) -> Iterator[tuple[str, np.ndarray]]:
+        t = tensors[name]
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        value = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        parts = name.split(".")
+        if parts[0] in GGUF_TOP:
+            yield f"{GGUF_TOP[parts[0]]}.weight", value
+        elif parts[2] == "attn_qkv":
+            yield from _unpacked(f"model.layers.{parts[1]}.self_attn.qkv_proj", "weight", value, sizes)
+        else:
+            yield f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.weight", value
 
-    state = list(tensors())
+    widths = {int(n.split(".")[1]): int(t.shape[0]) for n, t in tensors.items() if n.endswith(".ffn_down.weight")}
     layers = int(config["num_hidden_layers"])
-    return qwen3_model(config, state, widths=[widths[i] for i in range(layers)])
+    return qwen3_model(config, LayerTensors.grouped(tensors, read), widths=[widths[i] for i in range(layers)])
 
 
 MLX_LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn.q_norm": "self_attn.q_norm",
@@ -177,9 +181,7 @@ def mlx_model(folder: Path, config: dict[str, Any]) -> Any:
 
     info = read_mlx_folder(folder)
     quant = info.get("quantization")
-    heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
-    sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
+    sizes = _qkv_sizes(config)
     handles = {}
     for file in sorted(Path(folder).glob("model*.safetensors")):
         handle = safe_open(str(file), framework="np")
@@ -201,6 +203,6 @@ def mlx_model(folder: Path, config: dict[str, Any]) -> Any:
         _, _, i, kind = module.split(".", 3)
         return f"model.layers.{i}.{MLX_LAYER[kind]}"
 
-    state = [pair for module in sorted({n.rsplit(".", 1)[0] for n in handles})
-             for pair in _unpacked(hf_name(module), "weight", weight(module), sizes)]
-    return qwen3_model(config, state, widths=list(info["mlp_widths"]))
+    modules = sorted({n.rsplit(".", 1)[0] for n in handles})
+    return qwen3_model(config, LayerTensors.grouped(modules, lambda m: _unpacked(hf_name(m), "weight", weight(m), sizes)),
+                       widths=list(info["mlp_widths"]))

@@ -46,6 +46,20 @@ def load_hooked_model(base_dir: Path, scale: torch.Tensor | np.ndarray, dtype: t
     return model
 
 
+def streamed_hooked_model(base_dir: Path, scale: torch.Tensor | np.ndarray) -> nn.Module:
+    """The hooked reference in float32 holding one decoder layer at a time: the base's tensors read with the
+    ``safetensors`` library as each layer runs, widened to float32 exactly, through transformers' own Qwen3
+    modules (``bake.verify.tensor_model``), with the same gate hooks. Its logits equal ``load_hooked_model``'s
+    (tests); its memory is the embedding plus one layer, whatever the model's size."""
+    from bake.verify.tensor_model import bake_layers, qwen3_model
+    from bake.verify.weights.bake_tensors import BakeFolder
+
+    base = BakeFolder(base_dir)
+    model = qwen3_model(base.config, bake_layers(base))
+    attach_gate_hooks(model, scale)
+    return model
+
+
 FLOAT16_MAX = 65504.0
 
 

@@ -49,8 +49,8 @@ from bake.verify.metrics import (
     Tally,
 )
 from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompt_texts
-from bake.verify.reference import ActivationRange, load_hooked_model, record_activation_range
-from bake.verify.tensor_model import qwen3_model
+from bake.verify.reference import ActivationRange, record_activation_range, streamed_hooked_model
+from bake.verify.tensor_model import bake_layers, qwen3_model
 from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
 from bake.verify.weights.checkpoint_check import check_bake_weights
 from bake.verify.weights.weight_check import check_export_weights
@@ -163,7 +163,7 @@ def verify(
     activations: list[ActivationRange] = []
 
     def hooked() -> TorchRunner:
-        model = load_hooked_model(base, scale, torch.float32)
+        model = streamed_hooked_model(base, scale)
         activations.append(record_activation_range(model))
         return TorchRunner(model)
 
@@ -441,8 +441,7 @@ def _bake_outputs(run: _Run, export: Path, manifest: dict[str, Any] | None = Non
     (the bake ``export``'s manifest records, or ``manifest``: a lone GGUF's own, embedded in the file)."""
     if run.bake_outputs is None:
         bake = _bake_tensors(run, export, manifest)
-        run.bake_outputs = _score(lambda: TorchRunner(qwen3_model(bake.config, ((n, bake.tensor(n).values())
-                                                                               for n in bake.names()))), run)
+        run.bake_outputs = _score(lambda: TorchRunner(qwen3_model(bake.config, bake_layers(bake))), run)
     return run.bake_outputs
 
 

@@ -1,0 +1,55 @@
+"""verify's models hold one decoder layer at a time (``bake.verify.tensor_model``): the hooked reference streamed
+from the base's safetensors gives the in-memory reference's logits and greedy tokens, bf16 bases and the real
+28 x 3072 gate shape included, and no more than one layer's weights exist while it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bake.gates.gate_math import Cut, GateSettings, compute_gates
+from bake.gates.variant import load_variant
+from bake.verify.candidates import TorchRunner
+from bake.verify.reference import load_hooked_model, streamed_hooked_model
+
+SETTINGS = GateSettings(Cut("preset", 3), "hard", "energy")
+
+
+def _scale(gates: Path, layers: int, width: int) -> torch.Tensor:
+    v = load_variant(gates, "chat_energy_optA", num_layers=layers, intermediate_size=width)
+    return compute_gates(v.logits, SETTINGS, v.selected_thresholds).scale
+
+
+@pytest.mark.parametrize("base", ["tiny_base", "tiny_base_bf16", "full_base_bf16"])
+def test_streamed_reference_equals_the_in_memory_one(base: str, tiny_gates: Path, full_gates: Path,
+                                                     request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue(base)
+    full = base.startswith("full")
+    scale = _scale(full_gates if full else tiny_gates, 28 if full else 4, 3072 if full else 128)
+    prompts = [[5, 17, 99, 3, 250, 41, 8], [12, 300, 7]]
+    want_seq, want = TorchRunner(load_hooked_model(folder, scale)).generate(prompts, 5)
+    got_seq, got = TorchRunner(streamed_hooked_model(folder, scale)).generate(prompts, 5)
+    assert got_seq == want_seq
+    for i in range(len(prompts)):
+        assert torch.equal(got.of(i)[0], want.of(i)[0])
+    seqs = want_seq.inputs
+    for a, b in zip(TorchRunner(streamed_hooked_model(folder, scale)).score(seqs),
+                    TorchRunner(load_hooked_model(folder, scale)).score(seqs)):
+        assert torch.equal(a, b)
+
+
+def test_one_layer_in_memory_at_a_time(tiny_base: Path, tiny_gates: Path) -> None:
+    model = streamed_hooked_model(tiny_base, _scale(tiny_gates, 4, 128))
+    layers = list(model.model.layers)
+    assert all(p.is_meta for layer in layers for p in layer.parameters())  # nothing read before it runs
+    seen: list[int] = []
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda *_: seen.append(
+            sum(not p.is_meta for other in layers for p in other.parameters())))
+    with torch.no_grad():
+        model(torch.tensor([[5, 6, 7]]))
+    per_layer = sum(1 for _ in layers[0].parameters())
+    assert seen == [per_layer] * len(layers)  # its own weights only, read just before it runs
+    assert all(p.is_meta for layer in layers for p in layer.parameters())  # and dropped after
