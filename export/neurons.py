@@ -8,7 +8,12 @@ that column), so a ragged export drops it. A quantized format needs each row to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
+
+from bake.io.dtypes import to_float32
 
 
 def live_neurons(down: np.ndarray) -> np.ndarray:
@@ -20,3 +25,37 @@ def ragged_width(kept: int, granule: int) -> int:
     """``kept`` neurons rounded up to a whole number of ``granule``-neuron blocks, one block at least."""
     granule = max(int(granule), 1)
     return max(granule, -(-kept // granule) * granule)
+
+
+def bake_values(reader: Any, name: str) -> np.ndarray:
+    """A bake tensor (``bake.io.tensor_io.CheckpointReader``) in float32, exactly."""
+    info = reader.tensors[name]
+    raw = reader.rows(name)
+    return to_float32(raw, info.dtype) if info.dtype.computable else raw.astype(np.float32)
+
+
+@dataclass
+class LayerWidths:
+    """Each layer's kept neurons (None: all of them), kept count and exported width."""
+
+    keep: list[np.ndarray | None] = field(default_factory=list)
+    kept_counts: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, reader: Any, layers: int, ragged: bool, granule: int) -> LayerWidths:
+        """Ragged: the live neurons of each layer's ``down_proj``, rounded up to ``granule``; else the bake's width."""
+        out = cls()
+        for i in range(layers):
+            name = f"model.layers.{i}.mlp.down_proj.weight"
+            if ragged:
+                live = live_neurons(bake_values(reader, name))
+                out.keep.append(live)
+                out.kept_counts.append(int(live.size))
+                out.widths.append(ragged_width(live.size, granule))
+            else:
+                width = int(reader.tensors[name].shape[1])
+                out.keep.append(None)
+                out.kept_counts.append(width)
+                out.widths.append(width)
+        return out

@@ -142,7 +142,23 @@ class OnnxEval(EvalLM):
         return "".join(self.chat.stream_text(tokens, self.eos))
 
 
-class GgufEval(EvalLM):
+class _OneRowEval(EvalLM):
+    """A runtime that scores one row per call and streams greedy tokens (``lm``: ``LlamaCppLM`` or ``MlxLM``)."""
+
+    lm: Any
+    chat: Any
+    eos: list[int]
+
+    def score(self, rows: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
+        for i, row in enumerate(rows):
+            yield i, self.lm.score([row])[0]
+
+    def answer(self, prompt: list[int], max_new_tokens: int) -> str:
+        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
+        return "".join(self.chat.stream_text(tokens, self.eos))
+
+
+class GgufEval(_OneRowEval):
     """A GGUF file in llama.cpp, with its own tokenizer and chat template."""
 
     def __init__(self, spec: ModelSpec, max_length: int):
@@ -152,16 +168,8 @@ class GgufEval(EvalLM):
         self.chat = GgufChat(self.lm)
         self.eos = self.chat.eos_ids()
 
-    def score(self, rows: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
-        for i, row in enumerate(rows):
-            yield i, self.lm.score([row])[0]
 
-    def answer(self, prompt: list[int], max_new_tokens: int) -> str:
-        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
-        return "".join(self.chat.stream_text(tokens, self.eos))
-
-
-class MlxEval(EvalLM):
+class MlxEval(_OneRowEval):
     """An MLX folder in mlx-lm (its tokenizer and chat template are the folder's Hugging Face files)."""
 
     def __init__(self, spec: ModelSpec):
@@ -171,14 +179,6 @@ class MlxEval(EvalLM):
         self.lm = MlxLM(spec.path)
         self.chat = ChatTokenizer(spec.path)
         self.eos = self.chat.eos_ids()
-
-    def score(self, rows: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
-        for i, row in enumerate(rows):
-            yield i, self.lm.score([row])[0]
-
-    def answer(self, prompt: list[int], max_new_tokens: int) -> str:
-        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
-        return "".join(self.chat.stream_text(tokens, self.eos))
 
 
 def open_model(spec: ModelSpec, max_length: int, device: str = "auto") -> EvalLM:

@@ -46,12 +46,11 @@ import numpy as np
 from bake.errors import BaseModelError, ExportError
 from bake.io.atomic import atomic_output_file
 from bake.io.base_model import open_base_model
-from bake.io.dtypes import to_float32
 from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import check_carried_files
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY, MANIFEST_NAME, public_manifest, read_manifest
 from export.gguf.vocab import add_vocab
-from export.neurons import live_neurons, ragged_width
+from export.neurons import LayerWidths, bake_values
 from export.options import GGUF_TYPES
 
 GGUF_LAYOUTS = ("as-is", "ragged")
@@ -256,25 +255,11 @@ class _Plan:
         self.reader, self.config, self.kind, self.ragged = reader, config, kind, ragged
         self.layers = int(config["num_hidden_layers"])
         self.fallback: list[str] = []
-        self.keep: list[np.ndarray | None] = []
-        self.kept_counts: list[int] = []
-        self.widths: list[int] = []
-        for i in range(self.layers):
-            if ragged:
-                live = live_neurons(self._values(f"model.layers.{i}.mlp.down_proj.weight"))
-                self.keep.append(live)
-                self.kept_counts.append(int(live.size))
-                self.widths.append(ragged_width(live.size, kind.block))
-            else:
-                width = int(reader.tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1])
-                self.keep.append(None)
-                self.kept_counts.append(width)
-                self.widths.append(width)
+        plan = LayerWidths.of(reader, self.layers, ragged, kind.block)
+        self.keep, self.kept_counts, self.widths = plan.keep, plan.kept_counts, plan.widths
 
     def _values(self, name: str) -> np.ndarray:
-        info = self.reader.tensors[name]
-        raw = self.reader.rows(name)
-        return to_float32(raw, info.dtype) if info.dtype.computable else raw.astype(np.float32)
+        return bake_values(self.reader, name)
 
     def _type_for(self, name: str, shape: tuple[int, ...]) -> Any:
         import gguf

@@ -36,13 +36,12 @@ import numpy as np
 from bake.errors import BaseModelError, ExportError
 from bake.io.atomic import atomic_output_dir
 from bake.io.base_model import open_base_model
-from bake.io.dtypes import to_float32
 from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import carry_base_files, check_carried_files
 from bake.write.manifest import MANIFEST_NAME
 from export.install import require_mlx
 from export.mlx.folder import FORMAT, FORMAT_VERSION, INFO_FILE, MLX_DTYPES
-from export.neurons import live_neurons, ragged_width
+from export.neurons import LayerWidths, bake_values
 
 MLX_LAYOUTS = ("as-is", "ragged")
 MLX_BITS = (4, 8)
@@ -169,25 +168,11 @@ class MlxPlan:
         _check_expressible(config, ragged)
         self.layers = int(config["num_hidden_layers"])
         self.tied = bool(config.get("tie_word_embeddings", False))
-        self.keep: list[np.ndarray | None] = []
-        self.kept_counts: list[int] = []
-        self.widths: list[int] = []
-        for i in range(self.layers):
-            if ragged:
-                live = live_neurons(self._values(f"model.layers.{i}.mlp.down_proj.weight"))
-                self.keep.append(live)
-                self.kept_counts.append(int(live.size))
-                self.widths.append(ragged_width(live.size, granule))
-            else:
-                width = int(reader.tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1])
-                self.keep.append(None)
-                self.kept_counts.append(width)
-                self.widths.append(width)
+        plan = LayerWidths.of(reader, self.layers, ragged, granule)
+        self.keep, self.kept_counts, self.widths = plan.keep, plan.kept_counts, plan.widths
 
     def _values(self, name: str) -> np.ndarray:
-        info = self.reader.tensors[name]
-        raw = self.reader.rows(name)
-        return to_float32(raw, info.dtype) if info.dtype.computable else raw.astype(np.float32)
+        return bake_values(self.reader, name)
 
     def mlx_config(self) -> dict[str, Any]:
         """config.json as mlx-lm reads it: the bake's own for qwen3; openelm's fields for ragged."""
