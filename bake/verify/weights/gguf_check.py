@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from bake.verify.weights.weight_check import Failure, WeightReport
 from bake.verify.weights.weight_map import LiveNeurons
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY
 
+CHUNK_ELEMENTS = 1 << 22  # elements proven at once: 4M, about 16 MB per float32 temporary
 PAD_SLACK = 256  # a ragged layer's width rounds up to at most one K-quant block (256) of zero neurons
+Found = tuple[np.ndarray, Callable[[tuple[int, ...]], tuple[str, dict[str, Any]]]]  # bad elements; what to say
 SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
 
 
@@ -253,18 +256,11 @@ class _Checker:
                 continue
             self.checked += 1
             self.elements += want.size
-            try:
-                got = dequantize(np.asarray(t.data), qtype).reshape(shape).astype(np.float32)
-            except Exception as e:  # noqa: BLE001 - a damaged block the dequantizer cannot read
-                self.fail(name, f"cannot be dequantized as {qtype.name} ({e})")
-                continue
-            if qtype in (Q.F32, Q.F16, Q.BF16):
-                self.exact(name, qtype, got, want)
-            elif qtype.name in CODES:
-                self.quantized(name, qtype, np.asarray(t.data), got, want)
-            else:
+            if qtype not in (Q.F32, Q.F16, Q.BF16) and qtype.name not in CODES:
                 self.fail(name, f"is {qtype.name}, which the weight check does not cover (F32, F16, BF16, "
                                 f"{', '.join(CODES)})")
+                continue
+            self.tensor(name, qtype, np.asarray(t.data), want, dequantize)
         self.check_widths(widths)
         self.hyperparameters(widths)
         for name in sorted(set(self.bake.names()) - self.used):
@@ -305,7 +301,39 @@ class _Checker:
                 self.fail(f"{arch}.{key}", f"is {got!r}, but the bake's config gives {expected!r}: a hyperparameter "
                                            "that changes the math")
 
-    def exact(self, name: str, qtype: Any, got: np.ndarray, want: np.ndarray) -> None:
+    def tensor(self, name: str, qtype: Any, data: np.ndarray, want: np.ndarray, dequantize: Any) -> None:
+        """Prove one tensor a few rows at a time (the bound's temporaries of a whole embedding would be ten times its
+        float32 size); the first failing rows name it."""
+        from gguf import GGMLQuantizationType as Q
+
+        vector = want.ndim == 1
+        rows, cols = (1, want.size) if vector else want.shape
+        want = want.reshape(rows, cols)
+        try:
+            raw = data.reshape(rows, -1)  # a row of the tensor per row: its values, or its blocks' bytes
+        except ValueError as e:
+            self.fail(name, f"holds {data.size} values or bytes, not {rows} rows of {cols} ({e})")
+            return
+        check = self.exact if qtype in (Q.F32, Q.F16, Q.BF16) else self.quantized
+        step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            try:
+                got = dequantize(raw[r0:r1], qtype).reshape(r1 - r0, cols).astype(np.float32)
+            except Exception as e:  # noqa: BLE001 - a damaged block the dequantizer cannot read
+                self.fail(name, f"cannot be dequantized as {qtype.name} ({e})")
+                return
+            found = check(qtype, raw[r0:r1], got, want[r0:r1])
+            if found is not None:
+                bad, describe = found
+                at = tuple(int(i) for i in np.argwhere(bad)[0])
+                index = [at[1]] if vector else [at[0] + r0, at[1]]
+                message, worst = describe(at)
+                self.fail(name, f"element {index} {message}", {"index": index, **worst})
+                return
+
+    def exact(self, qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.ndarray) -> Found | None:
+        """The elements of a float tensor's rows that are not the bake's rounded to its type, and how to say so."""
         import ml_dtypes
         from gguf import GGMLQuantizationType as Q
 
@@ -315,32 +343,38 @@ class _Checker:
         elif qtype == Q.BF16:  # ml_dtypes' rounding (to nearest, ties to even), not the writer's gguf-py call
             want = want.astype(ml_dtypes.bfloat16).astype(np.float32)
         bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
-        if bad.any():
-            idx = [int(i) for i in np.argwhere(bad)[0]]
-            self.fail(name, f"element {idx} is {float(got[tuple(idx)]):.8g}, but the bake's value rounded to "
-                            f"{qtype.name} is {float(want[tuple(idx)]):.8g} (bound 0); {int(bad.sum())} of {bad.size} "
-                            "elements differ",
-                      {"index": idx, "value": float(got[tuple(idx)]), "expected": float(want[tuple(idx)]), "bound": 0.0})
+        if not bad.any():
+            return None
 
-    def quantized(self, name: str, qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
+        def describe(at: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+            return (f"is {float(got[at]):.8g}, but the bake's value rounded to {qtype.name} is {float(want[at]):.8g} "
+                    f"(bound 0); {int(bad.sum())} of the {bad.size} elements of these rows differ",
+                    {"value": float(got[at]), "expected": float(want[at]), "bound": 0.0})
+
+        return bad, describe
+
+    def quantized(self, qtype: Any, raw: np.ndarray, got: np.ndarray, want: np.ndarray) -> Found | None:
+        """The elements of a block-quantized tensor's rows outside the bound, and how to say so."""
         err, allowed, step = quantization_bound(qtype, raw, got, want)
         with np.errstate(divide="ignore", invalid="ignore"):
             steps = np.where(step > 0, err / step, np.where(err == 0, 0.0, np.inf))
-            allowed_steps = np.where(step > 0, allowed / np.where(step > 0, step, 1), np.inf)
         zero_wrong = (want == 0) & (got != 0) & (qtype.name in SYMMETRIC)
         # NaN or inf on either side (a damaged scale) is never within a bound
         bad = ~(err <= allowed) | zero_wrong | (~np.isfinite(got) & np.isfinite(want))
         finite = steps[np.isfinite(steps)]
         self.max_steps = max(self.max_steps or 0.0, float(finite.max()) if finite.size else 0.0)
-        if bad.any():
-            idx = [int(i) for i in np.argwhere(bad)[0]]
-            at = tuple(idx)
-            self.fail(name, f"element {idx} dequantizes to {float(got[at]):.6g}, but the bake has {float(want[at]):.6g}: "
-                            f"{float(steps[at]):.2f} steps off (bound {float(allowed_steps[at]):.2f} of its block's scale "
-                            f"{float(step[at]):.3g}{'; a zero weight must stay 0' if zero_wrong[at] else ''}, "
-                            f"{qtype.name})",
-                      {"index": idx, "value": float(got[at]), "expected": float(want[at]),
-                       "bound": float(allowed[at]), "steps": float(steps[at])})
+        if not bad.any():
+            return None
+
+        def describe(at: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+            bound = float(allowed[at] / step[at]) if step[at] > 0 else float("inf")
+            return (f"dequantizes to {float(got[at]):.6g}, but the bake has {float(want[at]):.6g}: "
+                    f"{float(steps[at]):.2f} steps off (bound {bound:.2f} of its block's scale {float(step[at]):.3g}"
+                    f"{'; a zero weight must stay 0' if zero_wrong[at] else ''}, {qtype.name})",
+                    {"value": float(got[at]), "expected": float(want[at]), "bound": float(allowed[at]),
+                     "steps": float(steps[at])})
+
+        return bad, describe
 
     def check_widths(self, widths: dict[int, int]) -> None:
         recorded = field(self.reader, f"{self.arch}.feed_forward_length")
