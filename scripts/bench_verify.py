@@ -3,9 +3,10 @@
 
 Builds (once, under --workdir) the random-weight bf16 Qwen3 of ``bench_inputs.py`` at each --shape, a
 dense bf16 bake at 50 % off (hard gates, energy scale) and its exports, then runs
-``lambda-bake verify --baked BAKE --onnx EXPORT --json`` in a fresh child process per case and repeat,
-recording its wall time and peak RSS (``os.wait4``) and the verdict. The targets (issue 23) are, at the
-0.6B shape: peak RSS <= 2x the model's float32 size (4.8 GB) and <= 90 s; at 1.7B: fits in 12 GB.
+``lambda-bake verify --baked BAKE --onnx EXPORT --json`` (``--gguf FILE`` for the GGUF case) in a fresh child
+process per case and repeat, recording its wall time and peak RSS (``os.wait4``), the verdict and verify's own
+stages. The targets (issue 30) are, at the 0.6B shape: checkpoint + float32 ONNX <= 60 s and <= 1.5x the model's
+float32 size; checkpoint + ragged q8_0 GGUF <= 90 s and <= 2.0x.
 
     python scripts/bench_verify.py --workdir /work/bench-verify --shape 0.6b 1.7b --json docs/bench/bench_verify.json
 """
@@ -28,6 +29,8 @@ from bench_inputs import REPO, ensure_inputs  # noqa: E402
 EXPORTS = {
     "float32": ["--target", "cpu"],
     "int4-ragged": ["--target", "cpu", "--quantize", "int4", "--layout", "ragged"],
+    "gguf-q8_0-ragged": ["--format", "gguf", "--gguf-type", "q8_0", "--layout", "ragged"],
+    "gguf-q4_0-ragged": ["--format", "gguf", "--gguf-type", "q4_0", "--layout", "ragged"],
 }
 
 
@@ -44,19 +47,22 @@ def run_shape(shape: str, workdir: Path, exports: list[str], repeats: int) -> di
     params = json.loads((bake / "bake_manifest.json").read_text())["sizes"]["dense"]["params"]
     cases = {}
     for name in exports:
-        export = workdir / shape / f"export-{name}"
+        gguf = name.startswith("gguf")
+        export = workdir / shape / (f"export-{name}.gguf" if gguf else f"export-{name}")
         if not export.exists():
             subprocess.run(cli("export", "--model", str(bake), "--out", str(export), *EXPORTS[name]), cwd=REPO,
                            check=True)
         runs = []
         for _ in range(repeats):
-            r = measure(cli("verify", "--baked", str(bake), "--onnx", str(export), "--json"), [], reports=True)
+            r = measure(cli("verify", "--baked", str(bake), "--gguf" if gguf else "--onnx", str(export), "--json"), [],
+                        reports=True)
             runs.append({"wall_s": round(r["wall_s"], 1), "peak_rss_mib": round(r["peak_rss_mib"]),
                          "passed": r["passed"], "positions": r["positions"],
                          "candidates": [{k: c[k] for k in ("name", "passed", "max_rel_diff", "top1_agreement")}
                                         | {"checks": [(k["against"], k["max_rel_diff"]) for k in c["checks"]],
                                            "weights_s": (c["weights"] or {}).get("seconds")}
-                                        for c in r["candidates"]]})
+                                        for c in r["candidates"]],
+                         "stages": r.get("stages")})
             print(f"{shape} checkpoint + {name}: {runs[-1]['wall_s']} s, peak RSS {runs[-1]['peak_rss_mib']} MiB "
                   f"(float32 size {params * 4 / 2**20:.0f} MiB), passed {r['passed']}", file=sys.stderr)
         cases[name] = {"runs": runs, "best_s": min(r["wall_s"] for r in runs),
@@ -68,13 +74,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lambda-bake-bench-verify"))
     ap.add_argument("--shape", nargs="+", choices=("0.6b", "1.7b"), default=["0.6b"])
-    ap.add_argument("--exports", nargs="+", choices=tuple(EXPORTS), default=list(EXPORTS))
+    ap.add_argument("--exports", nargs="+", choices=tuple(EXPORTS), default=["float32", "gguf-q8_0-ragged"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "command": "lambda-bake verify --baked BAKE --onnx EXPORT --json (a fresh process per run)",
+        "command": "lambda-bake verify --baked BAKE --onnx EXPORT (or --gguf FILE) --json (a fresh process per run)",
         "shapes": {s: run_shape(s, args.workdir, args.exports, args.repeats) for s in args.shape},
     }
     if args.json:
