@@ -59,3 +59,21 @@ class LayerWidths:
                 out.kept_counts.append(width)
                 out.widths.append(width)
         return out
+
+    def rows(self, i: int, w: np.ndarray) -> np.ndarray:
+        """gate/up ``w`` [width, hidden] of layer ``i``: the kept neurons' rows, then zero rows up to its width."""
+        keep = self.keep[i]
+        if keep is None:
+            return w
+        out = np.zeros((self.widths[i], w.shape[1]), np.float32)
+        out[:keep.size] = w[keep]
+        return out
+
+    def columns(self, i: int, w: np.ndarray) -> np.ndarray:
+        """down ``w`` [hidden, width] of layer ``i``: the kept neurons' columns, then zero columns up to its width."""
+        keep = self.keep[i]
+        if keep is None:
+            return w
+        out = np.zeros((w.shape[0], self.widths[i]), np.float32)
+        out[:, :keep.size] = w[:, keep]
+        return out

@@ -255,8 +255,8 @@ class _Plan:
         self.reader, self.config, self.kind, self.ragged = reader, config, kind, ragged
         self.layers = int(config["num_hidden_layers"])
         self.fallback: list[str] = []
-        plan = LayerWidths.of(reader, self.layers, ragged, kind.block)
-        self.keep, self.kept_counts, self.widths = plan.keep, plan.kept_counts, plan.widths
+        self.plan = LayerWidths.of(reader, self.layers, ragged, kind.block)
+        self.keep, self.kept_counts, self.widths = self.plan.keep, self.plan.kept_counts, self.plan.widths
 
     def _values(self, name: str) -> np.ndarray:
         return bake_values(self.reader, name)
@@ -326,24 +326,10 @@ class _Plan:
         return out
 
     def _rows(self, i: int, part: str) -> np.ndarray:
-        """gate/up [width, hidden]: the kept neurons' rows, then zero rows up to the layer's width."""
-        w = self._values(f"model.layers.{i}.{part}.weight")
-        keep = self.keep[i]
-        if keep is None:
-            return w
-        out = np.zeros((self.widths[i], w.shape[1]), np.float32)
-        out[:keep.size] = w[keep]
-        return out
+        return self.plan.rows(i, self._values(f"model.layers.{i}.{part}.weight"))
 
     def _columns(self, i: int) -> np.ndarray:
-        """down [hidden, width]: the kept neurons' columns, then zero columns up to the layer's width."""
-        w = self._values(f"model.layers.{i}.mlp.down_proj.weight")
-        keep = self.keep[i]
-        if keep is None:
-            return w
-        out = np.zeros((w.shape[0], self.widths[i]), np.float32)
-        out[:, :keep.size] = w[:, keep]
-        return out
+        return self.plan.columns(i, self._values(f"model.layers.{i}.mlp.down_proj.weight"))
 
 
 def _metadata(writer: Any, model_dir: Path, plan: _Plan, manifest: dict[str, Any] | None, layout: str) -> None:

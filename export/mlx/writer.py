@@ -168,8 +168,8 @@ class MlxPlan:
         _check_expressible(config, ragged)
         self.layers = int(config["num_hidden_layers"])
         self.tied = bool(config.get("tie_word_embeddings", False))
-        plan = LayerWidths.of(reader, self.layers, ragged, granule)
-        self.keep, self.kept_counts, self.widths = plan.keep, plan.kept_counts, plan.widths
+        self.plan = LayerWidths.of(reader, self.layers, ragged, granule)
+        self.keep, self.kept_counts, self.widths = self.plan.keep, self.plan.kept_counts, self.plan.widths
 
     def _values(self, name: str) -> np.ndarray:
         return bake_values(self.reader, name)
@@ -225,20 +225,10 @@ class MlxPlan:
         return out
 
     def _rows(self, i: int, part: str) -> np.ndarray:
-        """gate/up [width, hidden]: the kept neurons' rows, then zero rows up to the layer's width."""
-        w = self._values(f"model.layers.{i}.mlp.{part}.weight")
-        keep = self.keep[i]
-        out = np.zeros((self.widths[i], w.shape[1]), np.float32)
-        out[:keep.size] = w[keep]
-        return out
+        return self.plan.rows(i, self._values(f"model.layers.{i}.mlp.{part}.weight"))
 
     def _columns(self, i: int) -> np.ndarray:
-        """down [hidden, width]: the kept neurons' columns, then zero columns up to the layer's width."""
-        w = self._values(f"model.layers.{i}.mlp.down_proj.weight")
-        keep = self.keep[i]
-        out = np.zeros((w.shape[0], self.widths[i]), np.float32)
-        out[:, :keep.size] = w[:, keep]
-        return out
+        return self.plan.columns(i, self._values(f"model.layers.{i}.mlp.down_proj.weight"))
 
 
 def _check_expressible(config: dict[str, Any], ragged: bool) -> None:
