@@ -95,7 +95,8 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
 
 def _plan_gguf(path: Path, repo_id: str) -> Upload:
     """A GGUF file alone, with a card rendered from the bake manifest it carries."""
-    from bake.verify.weights.gguf_check import embedded_manifest, read_gguf
+    from bake.io.gguf_reader import read_gguf
+    from bake.verify.weights.gguf_check import embedded_manifest
 
     if path.suffix != ".gguf":
         raise HubError(f"{path} is a file; push takes a baked folder or a .gguf file")

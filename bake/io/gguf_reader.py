@@ -1,4 +1,4 @@
-"""gguf-py's reader, bounded by the file's size.
+"""gguf-py's reader, bounded by the file's size, and parsed once per version of a file.
 
 gguf-py trusts every count in the file: a damaged array length (one flipped bit in a string array's count) makes
 it read past the end of the memory map, where numpy hands back empty slices, once per claimed element, so one
@@ -8,11 +8,14 @@ the end of the file, so that such a file is a ``ValueError`` its callers name, i
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUFReader
+
+from bake.errors import ExportError
 
 
 class BoundedGGUFReader(GGUFReader):
@@ -29,3 +32,32 @@ class BoundedGGUFReader(GGUFReader):
 def open_gguf(path: Path | str) -> GGUFReader:
     """Read ``path`` (metadata and tensor index; tensor data stays memory-mapped)."""
     return BoundedGGUFReader(str(path))
+
+
+def read_gguf(path: Path) -> Any:
+    """gguf-py's reader over the file; a file it cannot parse is an ExportError naming it.
+
+    Parsed once per version of the file (its inode, size and change times): verify's candidate, the weight proof
+    and the dequantized model all read the same file, and parsing Qwen3's 151,936-token vocabulary takes 5 s."""
+    try:
+        stat = Path(path).stat()
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read as a GGUF file ({e})") from e
+    return _parsed(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
+def release_readers() -> None:
+    """Forget every parsed file, so that its memory map closes (a removed file's disk space is then freed)."""
+    _parsed.cache_clear()
+    import gc
+
+    gc.collect()
+
+
+@lru_cache(maxsize=4)
+def _parsed(path: str, version: tuple[int, ...]) -> Any:
+    try:
+        return open_gguf(path)
+    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
+        raise ExportError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
+                          "truncated: export (or download) it again") from e

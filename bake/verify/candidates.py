@@ -295,7 +295,8 @@ GGUF_STEPS = {"f32": ("float32", None), "f16": ("float16", None), "bf16": ("bflo
 def gguf_candidate(path: Path) -> Candidate:
     """A GGUF file, run by llama.cpp with a float32 KV cache; its chain is the bake's dtype, then its GGML type
     (f16/bf16 weights make llama.cpp compute in that type; q8_0/q4_0 are 8- and 4-bit block codes)."""
-    from bake.verify.weights.gguf_check import embedded_manifest, field, read_gguf
+    from bake.io.gguf_reader import read_gguf
+    from bake.verify.weights.gguf_check import embedded_manifest, field
     from export.gguf.writer import file_type_name
     from export.install import require_gguf
 

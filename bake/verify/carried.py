@@ -197,7 +197,8 @@ def check_gguf(path: Path, base: Path) -> CarriedReport:
     import gguf
 
     from bake.io.base_model import read_config
-    from bake.verify.weights.gguf_check import field, read_gguf
+    from bake.io.gguf_reader import read_gguf
+    from bake.verify.weights.gguf_check import field
     from export.gguf.vocab import PRE_TOKENIZER, vocab_tokens
 
     report = CarriedReport()

@@ -144,7 +144,7 @@ def gguf_model(path: Path, config: dict[str, Any]) -> Any:
     model of ``config``, each layer as wide as its ``ffn_down``."""
     from gguf.quants import dequantize
 
-    from bake.verify.weights.gguf_check import read_gguf
+    from bake.io.gguf_reader import read_gguf
 
     tensors = {t.name: t for t in read_gguf(path).tensors}
     sizes = _qkv_sizes(config)

@@ -178,7 +178,7 @@ def verify(
             results.append(_verify_one(run, c))
             stages.done(c.name)
     finally:  # the GGUF files verify parsed are memory-mapped: let them go (a failed cut's file may be removed)
-        from bake.verify.weights.gguf_check import release_readers
+        from bake.io.gguf_reader import release_readers
 
         release_readers()
     for r, c in zip(results, candidates):

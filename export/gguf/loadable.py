@@ -23,15 +23,19 @@ PROBE_SECONDS = 600
 FIX = "the file is damaged: export it again (or download it again)"
 
 
+def ensure_loadable(path: Path) -> None:
+    """Refuse what llama.cpp would abort on, by name (``check_loadable``), then load the file once in a child
+    process (``probe``): call before llama.cpp loads ``path`` in this process."""
+    check_loadable(path)
+    probe(path)
+
+
 def check_loadable(path: Path) -> None:
     """Refuse (``ExportError``, exit 2) a GGUF whose metadata llama.cpp's loader would abort or misread on."""
-    from bake.io.gguf_reader import open_gguf
+    from bake.io.gguf_reader import read_gguf
 
     path = Path(path)
-    try:
-        reader = open_gguf(path)
-    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
-        raise ExportError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); {FIX}") from e
+    reader = read_gguf(path)  # the parse verify's candidate and weight proof share; a damaged file is named there
     fields = reader.fields
     tokens = fields.get("tokenizer.ggml.tokens")
     if tokens is None:

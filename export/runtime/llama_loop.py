@@ -31,11 +31,10 @@ class LlamaCppLM:
         require_llama_cpp()
         from llama_cpp import Llama
 
-        from export.gguf.loadable import check_loadable, probe
+        from export.gguf.loadable import ensure_loadable
 
         self.path = Path(path)
-        check_loadable(self.path)  # what llama.cpp would abort on, refused by name first
-        probe(self.path)  # then one load in a child process: an abort there cannot take this command down
+        ensure_loadable(self.path)  # an abort on a damaged file must not take this command down
         threads = threads or cpu_threads()
         cache = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
         try:
@@ -93,10 +92,9 @@ def llama_tokens(path: Path, texts: list[str]) -> list[list[int]]:
     require_llama_cpp()
     from llama_cpp import Llama
 
-    from export.gguf.loadable import check_loadable, probe
+    from export.gguf.loadable import ensure_loadable
 
-    check_loadable(path)
-    probe(path)
+    ensure_loadable(path)
     llm = Llama(str(path), vocab_only=True, verbose=False)
     return [list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)) for t in texts]
 

@@ -80,7 +80,8 @@ def _write(path: Path, data: bytes) -> Path:
 
 def test_a_gguf_is_parsed_once_per_version(gguf_file: tuple[Path, bytes], tmp_path: Path) -> None:
     """verify's candidate, weight proof and dequantized model share one parse; a file written anew is read anew."""
-    from bake.verify.weights.gguf_check import field, read_gguf
+    from bake.io.gguf_reader import read_gguf
+    from bake.verify.weights.gguf_check import field
 
     bake, raw = gguf_file
     path = _write(tmp_path / "m.gguf", raw)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bake.errors import ExportError
+from bake.io.gguf_reader import read_gguf
 from bake.verify.weights.bake_tensors import BakeTensors
 from bake.verify.weights.weight_check import Failure, WeightReport
 from bake.verify.weights.weight_map import LiveNeurons
@@ -38,37 +38,6 @@ CHUNK_ELEMENTS = 1 << 22  # elements proven at once: 4M, about 16 MB per float32
 PAD_SLACK = 256  # a ragged layer's width rounds up to at most one K-quant block (256) of zero neurons
 Found = tuple[np.ndarray, Callable[[tuple[int, ...]], tuple[str, dict[str, Any]]]]  # bad elements; what to say
 SLACK = 1e-3  # of a step: float32 rounding of the dequantized value
-
-
-def read_gguf(path: Path) -> Any:
-    """gguf-py's reader over the file; a file it cannot parse is an ExportError naming it.
-
-    Parsed once per version of the file (its inode, size and change times): verify's candidate, the weight proof
-    and the dequantized model all read the same file, and parsing Qwen3's 151,936-token vocabulary takes 5 s."""
-    try:
-        stat = Path(path).stat()
-    except OSError as e:
-        raise ExportError(f"{path} cannot be read as a GGUF file ({e})") from e
-    return _parsed(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
-
-
-def release_readers() -> None:
-    """Forget every parsed file, so that its memory map closes (a removed file's disk space is then freed)."""
-    _parsed.cache_clear()
-    import gc
-
-    gc.collect()
-
-
-@lru_cache(maxsize=4)
-def _parsed(path: str, version: tuple[int, ...]) -> Any:
-    from bake.io.gguf_reader import open_gguf
-
-    try:
-        return open_gguf(path)
-    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
-        raise ExportError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
-                          "truncated: export (or download) it again") from e
 
 
 def field(reader: Any, key: str) -> Any:
