@@ -153,7 +153,7 @@ def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None
 
 def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:
     """genai_config.json's ids, lengths and search settings against the base's config and generation config."""
-    from bake.errors import ExportError
+    from bake.errors import BaseModelError, ExportError
     from bake.io.base_model import read_config
     from bake.io.json_files import read_json_object
 
@@ -164,7 +164,8 @@ def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:
     genai = read_json_object(path, ExportError, "export again", "onnxruntime-genai's configuration")
     config = read_config(base)
     gen_path = base / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    gen = read_json_object(gen_path, BaseModelError, "repair the base", "the base's generation config") \
+        if gen_path.is_file() else {}
     eos = gen.get("eos_token_id", config.get("eos_token_id"))
     eos = eos if isinstance(eos, list) else [eos]
     pads = [gen.get("pad_token_id"), config.get("pad_token_id"), eos[0]]
