@@ -165,3 +165,25 @@ def test_a_gguf_llama_cpp_would_abort_on_is_refused_by_name(deploy: Path, tmp_pa
     assert code == 2 and named in err
     assert main(["generate", "--gguf", str(d / "m.gguf"), "--prompt", "hi", "--max-new-tokens", "2"]) == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("signal_number", "named"), [(6, "llama.cpp aborted loading"), (4, "illegal instruction")])
+def test_a_child_process_killed_by_llama_cpp_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              signal_number: int, named: str) -> None:
+    """The probe's child dies of a signal (an abort the checks did not foresee; a llama.cpp build this CPU cannot
+    run): an ExportError naming the file (and, for SIGILL, the build and how to rebuild), never the signal here."""
+    import subprocess
+
+    from bake.errors import ExportError
+    from export.gguf import loadable
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    monkeypatch.setattr(loadable.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, -signal_number, "", ""))
+    loadable._probe.cache_clear()
+    with pytest.raises(ExportError, match=named) as e:
+        loadable.probe(path)
+    assert str(path) in str(e.value)
+    if signal_number == 4:
+        assert "--no-cache-dir" in str(e.value) and "GGML_NATIVE=OFF" in str(e.value)
