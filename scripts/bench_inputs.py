@@ -10,7 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "chat_energy"
-SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B", "tiny": "TinyQwen3Spec"}  # specs in bake.demo.assets (tiny:
+SHAPES = {"0.6b": "QWEN3_0_6B", "1.7b": "QWEN3_1_7B", "4b": "QWEN3_4B", "tiny": "TinyQwen3Spec"}  # specs in bake.demo.assets (tiny:
 # the test models' 4 x 128 shape, for running a benchmark script end to end in seconds)
 
 _BUILD = """

@@ -85,6 +85,9 @@ QWEN3_0_6B = TinyQwen3Spec(num_layers=28, hidden_size=1024, intermediate_size=30
 # The real Qwen/Qwen3-1.7B architecture (random weights): 28 x 6144 MLP neurons, 3.4 GB in bf16.
 QWEN3_1_7B = TinyQwen3Spec(num_layers=28, hidden_size=2048, intermediate_size=6144, num_heads=16, num_kv_heads=8,
                            head_dim=128, init_std=0.02, vocab_size=151936)
+# The real Qwen/Qwen3-4B architecture (random weights): 36 x 9728 MLP neurons, 32/8 heads, tied, 8.0 GB in bf16.
+QWEN3_4B = TinyQwen3Spec(num_layers=36, hidden_size=2560, intermediate_size=9728, num_heads=32, num_kv_heads=8,
+                         head_dim=128, init_std=0.02, vocab_size=151936)
 
 
 # Qwen2/Qwen3 tokenizer.json's pre-tokenizer split (one digit per piece), which llama.cpp's ``qwen2`` pre-tokenizer

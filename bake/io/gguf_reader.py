@@ -8,6 +8,7 @@ the end of the file, so that such a file is a ``ValueError`` its callers name, i
 
 from __future__ import annotations
 
+import mmap
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ def read_gguf(path: Path) -> Any:
     except OSError as e:
         raise ExportError(f"{path} cannot be read as a GGUF file ({e})") from e
     return _parsed(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
+def drop_pages(reader: Any) -> None:
+    """Let go of the file's pages read so far through ``reader``'s memory map: they stay in the page cache, but leave
+    the process's resident memory (a pass over every tensor would otherwise end holding the whole file)."""
+    mapped = getattr(reader.data, "_mmap", None)  # numpy.memmap's mmap.mmap
+    if mapped is not None:
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def release_readers() -> None:

@@ -149,9 +149,35 @@ class TorchRunner:
         return self.generate([ids], greedy_tokens)[0].greedy[0]
 
     def score(self, seqs: list[list[int]]) -> Iterator[torch.Tensor]:
+        """Consecutive sequences scored together, right-padded, up to ``PASS_POSITIONS`` positions a pass: a model that
+        reads its layers as they run (``bake.verify.tensor_model``) reads each once per pass, not once per sequence.
+        Causal attention never lets a token see the padding after it, so each row's logits are its sequence's own."""
         with torch.no_grad():
-            for ids in seqs:
-                yield self.model(torch.tensor([ids])).logits[0].to(torch.float32)
+            for group in _passes(seqs):
+                longest = max(len(s) for s in group)
+                ids = torch.zeros((len(group), longest), dtype=torch.long)
+                for b, s in enumerate(group):
+                    ids[b, :len(s)] = torch.tensor(s)
+                logits = self.model(ids).logits
+                for b, s in enumerate(group):
+                    yield logits[b, :len(s)].to(torch.float32)
+                del logits
+
+
+PASS_POSITIONS = 1024  # padded positions per pass: their float32 logits at Qwen3's vocabulary take 622 MB
+
+
+def _passes(seqs: list[list[int]]) -> Iterator[list[list[int]]]:
+    """``seqs`` in order, in groups whose padded size (count x longest) stays within ``PASS_POSITIONS`` (a longer
+    sequence goes alone)."""
+    group: list[list[int]] = []
+    for s in seqs:
+        if group and (len(group) + 1) * max(len(s), *map(len, group)) > PASS_POSITIONS:
+            yield group
+            group = []
+        group.append(s)
+    if group:
+        yield group
 
 
 def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:

@@ -144,15 +144,17 @@ def gguf_model(path: Path, config: dict[str, Any]) -> Any:
     model of ``config``, each layer as wide as its ``ffn_down``."""
     from gguf.quants import dequantize
 
-    from bake.io.gguf_reader import read_gguf
+    from bake.io.gguf_reader import drop_pages, read_gguf
 
-    tensors = {t.name: t for t in read_gguf(path).tensors}
+    reader = read_gguf(path)
+    tensors = {t.name: t for t in reader.tensors}
     sizes = _qkv_sizes(config)
 
     def read(name: str) -> Iterator[tuple[str, np.ndarray]]:
         t = tensors[name]
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         value = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        drop_pages(reader)
         parts = name.split(".")
         if parts[0] in GGUF_TOP:
             yield f"{GGUF_TOP[parts[0]]}.weight", value

@@ -53,3 +53,23 @@ def test_one_layer_in_memory_at_a_time(tiny_base: Path, tiny_gates: Path) -> Non
     per_layer = sum(1 for _ in layers[0].parameters())
     assert seen == [per_layer] * len(layers)  # its own weights only, read just before it runs
     assert all(p.is_meta for layer in layers for p in layer.parameters())  # and dropped after
+
+
+def test_batched_scoring_reads_each_layer_once_and_gives_each_sequence_its_own_logits(tiny_base: Path,
+                                                                                      tiny_gates: Path) -> None:
+    from bake.verify import candidates
+
+    scale = _scale(tiny_gates, 4, 128)
+    seqs = [[5, 17, 99, 3, 250, 41, 8], [12, 300, 7], [9] * 20, [4, 4]]
+    model = streamed_hooked_model(tiny_base, scale)
+    loads: list[int] = []
+    model.model.layers[0].register_forward_pre_hook(lambda *_: loads.append(1))
+    batched = list(TorchRunner(model).score(seqs))
+    assert len(loads) == 1  # all four sequences in one pass
+    alone = TorchRunner(load_hooked_model(tiny_base, scale))
+    for s, got in zip(seqs, batched):
+        (want,) = alone.score([s])
+        assert got.shape == (len(s), want.shape[-1])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the padding after it changes nothing
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert [len(g) for g in candidates._passes([[1] * 600, [1] * 400, [1] * 100, [1] * 2000, [1]])] == [1, 2, 1, 1]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bake.errors import ExportError
-from bake.io.gguf_reader import read_gguf
+from bake.io.gguf_reader import drop_pages, read_gguf
 from bake.verify.weights.bake_tensors import BakeTensors
 from bake.verify.weights.weight_check import Failure, WeightReport
 from bake.verify.weights.weight_map import LiveNeurons
@@ -230,6 +230,7 @@ class _Checker:
                                 f"{', '.join(CODES)})")
                 continue
             self.tensor(name, qtype, np.asarray(t.data), want, dequantize)
+            drop_pages(self.reader)
         self.check_widths(widths)
         self.hyperparameters(widths)
         for name in sorted(set(self.bake.names()) - self.used):
