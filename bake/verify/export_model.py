@@ -139,9 +139,10 @@ GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layern
 GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-def gguf_model(path: Path, config: dict[str, Any]) -> Any:
+def gguf_model(path: Path, config: dict[str, Any], activations: bool = False) -> Any:
     """A GGUF file's own weights (dequantized by gguf-py, a tensor when its layer runs) as a float32 transformers
-    model of ``config``, each layer as wide as its ``ffn_down``."""
+    model of ``config``, each layer as wide as its ``ffn_down``. With ``activations``, every matmul input is rounded
+    as llama.cpp's CPU backend rounds it for that tensor's type (``bake.verify.llama_activations``)."""
     from gguf.quants import dequantize
 
     from bake.io.gguf_reader import drop_pages, read_gguf
@@ -165,7 +166,26 @@ def gguf_model(path: Path, config: dict[str, Any]) -> Any:
 
     widths = {int(n.split(".")[1]): int(t.shape[0]) for n, t in tensors.items() if n.endswith(".ffn_down.weight")}
     layers = int(config["num_hidden_layers"])
-    return qwen3_model(config, LayerTensors.grouped(tensors, read), widths=[widths[i] for i in range(layers)])
+    model = qwen3_model(config, LayerTensors.grouped(tensors, read), widths=[widths[i] for i in range(layers)])
+    if activations:
+        from bake.verify.llama_activations import round_inputs
+
+        round_inputs(model, _linear_types(tensors))
+    return model
+
+
+def _linear_types(tensors: dict[str, Any]) -> dict[str, str]:
+    """Each linear module of the transformers model (its name) -> the GGML type of the GGUF tensor it multiplies by;
+    ``lm_head`` is ``output``, or ``token_embd`` where the file ties them (as llama.cpp does)."""
+    types = {"lm_head": tensors["output.weight" if "output.weight" in tensors else "token_embd.weight"].tensor_type.name}
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if parts[0] != "blk" or parts[2].endswith("norm"):
+            continue
+        modules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] if parts[2] == "attn_qkv" else \
+            [GGUF_NAMES[parts[2]]]
+        types.update({f"model.layers.{parts[1]}.{m}": t.tensor_type.name for m in modules})
+    return types
 
 
 MLX_LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn.q_norm": "self_attn.q_norm",

@@ -360,3 +360,32 @@ def test_a_wrong_hyperparameter_fails_verify_naming_the_key(bakes: dict[str, Pat
     failures = json.loads(capsys.readouterr().out)["candidates"][-1]["weights"]["failures"]
     assert [f["tensor"] for f in failures] == [f"openelm.{key}"]
     assert "a hyperparameter that changes the math" in failures[0]["message"]
+
+
+def test_the_activation_bound_fails_a_wrong_norm_eps_that_the_weights_cannot_show(
+        bakes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logits are a second line behind the hyperparameter proof: with that proof switched off, a q8_0 file with
+    rms_norm_eps 1e-3 fails against its own dequantized weights, by the bound llama.cpp's emulated activation
+    rounding sets, which the correct file passes with margin."""
+    from bake.verify.weights import gguf_check
+
+    monkeypatch.setattr(gguf_check._Checker, "hyperparameters", lambda self, widths: None)
+    path = tmp_path / "m.gguf"
+    export_gguf(bakes["dense"], path, gguf_type_name="q8_0", layout="ragged", progress=False)
+
+    def against_dequantized() -> dict:
+        checks = json.loads(capsys.readouterr().out)["candidates"][-1]["checks"]
+        return next(c for c in checks if c["against"] == "its dequantized weights")
+
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 0
+    good = against_dequantized()
+    assert 1e-3 < good["budget"]["max_rel_diff"] < 0.2 and good["max_rel_diff"] < good["budget"]["max_rel_diff"] / 1.5
+    data = bytearray(path.read_bytes())
+    name = b"openelm.attention.layer_norm_rms_epsilon"
+    at = data.index(name) + len(name)
+    data[at + 4:at + 8] = np.float32(1e-3).tobytes()
+    path.write_bytes(bytes(data))
+    assert main(["verify", "--baked", str(bakes["dense"]), "--gguf", str(path), *FAST]) == 3
+    bad = against_dequantized()
+    assert bad["max_rel_diff"] > bad["budget"]["max_rel_diff"] and not bad["passed"]
