@@ -39,7 +39,9 @@ def q8_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def q8_1(x: torch.Tensor) -> torch.Tensor:
-    """Blocks of 32 as q8_0 (the block sum q8_1 adds only serves the weights' offset, which the float dot has)."""
+    """Blocks of 32 as q8_0. Not exact: q8_1 also keeps each block's sum times its scale, in float16, which ggml
+    multiplies by the Q4_1/Q5_1 weights' offset; that rounding is not modelled (those types appear only as the
+    K-quants' fallback for rows that are not whole super-blocks of 256, which Qwen3's are)."""
     return q8_0(x)
 
 
