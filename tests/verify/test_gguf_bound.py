@@ -49,3 +49,34 @@ def test_subnormal_scales_pass_and_a_moved_code_fails(qtype: Q, std: float) -> N
     moved[0, i] += step[0, i] * np.sign(moved[0, i] - want[0, i] or 1.0)
     err, allowed, _ = quantization_bound(qtype, raw, moved, want)
     assert err[0, i] > allowed[0, i]
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1), exponent=st.floats(-9.0, 1.0), qtype=st.sampled_from([Q.Q8_0, Q.Q4_0, Q.Q5_0, Q.Q5_1]),
+       moved=st.integers(0, 6))
+def test_the_proof_fails_exactly_what_the_whole_bound_fails(seed: int, exponent: float, qtype: Q, moved: int) -> None:
+    """The proof computes the bound only for elements more than half a step off; it must fail the same elements as
+    the whole bound (a code moved by a step, or a zero weight that is not 0, among correct ones)."""
+    from types import SimpleNamespace
+
+    from bake.verify.weights.gguf_check import SYMMETRIC, _Checker
+
+    rng = np.random.default_rng(seed)
+    want = (rng.standard_normal((8, 64)) * 10.0 ** exponent).astype(np.float32)
+    want[:, 5] = 0.0
+    raw, got = quantized(want, qtype)
+    err, allowed, step = quantization_bound(qtype, raw, got, want)
+    for _ in range(moved):  # move some codes a step, or more, either way
+        r, c = int(rng.integers(8)), int(rng.integers(64))
+        got[r, c] += step[r, c] * float(rng.choice([-2.0, -1.0, 1.0, 2.0]))
+    err, allowed, _ = quantization_bound(qtype, raw, got, want)
+    expected = ~(err <= allowed) | ((want == 0) & (got != 0) & (qtype.name in SYMMETRIC))
+    checker = SimpleNamespace(max_steps=None)
+    found = _Checker.quantized(checker, qtype, raw, got, want)
+    assert (found is None) == (not expected.any())
+    if found is not None:
+        assert np.array_equal(found[0], expected)
+        message, worst = found[1](tuple(int(i) for i in np.argwhere(found[0])[0]))
+        assert "steps off" in message and worst["bound"] > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert checker.max_steps == pytest.approx(float(np.max(np.where(step > 0, err / step, 0.0))), rel=1e-6)
