@@ -171,11 +171,13 @@ def _passes(seqs: list[list[int]]) -> Iterator[list[list[int]]]:
     """``seqs`` in order, in groups whose padded size (count x longest) stays within ``PASS_POSITIONS`` (a longer
     sequence goes alone)."""
     group: list[list[int]] = []
+    longest = 0
     for s in seqs:
-        if group and (len(group) + 1) * max(len(s), *map(len, group)) > PASS_POSITIONS:
+        if group and (len(group) + 1) * max(longest, len(s)) > PASS_POSITIONS:
             yield group
-            group = []
+            group, longest = [], 0
         group.append(s)
+        longest = max(longest, len(s))
     if group:
         yield group
 

@@ -50,10 +50,9 @@ def q8_k(x: torch.Tensor) -> torch.Tensor:
     ``min(127, round(iscale * x))``, scale ``1 / iscale`` in float32; an all-zero block stays zero."""
     b = _blocks(x, 256)
     peak = b.gather(-1, b.abs().argmax(-1, keepdim=True))
-    zero = peak == 0
-    iscale = torch.where(zero, torch.ones_like(peak), -127.0 / torch.where(zero, torch.ones_like(peak), peak))
+    iscale = -127.0 / torch.where(peak == 0, torch.ones_like(peak), peak)  # an all-zero block: any scale gives 0
     codes = torch.round(iscale * b).clamp_max(127.0)
-    return torch.where(zero, torch.zeros_like(b), codes * (1.0 / iscale)).reshape(x.shape)
+    return (codes * (1.0 / iscale)).reshape(x.shape)
 
 
 def float16(x: torch.Tensor) -> torch.Tensor:
