@@ -60,11 +60,18 @@ FLOAT32 = BY_NAME["float32"]
 _BF16_NAN = np.uint16(0xFFFF)
 
 
-def to_float32(raw: np.ndarray, dtype: DType) -> np.ndarray:
-    """A new float32 array holding ``raw`` (elements of ``dtype``) exactly."""
-    if dtype.name == "bfloat16":  # asarray: numpy ufuncs turn a 0-d array into a scalar
-        return np.asarray(np.left_shift(raw, 16, dtype=np.uint32)).view(np.float32)
+def to_float32(raw: np.ndarray, dtype: DType, out: np.ndarray | None = None) -> np.ndarray:
+    """``raw`` (elements of ``dtype``) widened exactly to float32: in a new array, or written into ``out`` (a float32
+    array of its shape) and returned."""
+    if dtype.name == "bfloat16":
+        if out is not None:
+            np.left_shift(raw, 16, dtype=np.uint32, out=out.view(np.uint32))
+            return out
+        return np.asarray(np.left_shift(raw, 16, dtype=np.uint32)).view(np.float32)  # asarray: 0-d stays an array
     if dtype.name in ("float32", "float16"):
+        if out is not None:
+            np.copyto(out, raw)
+            return out
         return raw.astype(np.float32)
     raise ValueError(f"cannot compute with {dtype.name} tensors; only {', '.join(COMPUTE_DTYPES)}")
 

@@ -3,10 +3,12 @@ Runtime) and the yardsticks (the hooked reference, the bake, an export's dequant
 
 The hooked reference decodes greedily from each prompt (``TorchRunner.generate``). Everything else is
 scored on the reference's own sequences, the prompt followed by the reference's greedy tokens (teacher
-forcing): its logits at every position are compared with the reference's, and its greedy agreement is the
-first continuation step at which its argmax differs, which is exactly where its own greedy decoding
-would first diverge. One pass per sequence (transformers), or every sequence stepped together through the
-KV cache (ONNX Runtime), instead of a decode loop per candidate.
+forcing): its logits are compared with the reference's at every position it gives, and its greedy agreement
+is the first continuation step at which its argmax differs, which is exactly where its own greedy decoding
+would first diverge. Every position, in one pass over all sequences (transformers, llama.cpp, mlx-lm); an ONNX
+graph with last-token logits, at the positions a deployment reads, as it reads them: every prompt's last in one
+batched prefill, then each continuation token stepped through the KV cache, all sequences together. No decode
+loop per candidate.
 
 A candidate is described when it is named and loaded only when its turn comes (``open``), so verify holds
 one model at a time.
@@ -32,8 +34,9 @@ from bake.write.manifest import GGUF_LAYOUT_KEY, MANIFEST_NAME, read_manifest
 
 
 class Runner(Protocol):
-    def score(self, seqs: list[list[int]]) -> Iterable[torch.Tensor]:
-        """For each sequence in turn, [len(seq), V] float32 logits at every position."""
+    def score_from(self, seqs: list[list[int]], firsts: list[int]) -> Iterable[tuple[int, torch.Tensor]]:
+        """For each sequence in turn, the first position scored (at most ``firsts[i]``, 0 where every position is) and
+        [len(seq) - first, V] float32 logits from there on."""
 
 
 class LogitStore:
@@ -98,9 +101,15 @@ class Sequences:
     def inputs(self) -> list[list[int]]:
         return [p + g[:-1] for p, g in zip(self.prompts, self.greedy)]
 
-    def continuation(self, i: int, logits: torch.Tensor) -> list[int]:
-        """The argmax tokens of ``logits`` (of sequence ``i``) at the positions that predict the continuation."""
-        start = len(self.prompts[i]) - 1
+    @property
+    def firsts(self) -> list[int]:
+        """Each sequence's first position that predicts its continuation: its prompt's last."""
+        return [len(p) - 1 for p in self.prompts]
+
+    def continuation(self, i: int, logits: torch.Tensor, first: int = 0) -> list[int]:
+        """The argmax tokens of ``logits`` (of sequence ``i``, from position ``first`` on) at the positions that
+        predict the continuation."""
+        start = len(self.prompts[i]) - 1 - first
         return [int(t) for t in logits[start:start + len(self.greedy[i])].argmax(-1)]
 
 
@@ -123,22 +132,25 @@ class TorchRunner:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         rows: list[list[torch.Tensor]] = [[] for _ in prompts]
         tokens: list[list[int]] = [[] for _ in prompts]
+        body, head = self.model.model, self.model.lm_head
         with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=greedy_tokens > 1)
-            for b, p in enumerate(prompts):
-                rows[b].append(out.logits[b, longest - len(p):].to(torch.float32))
+            out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=greedy_tokens > 1)
+            for b, p in enumerate(prompts):  # the lm_head on real positions only, not on the padding
+                rows[b].append(head(out.last_hidden_state[b, longest - len(p):]).to(torch.float32))
+            last = torch.stack([r[0][-1] for r in rows])
             for step in range(greedy_tokens):
-                nxt = out.logits[:, -1].argmax(-1)
+                nxt = last.argmax(-1)
                 for b in range(batch):
                     tokens[b].append(int(nxt[b]))
                 if step + 1 == greedy_tokens:
                     break
                 mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
                 positions = positions[:, -1:] + 1
-                out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **_cache_kwargs(self.model, out))
+                out = body(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                           **_cache_kwargs(body, out))
+                last = head(out.last_hidden_state[:, -1]).to(torch.float32)
                 for b in range(batch):
-                    rows[b].append(out.logits[b].to(torch.float32))
+                    rows[b].append(last[b:b + 1])
         outputs = Outputs()
         for b in range(batch):
             outputs.logits.append(torch.cat(rows[b]))
@@ -151,20 +163,28 @@ class TorchRunner:
     def score(self, seqs: list[list[int]]) -> Iterator[torch.Tensor]:
         """Consecutive sequences scored together, right-padded, up to ``PASS_POSITIONS`` positions a pass: a model that
         reads its layers as they run (``bake.verify.tensor_model``) reads each once per pass, not once per sequence.
-        Causal attention never lets a token see the padding after it, so each row's logits are its sequence's own."""
-        with torch.no_grad():
-            for group in _passes(seqs):
-                longest = max(len(s) for s in group)
-                ids = torch.zeros((len(group), longest), dtype=torch.long)
-                for b, s in enumerate(group):
-                    ids[b, :len(s)] = torch.tensor(s)
-                logits = self.model(ids).logits
-                for b, s in enumerate(group):
-                    yield logits[b, :len(s)].to(torch.float32)
-                del logits
+        Causal attention never lets a token see the padding after it, so each row's logits are its sequence's own.
+        It never yields inside ``torch.no_grad()``: a generator suspended there would switch gradients off for its
+        caller, and two run side by side would leave them off for good."""
+        for group in _passes(seqs):
+            longest = max(len(s) for s in group)
+            ids = torch.zeros((len(group), longest), dtype=torch.long)
+            for b, s in enumerate(group):
+                ids[b, :len(s)] = torch.tensor(s)
+            with torch.no_grad():
+                hidden = self.model.model(ids).last_hidden_state
+            for b, s in enumerate(group):  # the lm_head on each row's own positions, not on its padding
+                with torch.no_grad():
+                    logits = self.model.lm_head(hidden[b, :len(s)]).to(torch.float32)
+                yield logits
+            del hidden
+
+    def score_from(self, seqs: list[list[int]], firsts: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Every position (``score``): one pass costs the same."""
+        return ((0, logits) for logits in self.score(seqs))
 
 
-PASS_POSITIONS = 1024  # padded positions per pass: their float32 logits at Qwen3's vocabulary take 622 MB
+PASS_POSITIONS = 1024  # padded positions per pass (its activations; the logits are made one row at a time)
 
 
 def _passes(seqs: list[list[int]]) -> Iterator[list[list[int]]]:
@@ -190,18 +210,22 @@ def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
 
 
 class BatchRunner:
-    """A runtime that scores all sequences in one call: lambda-bake's ONNX Runtime loop
-    (``OnnxCausalLM.score``: both paths of the shipped graph, one-token steps through the KV cache and a pass
-    over a whole sequence), llama.cpp (``LlamaCppLM.score``) or mlx-lm (``MlxLM.score``)."""
+    """A runtime that scores all sequences in one call: lambda-bake's ONNX Runtime loop (``OnnxCausalLM.score_from``:
+    a last-token graph as a deployment runs it, one batched prefill through each prompt and one-token steps through
+    the KV cache over the continuation), llama.cpp (``LlamaCppLM.score``) or mlx-lm (``MlxLM.score``): every
+    position."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, from_prompt_end: bool = False):
         self.model = model
+        self.from_prompt_end = from_prompt_end  # the model's own score_from decides what it scores
 
-    def score(self, seqs: list[list[int]]) -> Iterator[torch.Tensor]:
-        rows = self.model.score(seqs)
+    def score_from(self, seqs: list[list[int]], firsts: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        rows = self.model.score_from(seqs, firsts) if self.from_prompt_end else \
+            [(0, logits) for logits in self.model.score(seqs)]
         rows.reverse()
         while rows:  # each sequence's logits are let go once the caller has counted them
-            yield torch.from_numpy(rows.pop())
+            first, logits = rows.pop()
+            yield first, torch.from_numpy(logits)
 
 
 def release_memory() -> None:
@@ -254,7 +278,7 @@ class Candidate:
             return BatchRunner(LlamaCppLM(self.folder, n_ctx=self.max_length, logits_all=True, f32_cache=True))
         from export.runtime.ort_loop import OnnxCausalLM
 
-        return BatchRunner(OnnxCausalLM(self.folder, device=self.device))
+        return BatchRunner(OnnxCausalLM(self.folder, device=self.device), from_prompt_end=True)
 
 
 def torch_candidate(folder: Path, compute_dtype: torch.dtype = torch.float32) -> Candidate:

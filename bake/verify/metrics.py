@@ -69,6 +69,7 @@ class Figures:
     top1_agreement: float
     greedy_first_divergence: int | None  # first step where tokens differ; None = all N match
     greedy_steps: int
+    positions: int  # the positions compared (a last-token ONNX graph: each prompt's last and the continuation's)
 
 
 class Tally:
@@ -105,7 +106,7 @@ class Tally:
     def figures(self) -> Figures:
         n = max(self.positions, 1)
         return Figures(self.max_abs, self.sum_abs / n, self.max_rel, self.sum_kl / n, self.max_kl, self.agree / n,
-                       self.first_div, self.greedy_steps)
+                       self.first_div, self.greedy_steps, self.positions)
 
 
 @dataclass
@@ -150,6 +151,7 @@ class CandidateResult:
     top1_agreement: float | None
     greedy_first_divergence: int | None
     greedy_steps: int
+    positions: int = 0  # the positions compared with the hooked reference
     passed: bool = False
     failures: list[str] = field(default_factory=list)
     weights: dict[str, Any] | None = None  # an export's weight check (bake.verify.weights.weight_check.WeightReport)
@@ -255,12 +257,12 @@ def format_table(results: list[CandidateResult]) -> str:
     width = max([len("candidate"), *names])
     dw = max([len("dtype"), *(len(r.dtype) for r in results), *(len(c["budget"]["dtype"]) for r in results
                                                                   for c in r.checks)])
-    head = f"{'candidate':<{width}} {'dtype':<{dw}} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
+    head = f"{'candidate':<{width}} {'dtype':<{dw}} {'pos':>5} {'max|diff|':>10} {'rel':>9} {'mean KL':>9} {'max KL':>9} " \
            f"{'top-1':>7} {'greedy':>16} {'weights':>14}  verdict"
     rows = [head, "-" * len(head)]
     for name, dtype, figures, weights, r in rows_in:
         verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.failures)
-        rows.append(f"{name:<{width}} {dtype:<{dw}} {figures or f'{NOT_RUN:>65}'} {weights:>14}  "
+        rows.append(f"{name:<{width}} {dtype:<{dw}} {figures or f'{NOT_RUN:>71}'} {weights:>14}  "
                     + verdict + (f" ({r.note})" if r.note else ""))
         for c in r.checks:
             rows.append(f"{'  vs ' + c['against']:<{width}} {c['budget']['dtype']:<{dw}} {_figures(c)} {'':>14}  "
@@ -279,5 +281,5 @@ NOT_RUN = "logits not run"
 def _figures(r: Any) -> str:
     get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
     summary = get("greedy_summary") if isinstance(r, dict) else greedy_summary(r)
-    return (f"{get('max_abs_diff'):10.3g} {get('max_rel_diff'):9.2g} {get('mean_kl'):9.2g} {get('max_kl'):9.2g} "
+    return (f"{get('positions'):5d} {get('max_abs_diff'):10.3g} {get('max_rel_diff'):9.2g} {get('mean_kl'):9.2g} {get('max_kl'):9.2g} "
             f"{get('top1_agreement'):7.2%} {summary:>16}")

@@ -15,6 +15,7 @@ Every parameter must be given (strict), so a missing or misnamed tensor is an er
 from __future__ import annotations
 
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -61,8 +62,37 @@ class LayerTensors:
 
 def bake_layers(bake: Any) -> LayerTensors:
     """A bake's tensors (``bake.verify.weights.bake_tensors.BakeTensors``: a baked folder, the bake the base and
-    gates define, or the base itself) in float32, grouped by decoder layer."""
-    return LayerTensors.grouped(bake.names(), lambda name: [(name, bake.tensor(name).values())])
+    gates define, or the base itself) in float32, grouped by decoder layer; the layers' widened into reused arrays
+    (``Reused``)."""
+    reused = Reused()
+
+    def read(name: str) -> Named:
+        stored = bake.tensor(name)
+        return [(name, stored.values(out=reused.array(name, stored.shape)))]
+
+    return LayerTensors.grouped(bake.names(), read)
+
+
+class Reused:
+    """float32 arrays that decoder layers' tensors are widened into, one per tensor name within a layer (``q_proj``,
+    ``down_proj``, ...), handed out again to the next layer of that shape once nothing but this holds it (the layer
+    that used it was dropped). A new array is zero-filled by the kernel a page at a time as it is first written: on
+    every layer of every pass, about a third of the cost of reading the layer."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """An array of ``shape`` for tensor ``name`` to be written whole; None (make a new one) for a top tensor."""
+        m = _LAYER.search(name)
+        if m is None:
+            return None
+        key = name[m.end():]
+        kept = self._arrays.get(key)
+        if kept is not None and kept.shape == shape and sys.getrefcount(kept) == 3:  # held here, by kept and the call
+            return kept
+        self._arrays[key] = fresh = np.empty(shape, np.float32)
+        return fresh
 
 
 def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int] | None = None) -> nn.Module:

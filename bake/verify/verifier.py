@@ -24,7 +24,7 @@ Every export's weights are also checked tensor by tensor against the bake (``bak
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,13 +396,14 @@ def _run_against(make: Callable[[], Runner], run: _Run, yardsticks: list[Yardsti
     outputs = Outputs() if keep else None
     runner = make()
     chosen = list(range(len(run.sequences.inputs))) if subset is None else subset
-    for i, logits in zip(chosen, runner.score([run.sequences.inputs[i] for i in chosen])):
-        continuation = run.sequences.continuation(i, logits)
+    for i, (first, logits) in zip(chosen, _scored(runner, run, chosen)):
+        continuation = run.sequences.continuation(i, logits, first)
         for tally, y in zip(tallies, yardsticks):
             if y.outputs.holds(i):
-                tally.add(*y.outputs.of(i)[:1], logits, y.outputs.of(i)[1], continuation, name)
+                theirs, their_tokens = y.outputs.of(i)
+                tally.add(theirs[first:], logits, their_tokens, continuation, name)
         if outputs is not None:
-            outputs.add(i, logits, continuation)
+            outputs.add(i, _every_position(first, logits, name), continuation)
     del runner
     release_memory()
     return outputs, [Comparison(y.against, t.figures(), y.budget, y.budget_dtype, y.why, y.not_judged)
@@ -415,11 +416,23 @@ def _score(make: Callable[[], Runner], run: _Run, subset: list[int] | None = Non
     runner = make()
     out = Outputs(which=None if subset is None else [])
     chosen = list(range(len(run.sequences.inputs))) if subset is None else subset
-    for i, logits in zip(chosen, runner.score([run.sequences.inputs[i] for i in chosen])):
-        out.add(i, logits, run.sequences.continuation(i, logits))
+    for i, (first, logits) in zip(chosen, _scored(runner, run, chosen)):
+        out.add(i, _every_position(first, logits, "a yardstick"), run.sequences.continuation(i, logits))
     del runner
     release_memory()
     return out
+
+
+def _scored(runner: Runner, run: _Run, chosen: list[int]) -> Iterable[tuple[int, torch.Tensor]]:
+    """The runner's (first position, logits) on the ``chosen`` reference sequences."""
+    return runner.score_from([run.sequences.inputs[i] for i in chosen], [run.sequences.firsts[i] for i in chosen])
+
+
+def _every_position(first: int, logits: torch.Tensor, name: str) -> torch.Tensor:
+    """Logits kept as a yardstick must cover every position (those of transformers, llama.cpp and mlx-lm do)."""
+    if first:
+        raise ValueError(f"{name} scored from position {first}, not every position: it cannot be a yardstick")
+    return logits
 
 
 def _generate(make: Callable[[], TorchRunner], prompts: list[list[int]], greedy_tokens: int
@@ -434,7 +447,7 @@ def _generate(make: Callable[[], TorchRunner], prompts: list[list[int]], greedy_
 def _open_onnx(folder: Path, device: str, graph: tuple[bytes, dict[str, Any]]) -> Runner:
     from export.runtime.ort_loop import OnnxCausalLM
 
-    return BatchRunner(OnnxCausalLM(folder, device=device, graph=graph))
+    return BatchRunner(OnnxCausalLM(folder, device=device, graph=graph), from_prompt_end=True)
 
 
 def _bake_tensors(run: _Run, export: Path, manifest: dict[str, Any] | None = None) -> BakeTensors:

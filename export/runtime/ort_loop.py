@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bake.errors import ExportError
+from bake.io.resident import drop_file_pages
 from export.install import pick_device, providers_for
 from export.onnx.folder import read_export_folder
 
@@ -82,6 +83,8 @@ class OnnxCausalLM:
             self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # ORT raises its own exception types; name the folder and the fix
             raise ExportError(f"ONNX Runtime cannot load {self.folder}: {e}; export the model again") from e
+        if graph is None:  # the initializers it kept mapped: their pages read while pre-packing leave the RSS
+            drop_file_pages(p for p in self.folder.iterdir() if p.is_file())
         self.np_dtype = NP_DTYPES[self.io["dtype"]]
         self.shared_kv = self.io.get("kv_cache", "concat") == "shared-buffer"
         self.last_logits_only = self.io.get("logits", "all") == "last"
@@ -203,6 +206,41 @@ class OnnxCausalLM:
         for b in range(batch):
             out[b][-1] = last[b]
         return out
+
+    def score_from(self, seqs: Sequence[Sequence[int]], firsts: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+        """Each sequence's logits from position ``firsts[i]`` on (at least): (first position, [len - first, vocab]).
+
+        A graph with logits at every position scores every position (``score``: first 0). A last-token graph gives
+        exactly the logits a deployment reads, the way it reads them: one batched prefill of every row up to and
+        including its position ``firsts[i]`` (right-padded: the graph's prefill path, each row's last real token),
+        then the rest of each row stepped one token at a time through the KV cache, all rows as one batch (a row past
+        its end is fed its last token again and those logits are dropped: rows never see each other). For verify's
+        sequences, a prompt and the tokens after it, that is one prefill and a step per continuation token, not a
+        step per position of the prompt.
+        """
+        if not self.last_logits_only:
+            return [(0, logits) for logits in self.score(seqs)]
+        seqs = [list(s) for s in seqs]
+        lengths = np.array([len(s) for s in seqs], np.int64)
+        prefill = np.minimum(np.asarray(firsts, np.int64), lengths - 1) + 1
+        if (prefill < 1).any():
+            raise ExportError("score_from needs at least one token in every sequence")
+        batch, steps = len(seqs), int((lengths - prefill).max())
+        tokens = np.zeros((batch, int(prefill.max())), np.int64)
+        for b, s in enumerate(seqs):
+            tokens[b, :prefill[b]] = s[:prefill[b]]
+        out = [np.empty((n - k + 1, int(self.io["vocab_size"])), np.float32) for n, k in zip(lengths, prefill)]
+        cache = self.new_cache(batch, int((prefill + steps).max()))
+        last = self.forward(tokens, prefill, cache)[:, 0]
+        for b in range(batch):
+            out[b][0] = last[b]
+        ones = np.ones(batch, np.int64)
+        for t in range(steps):
+            at = np.minimum(prefill + t, lengths - 1)
+            step = self.forward(np.array([[s[k]] for s, k in zip(seqs, at)], np.int64), ones, cache)[:, 0]
+            for b in np.flatnonzero(prefill + t < lengths):
+                out[b][t + 1] = step[b]
+        return [(int(k) - 1, o) for k, o in zip(prefill, out)]
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: set[int],
                pad_id: int) -> Iterator[np.ndarray]:

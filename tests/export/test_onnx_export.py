@@ -445,3 +445,21 @@ def test_score_of_several_sequences_equals_transformers_at_every_position(tiny, 
         with torch.no_grad():
             want = tiny_hf(torch.tensor([seq])).logits[0].numpy()
         assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5
+
+
+@pytest.mark.parametrize("target", ["portable", "cpu"])
+def test_score_from_gives_a_last_token_graph_the_positions_a_deployment_reads(tiny, tiny_hf, tmp_path, target):
+    """verify's path: a last-token graph (cpu) scores each sequence from its prompt's last position on (one batched
+    prefill, then one-token steps), every row as transformers scores it alone; a graph with logits at every position
+    (portable) still scores every position."""
+    export_onnx(tiny, tmp_path / "x", target=target, progress=False)
+    rng = np.random.default_rng(6)
+    seqs = [rng.integers(5, 380, size=n).tolist() for n in (9, 21, 4, 13)]
+    firsts = [3, 17, 0, 12]  # a long continuation, a short one, the whole sequence stepped, only its last position
+    scored = OnnxCausalLM(tmp_path / "x", device="cpu").score_from(seqs, firsts)
+    assert [f for f, _ in scored] == (firsts if target == "cpu" else [0, 0, 0, 0])
+    for seq, (first, got) in zip(seqs, scored):
+        with torch.no_grad():
+            want = tiny_hf(torch.tensor([seq])).logits[0, first:].numpy()
+        assert got.shape == want.shape
+        assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5

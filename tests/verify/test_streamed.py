@@ -73,3 +73,39 @@ def test_batched_scoring_reads_each_layer_once_and_gives_each_sequence_its_own_l
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the padding after it changes nothing
         assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert [len(g) for g in candidates._passes([[1] * 600, [1] * 400, [1] * 100, [1] * 2000, [1]])] == [1, 2, 1, 1]
+
+
+def test_reused_arrays_are_handed_out_again_only_once_free():
+    """A decoder layer's tensor is widened into the array the previous layer's same tensor used, once nothing else
+    holds it; a held one, another shape or a top tensor gets a new array."""
+    from bake.verify.tensor_model import Reused
+
+    reused = Reused()
+    assert reused.array("model.embed_tokens.weight", (4, 2)) is None
+    first = reused.array("model.layers.0.mlp.up_proj.weight", (6, 4))
+    held = first  # a layer still holds it
+    assert reused.array("model.layers.1.mlp.up_proj.weight", (6, 4)) is not held
+    second = reused.array("model.layers.2.mlp.up_proj.weight", (6, 4))
+    del first, held
+    address = second.__array_interface__["data"][0]
+    del second  # the layer that used it was dropped
+    again = reused.array("model.layers.3.mlp.up_proj.weight", (6, 4))
+    assert again.__array_interface__["data"][0] == address
+    del again
+    assert reused.array("model.layers.4.mlp.up_proj.weight", (5, 4)).shape == (5, 4)  # a ragged layer: new
+    assert reused.array("model.layers.4.mlp.down_proj.weight", (6, 4)) is not None
+
+
+def test_scoring_side_by_side_leaves_gradients_on(tiny_base: Path, tiny_gates: Path) -> None:
+    """Two scoring generators run together (as verify and the tests compare models) and one left unfinished: the
+    caller's gradient mode is untouched (a generator that yields inside no_grad would turn it off for good)."""
+    scale = _scale(tiny_gates, 4, 128)
+    seqs = [[5, 17, 99], [12, 300, 7, 8]]
+    a = TorchRunner(streamed_hooked_model(tiny_base, scale)).score(seqs)
+    b = TorchRunner(load_hooked_model(tiny_base, scale)).score(seqs)
+    next(a), next(b)
+    assert torch.is_grad_enabled()
+    list(a), list(b)
+    unfinished = TorchRunner(load_hooked_model(tiny_base, scale)).score(seqs)
+    next(unfinished)
+    assert torch.is_grad_enabled()

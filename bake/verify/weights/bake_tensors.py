@@ -35,10 +35,15 @@ class Stored:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.raw.shape)
 
-    def values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``start:stop`` as a new float32 array (exact: every dtype a bake holds widens exactly)."""
+    def values(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (exact: every dtype a bake holds widens exactly): a new array, or ``out``."""
         rows = self.raw[start:stop]
-        return to_float32(rows, self.dtype) if self.dtype.computable else rows.astype(np.float32)
+        if self.dtype.computable:
+            return to_float32(rows, self.dtype, out)
+        if out is None:
+            return rows.astype(np.float32)
+        np.copyto(out, rows, casting="unsafe")
+        return out
 
     @classmethod
     def of(cls, a: np.ndarray) -> Stored:
