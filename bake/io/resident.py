@@ -1,7 +1,8 @@
 """Let go of the resident pages of files another library memory-maps (Linux): ONNX Runtime maps each externally
 stored initializer privately and keeps the maps of those it does not pre-pack, the embedding among them, whose every
 page it read once while pre-packing the tied ``lm_head``: 622 MB of Qwen3-0.6B's float32 export held resident for
-the rows a Gather reads now and then. Our own because no library exposes madvise on another library's mappings."""
+the rows a Gather reads now and then. Our own because no library exposes madvise on another library's mappings
+(a map of our own is let go directly: ``mmap.madvise``, as ``bake.io.gguf_reader.drop_pages`` does)."""
 
 from __future__ import annotations
 

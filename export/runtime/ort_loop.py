@@ -180,32 +180,14 @@ class OnnxCausalLM:
     def score(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """[len(seq), vocab] float32 logits at every position of each sequence.
 
-        A graph with logits at every position runs each sequence in one pass. With last-token logits, all
-        sequences step one token at a time through the KV cache as one batch (a row past its end is fed its
-        last token again, and those logits are dropped: rows never see each other), and each row's last
-        position comes from one batched pass over the whole sequences, right-padded: both paths of the graph.
+        A graph with logits at every position runs each sequence in one pass; a last-token graph is ``score_from``
+        every sequence's first position (one token of prefill, then a step per position, all rows as one batch).
         """
         seqs = [list(s) for s in seqs]
         if not self.last_logits_only:
             return [self.forward(np.asarray([s], np.int64), np.array([len(s)]), self.new_cache(1, len(s)))[0]
                     for s in seqs]
-        lengths = np.array([len(s) for s in seqs], np.int64)
-        batch, longest = len(seqs), int(lengths.max())
-        tokens = np.empty((batch, longest), np.int64)
-        for b, s in enumerate(seqs):
-            tokens[b, :len(s)] = s
-            tokens[b, len(s):] = s[-1]
-        vocab = int(self.io["vocab_size"])
-        out = [np.empty((len(s), vocab), np.float32) for s in seqs]
-        cache, ones = self.new_cache(batch, longest), np.ones(batch, np.int64)
-        for t in range(longest - 1):
-            step = self.forward(tokens[:, t:t + 1], ones, cache)[:, 0]
-            for b in np.flatnonzero(lengths - 1 > t):
-                out[b][t] = step[b]
-        last = self.forward(tokens, lengths, self.new_cache(batch, longest))[:, 0]
-        for b in range(batch):
-            out[b][-1] = last[b]
-        return out
+        return [logits for _, logits in self.score_from(seqs, [0] * len(seqs))]
 
     def score_from(self, seqs: Sequence[Sequence[int]], firsts: Sequence[int]) -> list[tuple[int, np.ndarray]]:
         """Each sequence's logits from position ``firsts[i]`` on (at least): (first position, [len - first, vocab]).

@@ -434,8 +434,8 @@ def test_cli_export_json_and_generate(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("target", ["portable", "cpu"])
 def test_score_of_several_sequences_equals_transformers_at_every_position(tiny, tiny_hf, tmp_path, target):
-    """What verify runs: sequences of different lengths scored together (cpu: stepped as one batch through the
-    in-place KV cache, each last position from one padded pass) give every position's logits of each alone."""
+    """Sequences of different lengths scored together (cpu: stepped as one batch through the in-place KV cache)
+    give every position's logits of each alone."""
     export_onnx(tiny, tmp_path / "x", target=target, progress=False)
     rng = np.random.default_rng(5)
     seqs = [rng.integers(5, 380, size=n).tolist() for n in (7, 19, 1, 12)]
