@@ -13,18 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from bake.gates.widths import ragged_width
 from bake.io.dtypes import to_float32
 
 
 def live_neurons(down: np.ndarray) -> np.ndarray:
     """The indices of the neurons (columns of ``down``, [hidden, width]) that are not all zero, in order."""
     return np.flatnonzero((down != 0).any(axis=0))
-
-
-def ragged_width(kept: int, granule: int) -> int:
-    """``kept`` neurons rounded up to a whole number of ``granule``-neuron blocks, one block at least."""
-    granule = max(int(granule), 1)
-    return max(granule, -(-kept // granule) * granule)
 
 
 def bake_values(reader: Any, name: str) -> np.ndarray:

@@ -68,11 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output folder: new, empty, or an earlier output to replace with --overwrite; for a sweep, "
                         "the folder that receives one output folder per cut")
     p.add_argument("--layout", choices=LAYOUTS, default="dense",
-                   help="dense: same shapes, off columns zero; pruned: off neurons removed, layers padded "
-                        "to a common width")
+                   help="dense: same shapes, off columns zero; pruned: off neurons removed, every layer padded "
+                        "to the widest layer's width (a stock Qwen3 config); ragged: off neurons removed, each layer "
+                        "its own width (transformers' per_layer_config: lambda-bake's loader and vLLM with its "
+                        "plugin run it; docs/LAYOUTS.md)")
     p.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE,
-                   help=f"pruned: round the common width up to a multiple of N (default {DEFAULT_PAD_MULTIPLE}: "
-                        "GPU matmul tiles are 64 wide)")
+                   help=f"pruned and ragged: round each width up to a multiple of N with zero neurons (default "
+                        f"{DEFAULT_PAD_MULTIPLE}: GPU matmul tiles are 64 wide; 1: the exact cut)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="checkpoint dtype; auto keeps the base's. Math is float32, rounded once")
     p.add_argument("--max-shard-size", default="5GB", help="split weights into shards above this size (default 5GB)")
@@ -238,10 +240,12 @@ def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     if kind.by_llama:
         require_llama_quantizer(kind)  # before the bake, not after
 
+    layout = "ragged" if args.layout == "ragged" else args.gguf_layout  # a ragged bake exports ragged (openelm)
+
     def export(folder: Path) -> list[str]:
-        name = default_file_name(args.gguf_layout, args.gguf_type, args.gguf_pure)
-        say(f"exporting to GGUF ({args.gguf_type}, layout {args.gguf_layout}) ...")
-        report = export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=args.gguf_layout,
+        name = default_file_name(layout, args.gguf_type, args.gguf_pure)
+        say(f"exporting to GGUF ({args.gguf_type}, layout {layout}) ...")
+        report = export_gguf(folder, folder / name, gguf_type_name=args.gguf_type, layout=layout,
                              pure=args.gguf_pure, progress=not args.quiet)
         return [name, Path(report["modelfile"]).name]
 
@@ -254,13 +258,14 @@ def mlx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     from export.mlx.writer import check_mlx_options, export_mlx_into
 
     require_mlx()
-    options = {"layout": args.mlx_layout, "dtype": args.mlx_dtype, "bits": args.mlx_bits,
+    options = {"layout": "ragged" if args.layout == "ragged" else args.mlx_layout, "dtype": args.mlx_dtype,
+               "bits": args.mlx_bits,
                "group_size": args.mlx_group_size}
     check_mlx_options(**options)  # before the bake, not after
 
     def export(folder: Path) -> list[str]:
         bits = f", {args.mlx_bits}-bit" if args.mlx_bits else ""
-        say(f"exporting to MLX (layout {args.mlx_layout}{bits}) ...")
+        say(f"exporting to MLX (layout {options['layout']}{bits}) ...")
         report = export_mlx_into(folder, **options, progress=not args.quiet)
         return [f"mlx/{name}" for name in report["files"]]
 
@@ -291,16 +296,22 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
 def print_summary(m: dict, out: str) -> None:
     s = m["sizes"]
     layout = m["layout"]
-    chosen = s["pruned" if layout == "pruned" else "dense"]
+    chosen = s[layout]
     say(f"wrote {out}")
     say(f"  threshold {m['cut']['threshold']}  off-fraction {m['off_fraction']:.4f} "
         f"({sum(m['off_per_layer'])} of {m['gates']['num_neurons']} neurons)")
     say(f"  off per layer: {format_layer_counts(m['off_per_layer'], m['base']['intermediate_size'])}")
-    say(f"  layout {layout}: intermediate_size {m['intermediate_size']}, {chosen['params']:,} params, "
-        f"{chosen['mlp_flops_per_token']:,} MLP FLOPs/token (dense {s['dense']['mlp_flops_per_token']:,}, "
-        f"ragged {s['ragged']['mlp_flops_per_token']:,})")
-    if layout == "pruned" and s["pruned_padding_overhead"] is not None:
-        say(f"  pruned padding overhead vs ragged: {s['pruned_padding_overhead']:.2%} extra neurons")
+    width = (f"MLP widths {format_layer_counts(m['mlp_widths'], m['base']['intermediate_size'])}" if layout == "ragged"
+             else f"intermediate_size {m['intermediate_size']}")
+    say(f"  layout {layout}: {width}, {chosen['params']:,} params, {chosen['mlp_neurons']:,} MLP neurons "
+        f"(dense {s['dense']['mlp_neurons']:,}, pruned {s['pruned']['mlp_neurons']:,}, "
+        f"ragged {s['ragged']['mlp_neurons']:,}, the cut {s['exact']['mlp_neurons']:,})")
+    if "weight_bytes" in chosen:
+        say(f"  weights {chosen['weight_bytes']:,} bytes (dense {s['dense']['weight_bytes']:,}, "
+            f"pruned {s['pruned']['weight_bytes']:,}, ragged {s['ragged']['weight_bytes']:,})")
+    overhead = s.get(f"{layout}_padding_overhead")
+    if layout != "dense" and overhead is not None:
+        say(f"  {layout} padding: {overhead:.2%} zero neurons beyond the cut's (--pad-multiple {m['pad_multiple']})")
     if m.get("uniform_cut"):
         say("  " + uniform_line(m["uniform_cut"], m["base"]["intermediate_size"]))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.errors import CutError
+from bake.fold.plan import refuse_ragged_base
 from bake.gates.gate_math import GATE_MODES, SCALE_SCOPES, Cut, GateSettings
 from bake.gates.variant import GateVariant, load_variant
 from bake.hub.sources import resolve_base, resolve_gates
@@ -129,6 +130,7 @@ def load_base(args: argparse.Namespace) -> tuple[BaseModel, dict[str, Any]]:
 
 def load_gates(args: argparse.Namespace, base: BaseModel, variant: str | None) -> tuple[GateVariant, dict[str, Any]]:
     """Resolve --gates and load ``variant``'s gates, checked against the base; also where they came from."""
+    refuse_ragged_base(base)
     gates_dir = resolve_gates(str(args.gates), variant, getattr(args, "gates_revision", None))
     gv = load_variant(gates_dir, variant, num_layers=base.num_layers, intermediate_size=base.intermediate_size)
     sources = {"gates": str(args.gates), "gates_revision": gates_dir.name} if gates_dir != Path(args.gates) else {}

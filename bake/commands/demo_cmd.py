@@ -15,11 +15,13 @@ from bake.demo.run import DEMO_VARIANT, WORKDIR_ENTRIES, format_demo_table, run_
 DESCRIPTION = """\
 Run the whole job offline on built-in inputs: a small random-weight Qwen3 (real chat template on a
 small tokenizer) and the published card's four variants as gate folders. The chosen variant is baked
-at each of its selected thresholds (dense and pruned), each checkpoint is loaded with plain
-AutoModelForCausalLM, and its logits are compared with the hooked model on chat prompts. What each
+at each of its selected thresholds (dense, pruned and ragged), each checkpoint is loaded (dense and
+pruned with plain AutoModelForCausalLM, ragged, whose layers each keep their own width, with
+lambda-bake's loader of plain transformers classes), and its logits are compared with the hooked
+model on chat prompts. What each
 cut costs is then measured (lambda-bake eval) on a briefly trained copy of the same shape: NLL on a
 retain and a forget set against the base, and exact match on a QA set of sums.
-Then its most pruned cut takes every deployment path: baked with an ONNX export (CPU graph, float32,
+Then its most pruned cut takes every deployment path: its ragged checkpoint baked with an ONNX export (CPU graph, float32,
 ragged widths) and a GGUF (f32, ragged widths), all verified against the hooked model (weights and
 logits), and each export generates a short reply in its runtime (onnxruntime-genai, llama.cpp). An
 export whose runtime is not installed is skipped and named (pip install -e ".[demo]" brings both).

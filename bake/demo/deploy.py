@@ -1,6 +1,6 @@
 """The demo's deployment leg: one bake exported for every runtime lambda-bake targets, verified, then run.
 
-The most pruned preset is baked in the pruned layout with the steps ``bake --onnx --gguf --verify`` takes: an
+The most pruned preset is baked in the ragged layout with the steps ``bake --onnx --gguf --verify`` takes: an
 ONNX export (CPU graph, float32, ragged widths) and a GGUF (f32, ragged widths: arch ``openelm``) are written
 into the checkpoint's temporary folder, all three are verified against the hooked model (weights, then logits
 and greedy tokens), and only then is the folder moved into place. Each export then generates a short chat
@@ -85,7 +85,7 @@ def deploy(base: Path, variant: GateVariant, settings: GateSettings, out: Path, 
         return verify(spec_from_manifest(read_manifest(folder)), candidates,
                       VerifyOptions(greedy_tokens=greedy_tokens), bake=folder)
 
-    options = BakeOptions(layout="pruned", pad_multiple=pad_multiple, progress=False, overwrite=True)
+    options = BakeOptions(layout="ragged", pad_multiple=pad_multiple, progress=False, overwrite=True)
     try:
         manifest = bake_checkpoint(base, variant, settings, out, options, check=check, extras=add_exports)
     except VerificationFailed as e:

@@ -1,11 +1,11 @@
 """The embedded default job: bake a built-in tiny Qwen3 with the card's variants, offline, and check it.
 
 Builds a small random-weight Qwen3 (real chat template, small tokenizer) and the four seed variant
-folders, bakes the chosen variant at each of its selected thresholds in the dense and pruned
-layouts, loads each result with plain ``AutoModelForCausalLM`` and compares it with the hooked
-model on chat prompts. What each cut costs is measured on a briefly trained copy of the demo shape
+folders, bakes the chosen variant at each of its selected thresholds in the dense, pruned and ragged
+layouts, loads each result (dense and pruned with plain ``AutoModelForCausalLM``, ragged with
+``bake.io.pretrained.load_pretrained``) and compares it with the hooked model on chat prompts. What each cut costs is measured on a briefly trained copy of the demo shape
 (``bake.demo.costs``). Then the most pruned cut goes through every deployment path
-(``bake.demo.deploy``): ONNX and GGUF exports, verified and run in their runtimes.
+(``bake.demo.deploy``): its ragged checkpoint with ONNX and GGUF exports, verified and run in their runtimes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bake.demo.costs import cut_costs
 from bake.demo.deploy import deploy
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import load_variant
+from bake.io.pretrained import load_pretrained
 from bake.verify import precision
 from bake.verify.candidates import TorchRunner
 from bake.verify.metrics import DEFAULT_BUDGETS, Comparison, Tally
@@ -45,7 +46,7 @@ def build_demo_inputs(workdir: Path) -> tuple[Path, Path]:
 
 
 def run_demo(
-    workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned"),
+    workdir: Path | None = None, variant: str = DEMO_VARIANT, layouts: tuple[str, ...] = ("dense", "pruned", "ragged"),
     greedy_tokens: int = 8, log: Callable[[str], None] | None = None, deployment: bool = True,
     costs: bool = True,
 ) -> dict[str, Any]:
@@ -75,7 +76,9 @@ def run_demo(
                 out = root / "baked" / f"{variant}-p{k}-{layout}"
                 manifest = bake_checkpoint(base, gv, settings, out, BakeOptions(
                     layout=layout, pad_multiple=DEMO_PAD_MULTIPLE, progress=False, overwrite=True))
-                baked = TorchRunner(AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval())
+                loaded = load_pretrained(out, dtype=torch.float32) if layout == "ragged" else \
+                    AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+                baked = TorchRunner(loaded)
                 tally = Tally(greedy_tokens)
                 for i, logits in enumerate(baked.score(sequences.inputs)):
                     tally.add(reference.logits[i], logits, reference.continuation[i], sequences.continuation(i, logits))
@@ -84,13 +87,14 @@ def run_demo(
                 rows.append({
                     "preset": k, "threshold": manifest["cut"]["threshold"], "off_fraction": manifest["off_fraction"],
                     "layout": layout, "intermediate_size": manifest["intermediate_size"],
+                    "mlp_neurons": manifest["sizes"][layout]["mlp_neurons"],
                     "params": manifest["sizes"][layout]["params"], **r.to_dict(),
                 })
         evaluation = cut_costs(root, DEMO_SPEC, gv, gv.scale_mode or "mean", DEMO_PAD_MULTIPLE, log) if costs else None
         if not deployment or settings is None:
             return {"rows": rows, "costs": evaluation, "deployment": None}
         if log:
-            log(f"  preset {len(gv.selected_thresholds)}: bake pruned with ONNX and GGUF exports, verify, run")
+            log(f"  preset {len(gv.selected_thresholds)}: bake ragged with ONNX and GGUF exports, verify, run")
         out = root / "baked" / f"{variant}-p{len(gv.selected_thresholds)}-deploy"
         report = deploy(base, gv, settings, out, DEMO_PAD_MULTIPLE, greedy_tokens, log)
         return {"rows": rows, "costs": evaluation, "deployment": report}
@@ -100,13 +104,14 @@ def run_demo(
 
 
 def format_demo_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'preset':>6} {'threshold':>10} {'off':>7} {'layout':<7} {'I':>5} {'params':>9} "
+    head = (f"{'preset':>6} {'threshold':>10} {'off':>7} {'layout':<7} {'I':>5} {'neurons':>7} {'params':>9} "
             f"{'max|logit diff|':>16} {'top-1':>7} {'greedy':>8}  verdict")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['preset']:>6} {r['threshold']:>10.6f} {r['off_fraction']:>7.2%} {r['layout']:<7} "
-            f"{r['intermediate_size']:>5} {r['params']:>9,} {r['max_abs_diff']:>16.3g} {r['top1_agreement']:>7.2%} "
+            f"{r['intermediate_size']:>5} {r['mlp_neurons']:>7,} {r['params']:>9,} {r['max_abs_diff']:>16.3g} "
+            f"{r['top1_agreement']:>7.2%} "
             f"{r['greedy_summary']:>8}  {'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}"
         )
     return "\n".join(lines)

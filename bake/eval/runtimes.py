@@ -74,8 +74,8 @@ class TorchEval(EvalLM):
 
     def __init__(self, spec: ModelSpec):
         import torch
-        from transformers import AutoModelForCausalLM
 
+        from bake.io.pretrained import load_pretrained
         from bake.verify.reference import load_hooked_model
         from export.runtime.chat import ChatTokenizer
 
@@ -83,7 +83,7 @@ class TorchEval(EvalLM):
         if spec.kind == "hooked":
             self.model = load_hooked_model(spec.path, spec.scale, torch.float32)
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(str(spec.path), dtype=torch.float32).eval()
+            self.model = load_pretrained(spec.path, dtype=torch.float32)
         self.chat = ChatTokenizer(spec.path)
         self.eos = self.chat.eos_ids()
         self.budget = token_budget(int(self.model.config.vocab_size))

@@ -17,13 +17,13 @@ from bake.errors import BaseModelError, CutError, GateFileError, OutputError
 from bake.fold.weights import convert_rows, fold_down_proj, kept_neurons, prune_down_proj, prune_in_proj
 from bake.gates.gate_math import GateResult, GateSettings, compute_gates
 from bake.gates.variant import GateVariant
-from bake.gates.widths import layout_sizes, padded_width
-from bake.io.base_model import BaseModel
+from bake.gates.widths import layout_sizes, padded_width, ragged_widths
+from bake.io.base_model import PER_LAYER_CONFIG, BaseModel
 from bake.io.dtypes import BY_NAME, COMPUTE_DTYPES, DType
 from bake.io.tensor_io import OutTensor, numel, row_reader
 
-Layout = Literal["dense", "pruned"]
-LAYOUTS: tuple[str, ...] = ("dense", "pruned")
+Layout = Literal["dense", "pruned", "ragged"]
+LAYOUTS: tuple[str, ...] = ("dense", "pruned", "ragged")
 DEFAULT_PAD_MULTIPLE = 64
 _MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$")
 
@@ -51,9 +51,14 @@ class BakePlan:
     gates: GateResult
     options: BakeOptions
     out_dtype: DType
-    width: int  # intermediate_size of the written checkpoint
+    widths: list[int]  # each layer's MLP width in the written checkpoint
     sizes: dict[str, Any]
     keep: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        """The config's global ``intermediate_size``: the widest layer (every layer, but in the ragged layout)."""
+        return max(self.widths)
 
     @property
     def dtype_name(self) -> str:
@@ -67,12 +72,12 @@ class BakePlan:
         info = self.base.reader.tensors[name]
         dst, s, read = self.out_dtype, self.gates.scale, row_reader(info)
         match = _MLP.match(name)
-        if match and (match.group(2) == "down_proj" or self.options.layout == "pruned"):
+        if match and (match.group(2) == "down_proj" or self.options.layout != "dense"):
             layer, proj = int(match.group(1)), match.group(2)
             shape = info.shape
             if self.options.layout == "dense":
                 return OutTensor(name, dst, shape, lambda: fold_down_proj(read, shape, s[layer], info.dtype, dst))
-            keep, width = self.keep[layer], self.width
+            keep, width = self.keep[layer], self.widths[layer]
             if proj == "down_proj":
                 return OutTensor(name, dst, (shape[0], width),
                                  lambda: prune_down_proj(read, shape, s[layer], keep, width, info.dtype, dst))
@@ -97,10 +102,7 @@ def resolve_dtype(name: str, base: BaseModel) -> DType:
 def plan_bake(base: BaseModel, variant: GateVariant, settings: GateSettings, options: BakeOptions) -> BakePlan:
     """Apply the cut and decide every output shape; refuse a cut that switches off everything."""
     if options.layout not in LAYOUTS:
-        raise OutputError(
-            f"unknown layout {options.layout!r}: checkpoints are dense or pruned; ragged widths exist only "
-            "as an ONNX export (lambda-bake export --layout ragged) or in Python (bake.fold.ragged_model)"
-        )
+        raise OutputError(f"unknown layout {options.layout!r}: choose one of {', '.join(LAYOUTS)}")
     if options.pad_multiple < 1:
         raise OutputError(f"--pad-multiple must be a positive integer, got {options.pad_multiple}")
     check_gate_shape(base, variant)
@@ -111,17 +113,30 @@ def plan_bake(base: BaseModel, variant: GateVariant, settings: GateSettings, opt
             f"the cut ({settings.cut.describe()}, threshold {gates.threshold}) switches off every neuron of every "
             "layer: the MLPs would add nothing. Choose a lower threshold/off-fraction, or pass --allow-all-off"
         )
-    padded = padded_width(kept, options.pad_multiple)
+    widths = {"dense": [base.intermediate_size] * base.num_layers,
+              "pruned": [padded_width(kept, options.pad_multiple)] * base.num_layers,
+              "ragged": ragged_widths(kept, options.pad_multiple)}[options.layout]
+    keep = [kept_neurons(gates.scale[i]) for i in range(base.num_layers)] if options.layout != "dense" else []
+    plan = BakePlan(base, variant, settings, gates, options, resolve_dtype(options.dtype, base), widths, {}, keep)
+    tensors = plan.tensors()  # refuses a tensor it cannot convert now, not halfway through writing
     total_params = sum(numel(i.shape) for i in base.reader.tensors.values())
-    sizes = layout_sizes(total_params, base.hidden_size, base.intermediate_size, kept, padded)
-    width = padded if options.layout == "pruned" else base.intermediate_size
-    keep = [kept_neurons(gates.scale[i]) for i in range(base.num_layers)] if options.layout == "pruned" else []
-    plan = BakePlan(base, variant, settings, gates, options, resolve_dtype(options.dtype, base), width, sizes, keep)
-    plan.tensors()  # refuses a tensor it cannot convert now, not halfway through writing
+    fixed_bytes = sum(t.nbytes for t in tensors if not _MLP.match(t.name))
+    plan.sizes = layout_sizes(total_params, base.hidden_size, base.intermediate_size, kept, options.pad_multiple,
+                              plan.out_dtype.itemsize, fixed_bytes)
     return plan
 
 
+def refuse_ragged_base(base: BaseModel) -> None:
+    """A ragged bake cannot be a base: the gates cover every neuron of the model they were trained on."""
+    if base.ragged:
+        raise BaseModelError(
+            f"{base.folder} has its own MLP width in each layer ({PER_LAYER_CONFIG} in its config.json): it is a "
+            "ragged bake, not a base; give --base the model the gates were trained on"
+        )
+
+
 def check_gate_shape(base: BaseModel, variant: GateVariant) -> None:
+    refuse_ragged_base(base)
     if tuple(variant.logits.shape) != (base.num_layers, base.intermediate_size):
         raise GateFileError(
             f"gates {variant.gate_file} have shape {list(variant.logits.shape)} but {base.folder} has "

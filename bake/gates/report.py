@@ -13,7 +13,7 @@ import numpy as np
 
 from bake.gates.gate_math import Cut, GateResult, GateSettings, compute_gates, gate_values
 from bake.gates.variant import GateVariant
-from bake.gates.widths import padded_width, padding_overhead
+from bake.gates.widths import padded_width, padding_overhead, ragged_widths
 
 # Per-layer quantiles of lambda in the report: the 5-95 % and 25-75 % bands and the median.
 LAMBDA_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -60,16 +60,20 @@ def describe_threshold(v: GateVariant, label: str, threshold: float, pad_multipl
 
 
 def describe_cut(v: GateVariant, g: GateResult, pad_multiple: int) -> dict[str, Any]:
-    """Off and kept neurons per layer of a cut, and the pruned width and padding they give."""
+    """Off and kept neurons per layer of a cut, the pruned width and padding they give, and the ragged layout's
+    widths (each layer's kept neurons rounded up to ``pad_multiple``) and padding."""
     kept = g.kept_per_layer
     width = padded_width(kept, pad_multiple)
+    ragged = ragged_widths(kept, pad_multiple)
     return {
         "off_fraction": g.off_fraction,
         "off_per_layer": g.off_per_layer,
         "off_share_per_layer": [n / v.intermediate_size for n in g.off_per_layer],
         "kept_per_layer": kept, "pruned_width": width,
         "padding_neurons": v.num_layers * width - sum(kept),
-        "padding_overhead": padding_overhead(kept, width),
+        "padding_overhead": padding_overhead(kept, v.num_layers * width),
+        "ragged_widths": ragged,
+        "ragged_padding_neurons": sum(ragged) - sum(kept),
     }
 
 

@@ -14,6 +14,7 @@ from bake.io.provenance import describe_local
 from bake.io.tensor_io import CheckpointReader
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
+PER_LAYER_CONFIG = "per_layer_config"  # transformers' per-layer overrides (>= 5.15): a ragged bake's MLP widths
 MLP_TENSOR = "model.layers.{layer}.mlp.{proj}.weight"
 
 
@@ -32,7 +33,18 @@ class BaseModel:
 
     @property
     def intermediate_size(self) -> int:
+        """The config's global MLP width (a ragged checkpoint's widest layer; ``layer_widths`` gives each)."""
         return int(self.config["intermediate_size"])
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """Each decoder layer's MLP width: its ``per_layer_config`` entry, else the global ``intermediate_size``."""
+        return layer_widths(self.config, self.folder / "config.json")
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the layers' MLP widths differ (a ragged bake): only per-layer-aware code may build it."""
+        return len(set(self.layer_widths)) > 1
 
     @property
     def hidden_size(self) -> int:
@@ -68,6 +80,59 @@ _CONFIG_OPTIONAL_INTS = {"num_key_value_heads": (1, 4096), "head_dim": (1, 1 << 
 _CONFIG_OPTIONAL_FLOATS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12)}
 
 
+def layer_widths(config: dict[str, Any], path: Path) -> list[int]:
+    """Each decoder layer's MLP width from a checked ``config`` (``path``: its file, for messages).
+
+    transformers' ``per_layer_config`` maps a layer index (a digit string, zero-padded as ``save_pretrained`` writes
+    it) to the attributes that differ from the global config; a layer without an entry has the global width.
+    lambda-bake writes and reads only ``intermediate_size`` there; anything else is refused by name.
+    """
+    layers, width = int(config["num_hidden_layers"]), int(config["intermediate_size"])
+    per_layer = config.get(PER_LAYER_CONFIG)
+    widths = [width] * layers
+    if per_layer is None:
+        return widths
+    fix = "bake the folder again (lambda-bake bake --layout ragged writes it)"
+    if not isinstance(per_layer, dict):
+        raise BaseModelError(f"{path}: {PER_LAYER_CONFIG!r} is a JSON {type(per_layer).__name__}, not an object of "
+                             f"layer index -> overrides; {fix}")
+    seen: dict[int, str] = {}
+    for key, overrides in per_layer.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) < layers):
+            raise BaseModelError(f"{path}: {PER_LAYER_CONFIG} has the key {key!r}, which is not a layer index from 0 to "
+                                 f"{layers - 1} (num_hidden_layers is {layers}); {fix}")
+        layer = int(key)
+        if layer in seen:
+            raise BaseModelError(f"{path}: {PER_LAYER_CONFIG} gives layer {layer} twice ({seen[layer]!r} and {key!r}); "
+                                 f"{fix}")
+        seen[layer] = key
+        if not isinstance(overrides, dict):
+            raise BaseModelError(f"{path}: {PER_LAYER_CONFIG}[{key!r}] (layer {layer}) is {overrides!r}, not an object "
+                                 f"of overrides; {fix}")
+        other = sorted(set(overrides) - {"intermediate_size"})
+        if other:
+            raise BaseModelError(f"{path}: {PER_LAYER_CONFIG}[{key!r}] (layer {layer}) overrides {', '.join(other)}; "
+                                 "lambda-bake reads per-layer MLP widths (intermediate_size) only")
+        if "intermediate_size" in overrides:
+            value = overrides["intermediate_size"]
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _CONFIG_INTS[
+                    "intermediate_size"][1]:
+                raise BaseModelError(f"{path}: layer {layer}'s intermediate_size in {PER_LAYER_CONFIG} is {value!r}, "
+                                     f"not a positive whole number of neurons; {fix}")
+            widths[layer] = value
+    return widths
+
+
+def per_layer_config(widths: list[int]) -> dict[str, dict[str, int]]:
+    """``per_layer_config`` for these MLP widths under a global ``intermediate_size`` of ``max(widths)``, exactly as
+    transformers' ``save_pretrained`` writes it: only the layers that differ from the global value, keyed by the
+    layer index zero-padded to the widest key's digits (so that keys sort numerically); empty when all agree."""
+    top = max(widths)
+    differ = [i for i, w in enumerate(widths) if w != top]
+    digits = len(str(max(differ))) if differ else 1
+    return {str(i).zfill(digits): {"intermediate_size": widths[i]} for i in differ}
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """config.json as a JSON object, with every field lambda-bake reads of the right type and within bounds."""
     path = require(folder, "folder", MODEL_FOLDER, BaseModelError) / "config.json"
@@ -85,6 +150,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         checked_field(config, key, (int, float), path, BaseModelError, fix, optional=True, low=low, high=high)
     checked_field(config, "tie_word_embeddings", bool, path, BaseModelError, fix, optional=True)
     checked_field(config, "attention_bias", bool, path, BaseModelError, fix, optional=True)
+    layer_widths(config, path)
     return config
 
 
@@ -101,17 +167,23 @@ def open_base_model(folder: Path) -> BaseModel:
         )
     reader = CheckpointReader(folder)
     base = BaseModel(folder, config, reader)
-    for layer in range(base.num_layers):
-        for proj, shape in (("gate_proj", (base.intermediate_size, base.hidden_size)),
-                            ("up_proj", (base.intermediate_size, base.hidden_size)),
-                            ("down_proj", (base.hidden_size, base.intermediate_size))):
+    per_layer = config.get(PER_LAYER_CONFIG) or {}
+    for layer, width in enumerate(base.layer_widths):
+        for proj, shape in (("gate_proj", (width, base.hidden_size)),
+                            ("up_proj", (width, base.hidden_size)),
+                            ("down_proj", (base.hidden_size, width))):
             name = mlp_name(layer, proj)
             if name not in reader:
                 raise BaseModelError(f"{folder}: tensor {name} is missing from the checkpoint")
             if reader.tensors[name].shape != shape:
+                entry = next((k for k in per_layer if k.isdigit() and int(k) == layer), None)
+                said = (f"its {PER_LAYER_CONFIG}[{entry!r}] gives layer {layer} {width} neurons" if entry is not None
+                        else f"layer {layer} has no {PER_LAYER_CONFIG} entry, so it takes the global intermediate_size "
+                             f"{width}")
                 raise BaseModelError(
-                    f"{folder}: {name} has shape {list(reader.tensors[name].shape)}, config says {list(shape)}; "
-                    "the checkpoint does not match its config (already pruned?)"
+                    f"{folder}: {reader.tensors[name].file.name}'s {name} has shape {list(reader.tensors[name].shape)}, "
+                    f"but config.json says {list(shape)} ({said}); the checkpoint does not match its config.json "
+                    "(already pruned, or one of the two edited?)"
                 )
             if not reader.tensors[name].dtype.computable:
                 raise BaseModelError(

@@ -21,8 +21,8 @@ SIZE_METRICS = ("params", "mlp_flops_per_token")
 VERIFY_METRICS = ("max_rel_diff", "top1_agreement")
 _LAYOUT_STYLE = {"dense": ":", "pruned": "--", "ragged": "-"}
 _LAYOUT_LABEL = {"dense": "dense (every neuron, off ones zero)", "pruned": "pruned (padded common width)",
-                 "ragged": "ragged (ONNX, per-layer widths)"}
-_SHARED = "0.45"  # dense and ragged sizes depend on the off-fraction alone: one grey line for every variant
+                 "ragged": "ragged (each layer its own width)"}
+_SHARED = "0.45"  # dense sizes do not depend on the cut: one grey line for every variant
 _MAX_NAMED = 6  # failed cuts named next to their marks; more are counted in the title
 _CANDIDATE_MARKERS = ("o", "s", "^", "D", "v")
 _TITLES = {
@@ -150,7 +150,7 @@ def _draw_sizes(ax: Axes, metric: str, series: dict[str, Any], colour: dict[str,
     for v in series["variants"]:
         for lay in LAYOUTS:
             baked, c = lay in series["baked_layouts"], colour[v["variant"]]
-            ax.plot(v["off_fraction"], v[metric][lay], color=c if lay == "pruned" else _SHARED, ls=_LAYOUT_STYLE[lay],
+            ax.plot(v["off_fraction"], v[metric][lay], color=_SHARED if lay == "dense" else c, ls=_LAYOUT_STYLE[lay],
                     lw=1.6 if baked else 1.1, marker="o" if baked else None, ms=4, mfc=c, mec=c,
                     gid=f"{v['variant']}/{metric}/{lay}")
     for f in series["failed"]:

@@ -264,10 +264,10 @@ class Candidate:
 
             folder = BakeFolder(self.folder)
             return TorchRunner(qwen3_model(folder.config, bake_layers(folder)))
-        if self.kind == "checkpoint":  # as a user runs it in that dtype
-            from transformers import AutoModelForCausalLM
+        if self.kind == "checkpoint":  # as a user runs it in that dtype: from_pretrained (a ragged one: the loader)
+            from bake.io.pretrained import load_pretrained
 
-            return TorchRunner(AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=self.compute_dtype).eval())
+            return TorchRunner(load_pretrained(self.folder, dtype=self.compute_dtype))
         if self.kind == "mlx":
             from export.runtime.mlx_loop import MlxLM
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from bake.verify.weights.weight_check import Failure
 
-CHANGED_BY_BAKE = ("intermediate_size", "dtype", "torch_dtype", "transformers_version")
+CHANGED_BY_BAKE = ("intermediate_size", "per_layer_config", "dtype", "torch_dtype", "transformers_version")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def _short(value: Any, most: int = 80) -> str:
 
 
 def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None, report: CarriedReport) -> None:
-    from bake.io.base_model import read_config
+    from bake.io.base_model import layer_widths, read_config
 
     mine, theirs = read_config(folder), read_config(base)
     report.proven.append("config.json")
@@ -149,6 +149,15 @@ def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None
             if mine.get(key) != manifest[key]:
                 report.fail(f"config.json {key}", f"is {mine.get(key)!r}, but the bake manifest records "
                                                   f"{manifest[key]!r}")
+        widths = layer_widths(mine, folder / "config.json")
+        recorded = manifest.get("mlp_widths") or [manifest["intermediate_size"]] * len(widths)
+        report.proven.append("config.json per-layer MLP widths")
+        if widths != recorded:
+            layer = next((i for i, (a, b) in enumerate(zip(widths, recorded)) if a != b), min(len(widths),
+                                                                                              len(recorded)))
+            report.fail("config.json per_layer_config", f"gives layer {layer} "
+                        f"{widths[layer] if layer < len(widths) else 'no'} MLP neurons, but the bake manifest records "
+                        f"{recorded[layer] if layer < len(recorded) else 'no layer'} (mlp_widths)")
 
 
 def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:

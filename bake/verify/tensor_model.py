@@ -98,8 +98,8 @@ class Reused:
 def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int] | None = None) -> nn.Module:
     """A float32 ``Qwen3ForCausalLM`` of ``config`` over ``tensors``, each decoder layer's read as it runs.
 
-    ``widths``: each layer's MLP width (ragged); default ``intermediate_size`` everywhere. An ``lm_head.weight``
-    among the top tensors unties it from the embedding.
+    ``widths``: each layer's MLP width (ragged); default: the config's (its ``per_layer_config``, else
+    ``intermediate_size`` everywhere). An ``lm_head.weight`` among the top tensors unties it from the embedding.
     """
     from transformers import AutoModelForCausalLM, Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
@@ -109,12 +109,15 @@ def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int]
     cfg["tie_word_embeddings"] = "lm_head.weight" not in top
     if cfg["tie_word_embeddings"]:
         top["lm_head.weight"] = top["model.embed_tokens.weight"]
-    conf = Qwen3Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    if widths is None:
+        widths = _config_widths(cfg)
+    conf = Qwen3Config(**{k: v for k, v in cfg.items()
+                          if k not in ("architectures", "transformers_version", "per_layer_config")})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
         hidden = conf.hidden_size
         for i, layer in enumerate(model.model.layers):
-            width = conf.intermediate_size if widths is None else widths[i]
+            width = widths[i]
             layer.mlp.gate_proj = nn.Linear(hidden, width, bias=False)
             layer.mlp.up_proj = nn.Linear(hidden, width, bias=False)
             layer.mlp.down_proj = nn.Linear(width, hidden, bias=False)
@@ -127,6 +130,14 @@ def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int]
         layer.register_forward_pre_hook(_loader(tensors, i))
         layer.register_forward_hook(_drop)
     return model.eval()
+
+
+def _config_widths(config: dict[str, Any]) -> list[int]:
+    """Each layer's MLP width as the config gives it, read here from the JSON (not by the loader a user runs)."""
+    widths = [int(config["intermediate_size"])] * int(config["num_hidden_layers"])
+    for key, entry in (config.get("per_layer_config") or {}).items():
+        widths[int(key)] = int(entry["intermediate_size"])
+    return widths
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

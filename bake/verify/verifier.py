@@ -36,7 +36,7 @@ from bake.errors import BakeError, ManifestMismatch
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import GateVariant, load_variant
 from bake.gates.widths import padded_width
-from bake.io.base_model import read_config
+from bake.io.base_model import layer_widths, open_base_model, read_config
 from bake.verify import precision
 from bake.verify.candidates import BatchRunner, Candidate, Outputs, Runner, Sequences, TorchRunner, release_memory
 from bake.verify.metrics import (
@@ -161,6 +161,8 @@ def verify(
             "or --ignore-manifest to compare against these anyway"
         )
     check_carried_files(base)  # the tokenizer and chat template the prompts are rendered with must parse
+    for folder in {Path(c.folder) for c in candidates if c.kind == "checkpoint"} | ({Path(bake)} if bake else set()):
+        open_base_model(folder)  # each checkpoint's config and MLP shapes (its per-layer widths), before any model runs
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     texts = render_prompt_texts(tokenizer, options.prompts)
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -463,15 +465,16 @@ def _derived_bake(run: _Run, folder: Path, manifest: dict[str, Any] | None = Non
     base = Path(run.spec.base)
     if manifest is not None or (Path(folder) / MANIFEST_NAME).is_file():  # its layout and dtype; its cut's width
         m = manifest if manifest is not None else read_manifest(folder)
-        layout, dtype = m["layout"], m["dtype"]
+        layout, dtype, multiple = m["layout"], m["dtype"], m.get("pad_multiple") or 1
         kept = [int(k) for k in (run.scale != 0).sum(axis=1)]
-        width = padded_width(kept, m.get("pad_multiple") or 1) if layout == "pruned" else None
+        width = padded_width(kept, multiple) if layout == "pruned" else None
     else:
         config, base_width = read_config(folder), int(read_config(base)["intermediate_size"])
         dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-        width = int(config["intermediate_size"])
-        layout = "dense" if width == base_width else "pruned"
-    return DerivedBake(base, run.scale, layout=layout, dtype=dtype, width=width,
+        widths = layer_widths(config, folder / "config.json")
+        width, multiple = max(widths), 1
+        layout = "ragged" if len(set(widths)) > 1 else "dense" if width == base_width else "pruned"
+    return DerivedBake(base, run.scale, layout=layout, dtype=dtype, width=width, pad_multiple=multiple,
                        label=f"the {layout} {dtype} bake that {base} and the gates define")
 
 

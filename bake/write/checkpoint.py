@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.errors import BakeError, BaseModelError
+from bake.io.base_model import PER_LAYER_CONFIG, per_layer_config
 from bake.io.json_files import read_json_object
 from bake.io.tensor_io import INDEX_NAME, SINGLE_NAME, OutTensor, shard_plan, write_safetensors
 
@@ -56,10 +57,14 @@ def _progress_bar(total: int) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, desc="writing weights")
 
 
-def write_config(out_dir: Path, config: dict[str, Any], *, intermediate_size: int, dtype_name: str) -> None:
-    """The base config with the (possibly new) intermediate size and dtype."""
-    cfg = dict(config)
-    cfg["intermediate_size"] = intermediate_size
+def write_config(out_dir: Path, config: dict[str, Any], *, widths: list[int], dtype_name: str) -> None:
+    """The base config with the bake's MLP widths and dtype: one ``intermediate_size`` when every layer has the same
+    width (a stock Qwen3 config), else the widest as ``intermediate_size`` and the others in transformers'
+    ``per_layer_config``."""
+    cfg = {k: v for k, v in config.items() if k != PER_LAYER_CONFIG}
+    cfg["intermediate_size"] = max(widths)
+    if len(set(widths)) > 1:
+        cfg[PER_LAYER_CONFIG] = per_layer_config(widths)
     cfg["dtype"] = dtype_name
     if "torch_dtype" in cfg:
         cfg["torch_dtype"] = dtype_name

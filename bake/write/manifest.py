@@ -113,8 +113,9 @@ def build_manifest(plan: BakePlan, sources: dict[str, Any], files: list[str], lo
         "off_per_layer": g.off_per_layer,
         "kept_per_layer": g.kept_per_layer,
         "layout": plan.options.layout,
-        "pad_multiple": plan.options.pad_multiple if plan.options.layout == "pruned" else None,
+        "pad_multiple": plan.options.pad_multiple if plan.options.layout != "dense" else None,
         "intermediate_size": plan.width,
+        "mlp_widths": plan.widths,
         "dtype": plan.dtype_name,
         "sizes": plan.sizes,
         "files": files,
@@ -157,7 +158,10 @@ def check_manifest(m: dict[str, Any], path: Path | str, fix: str) -> dict[str, A
         checked_field(m["cut"], "target_off_fraction", number, path, ManifestMismatch, fix, low=0.0, high=1.0)
     if not all(isinstance(f, str) for f in m["files"]):
         raise ManifestMismatch(f"{path}: 'files' must list file names; {fix}")
-    for key, choices in (("dtype", ("float32", "bfloat16", "float16")), ("layout", ("dense", "pruned"))):
+    widths = checked_field(m, "mlp_widths", list, path, ManifestMismatch, fix, optional=True)
+    if widths is not None and not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ManifestMismatch(f"{path}: 'mlp_widths' must list each layer's MLP width (whole numbers >= 1); {fix}")
+    for key, choices in (("dtype", ("float32", "bfloat16", "float16")), ("layout", ("dense", "pruned", "ragged"))):
         if m[key] not in choices:
             raise ManifestMismatch(f"{path}: {key} is {m[key]!r}, expected one of {', '.join(choices)}; {fix}")
     return m

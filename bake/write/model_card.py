@@ -117,7 +117,8 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     if evaluation is not None:
         meta["model-index"] = model_index(evaluation, repo_id or "THIS_REPO")
     b, g, sizes, layout = manifest["base"], manifest["gates"], manifest["sizes"], manifest["layout"]
-    size = sizes["pruned" if layout == "pruned" else "dense"]
+    size = sizes[layout] if layout in sizes else sizes["dense"]
+    ragged = layout == "ragged"
     threshold = manifest["cut"]["threshold"]
     repo = repo_id or "THIS_REPO"
     lines = [
@@ -126,7 +127,8 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         f"{manifest['off_fraction']:.0%} of MLP neurons off)", "",
         f"{_link(b)} with the `{g['variant']}` lambda gates of {_link(g)} folded into its `down_proj` weights "
         f"(one learned sigmoid gate per MLP neuron; neurons whose gate is below the cut are switched off, the rest "
-        f"rescaled). {_what_it_is(checkpoint, bool(exports.get('mlx_only')))} Baked with lambda-bake {manifest['tool']['version']}.", "",
+        f"rescaled). {_what_it_is(checkpoint, bool(exports.get('mlx_only')), ragged)} Baked with lambda-bake "
+        f"{manifest['tool']['version']}.", "",
         "| what | value |", "|---|---|",
         f"| base model | {_link(b)}{_revision(b)} |",
         f"| gates | {_link(g)}{_revision(g)}, variant `{g['variant']}` (sha256 `{g['sha256'][:16]}...`) |",
@@ -135,11 +137,15 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
         f"| cut rule | {_rule(manifest)} |",
         f"| neurons switched off | {manifest['off_fraction']:.2%} of {g['num_neurons']:,} |",
         f"| gate / scale | {manifest['gate_mode']} / {manifest['scale_mode']} ({manifest['scale_scope']} scope) |",
-        f"| layout | {layout} (intermediate_size {manifest['intermediate_size']}) |",
-        f"| parameters | {size['params']:,} |",
-        f"| MLP FLOPs per token | {size['mlp_flops_per_token']:,} |",
-        f"| dtype | {manifest['dtype']} |",
+        f"| layout | {_layout(manifest)} |",
+        f"| parameters | {size['params']:,}{_against(sizes, layout, 'params')} |",
+        f"| MLP FLOPs per token | {size['mlp_flops_per_token']:,}{_against(sizes, layout, 'mlp_flops_per_token')} |",
     ]
+    if checkpoint and "weight_bytes" in size:
+        lines.append(f"| weights (safetensors) | {size['weight_bytes']:,} bytes{_against(sizes, layout, 'weight_bytes')} |")
+    if checkpoint:
+        lines.append(f"| tensor-parallel sizes | {_tensor_parallel(manifest)} |")
+    lines.append(f"| dtype | {manifest['dtype']} |")
     if "onnx" in exports:
         lines.append(f"| ONNX export (`onnx/`) | {_onnx_summary(exports['onnx'])} |")
     if "mlx" in exports:
@@ -152,13 +158,15 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
     lines += _verification_section(manifest.get("verification"), checkpoint)
     lines += _evaluation_section(evaluation)
     if checkpoint:
-        lines += _transformers_usage(repo)
+        lines += _ragged_usage(repo) if ragged else _transformers_usage(repo)
     if "onnx" in exports:
         lines += _genai_usage(repo, exports["onnx"])
     if exports.get("gguf"):
         lines += _llama_usage(repo, exports["gguf"])
     if "mlx" in exports:
         lines += _mlx_usage(repo, None if exports.get("mlx_only") else "mlx")
+    if checkpoint:
+        lines += _vllm_usage(repo, ragged)
     where = "`bake_manifest.json`" if checkpoint or exports.get("mlx_only") else \
         "the GGUF's `lambda_bake.manifest` metadata field"
     lines += [f"The full bake record (sources, hashes, the cut per layer, sizes, verification) is in {where}.", ""]
@@ -235,7 +243,12 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def _what_it_is(checkpoint: bool, mlx: bool = False) -> str:
+def _what_it_is(checkpoint: bool, mlx: bool = False, ragged: bool = False) -> str:
+    if checkpoint and ragged:
+        return ("Each layer keeps exactly its own neurons: a Qwen3 checkpoint whose config gives each layer's MLP width "
+                "in transformers' `per_layer_config` (the architecture stays `Qwen3ForCausalLM`). lambda-bake's loader "
+                "builds it from plain transformers classes (no remote code) and vLLM serves it with lambda-bake's "
+                "plugin; `AutoModelForCausalLM` will load it once transformers builds per-layer Qwen3 models itself.")
     if mlx:
         return ("This repo holds it as an mlx-lm model folder (Apple silicon; LM Studio's MLX engine): the gates are "
                 "in the weights, no hooks or custom code.")
@@ -243,6 +256,38 @@ def _what_it_is(checkpoint: bool, mlx: bool = False) -> str:
         return ("It is a plain Qwen3 checkpoint: it loads with `AutoModelForCausalLM.from_pretrained` and needs no "
                 "hooks or custom code.")
     return "This repo holds it as GGUF for llama.cpp alone: the gates are in the weights, no hooks or custom code."
+
+
+def _layout(manifest: dict[str, Any]) -> str:
+    layout = manifest["layout"]
+    if layout == "ragged":
+        widths = manifest.get("mlp_widths") or []
+        return (f"ragged: MLP widths {' '.join(map(str, widths))} (layers 0-{len(widths) - 1}; the cut's neurons "
+                f"rounded up to multiples of {manifest.get('pad_multiple')} with zero neurons)")
+    if layout == "pruned":
+        return (f"pruned: intermediate_size {manifest['intermediate_size']} in every layer (the widest layer's kept "
+                f"neurons rounded up to {manifest.get('pad_multiple')}; narrower layers padded with zero neurons)")
+    return f"dense: intermediate_size {manifest['intermediate_size']}, switched-off neurons' weights zero"
+
+
+def _against(sizes: dict[str, Any], layout: str, key: str) -> str:
+    """The same figure for the other layouts, in brackets."""
+    others = [f"{name} {sizes[name][key]:,}" for name in ("dense", "pruned", "ragged")
+              if name != layout and key in sizes.get(name, {})]
+    return f" ({', '.join(others)})" if others else ""
+
+
+def tensor_parallel_sizes(widths: list[int], heads: int | None = None, most: int = 8) -> list[int]:
+    """The tensor-parallel sizes up to ``most`` that split every layer's MLP width (and the attention heads) evenly:
+    vLLM's column- and row-parallel layers need each width to be a multiple of the size."""
+    return [t for t in range(1, most + 1) if all(w % t == 0 for w in widths) and (heads is None or heads % t == 0)]
+
+
+def _tensor_parallel(manifest: dict[str, Any]) -> str:
+    widths = manifest.get("mlp_widths") or [manifest["intermediate_size"]]
+    sizes = tensor_parallel_sizes(widths)
+    return (f"{', '.join(map(str, sizes))} (of 1-8: those that divide every layer's MLP width; the attention heads "
+            "must divide too)")
 
 
 def _link(entry: dict[str, Any]) -> str:
@@ -272,6 +317,16 @@ def _onnx_summary(io: dict[str, Any]) -> str:
             f"{aligned}, with KV cache and genai_config.json")
 
 
+_CHAT_LINES = [
+    'messages = [{"role": "user", "content": "What is 2+2?"}]',
+    "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,",
+    '                                       return_tensors="pt", return_dict=True)  # thinking off, as the gates '
+    "were trained",
+    'output = model.generate(**inputs, max_new_tokens=64, do_sample=False)',
+    'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+]
+
+
 def _transformers_usage(repo: str) -> list[str]:
     return [
         "## Run with transformers", "",
@@ -280,12 +335,54 @@ def _transformers_usage(repo: str) -> list[str]:
         "",
         f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        *_CHAT_LINES,
+        "```", "",
+    ]
+
+
+def _ragged_usage(repo: str) -> list[str]:
+    return [
+        "## Run with transformers", "",
+        "transformers reads this config (>= 5.15) but its Qwen3 modeling still sizes every MLP from one width, so load "
+        "it with lambda-bake's loader: stock `Qwen3ForCausalLM` modules, each layer's MLP at its own width, the "
+        "weights loaded strictly, no remote code.", "",
+        "```bash",
+        'pip install lambda-bake',
+        f"hf download {repo} --local-dir model",
+        "```", "",
+        "```python",
+        "from transformers import AutoTokenizer",
+        "",
+        "from bake.io.pretrained import load_pretrained",
+        "",
+        'model = load_pretrained("model")  # a transformers Qwen3ForCausalLM',
+        'tokenizer = AutoTokenizer.from_pretrained("model")',
+        *_CHAT_LINES,
+        "```", "",
+    ]
+
+
+def _vllm_usage(repo: str, ragged: bool) -> list[str]:
+    install = ('pip install "lambda-bake[vllm]"  # vLLM and the plugin that builds each layer at its own width'
+               if ragged else "pip install vllm")
+    note = ("lambda-bake registers a `vllm.general_plugins` entry point, so vLLM builds this model with each layer's "
+            "MLP at its own width with no flag. " if ragged else "")
+    return [
+        "## Serve with vLLM", "",
+        f"{note}Thinking off, as the gates were trained: the server's default chat-template arguments below, or "
+        "`chat_template_kwargs` per request. `--tensor-parallel-size` must be one of the sizes in the table above.", "",
+        "```bash",
+        install,
+        f"vllm serve {repo} --default-chat-template-kwargs " + """'{"enable_thinking": false}'""",
+        "```", "",
+        "```python",
+        "from vllm import LLM, SamplingParams",
+        "",
+        f'llm = LLM(model="{repo}")',
         'messages = [{"role": "user", "content": "What is 2+2?"}]',
-        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,",
-        '                                       return_tensors="pt", return_dict=True)  # thinking off, as the gates '
-        "were trained",
-        'output = model.generate(**inputs, max_new_tokens=64, do_sample=False)',
-        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        'out = llm.chat(messages, SamplingParams(temperature=0, max_tokens=64),',
+        '               chat_template_kwargs={"enable_thinking": False})',
+        "print(out[0].outputs[0].text)",
         "```", "",
     ]
 
@@ -316,6 +413,8 @@ def _mlx_usage(repo: str, subfolder: str | None) -> list[str]:
         "thinking off, as the gates were trained",
         "print(generate(model, tokenizer, prompt=prompt, max_tokens=256))",
         "```", "",
+        f"As a server, thinking off: `mlx_lm.server --model {where} --chat-template-args "
+        "'{\"enable_thinking\": false}'`.", "",
     ]
 
 

@@ -60,7 +60,7 @@ def write_bake(plan: BakePlan, out_dir: Path, sources: dict[str, Any] | None = N
             atomic_output_dir(out_dir, options.overwrite, inputs=(base.folder, plan.variant.folder)) as tmp:
         local = pool.submit(base.describe_local)  # hashing the base's weights runs beside the write
         files = write_weights(tmp, plan.tensors(), parse_size(options.max_shard_size), options.progress)
-        write_config(tmp, base.config, intermediate_size=plan.width, dtype_name=plan.dtype_name)
+        write_config(tmp, base.config, widths=plan.widths, dtype_name=plan.dtype_name)
         files += ["config.json"] + carry_base_files(base.folder, tmp)
         manifest = build_manifest(plan, sources or {}, sorted(files + [MANIFEST_NAME, "README.md"]), local.result())
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

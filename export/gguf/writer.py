@@ -120,14 +120,19 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
     check_carried_files(model_dir, ExportError)
     config, reader = base.config, base.reader
     tied = bool(config.get("tie_word_embeddings", False))
+    # llama.cpp's qwen3 sizes every layer's MLP from one feed_forward_length, so a checkpoint whose layers differ in
+    # width (a ragged bake) is written ragged whatever --layout says
+    layout = "ragged" if base.ragged else layout
     ragged = layout == "ragged"
+    why = ("this checkpoint has its own MLP width in each layer (a ragged bake), which only llama.cpp's openelm arch "
+           "holds, and" if base.ragged else "--layout ragged writes llama.cpp's openelm arch, which")
+    instead = ("bake it with --layout pruned (one width) to export it" if base.ragged
+               else "use --layout as-is (a pruned bake is the one-width form)")
     if ragged and not tied:
-        raise ExportError("--layout ragged writes llama.cpp's openelm arch, which ties the output to the embedding; "
-                          "this model has its own lm_head (tie_word_embeddings is false), so it cannot be written "
-                          "ragged: use --layout as-is (a pruned bake is the one-width form)")
+        raise ExportError(f"{why} ties the output to the embedding; this model has its own lm_head "
+                          f"(tie_word_embeddings is false), so it cannot be written ragged: {instead}")
     if ragged and config.get("attention_bias"):
-        raise ExportError("--layout ragged writes llama.cpp's openelm arch, which has no attention bias; this model "
-                          "has one: use --layout as-is")
+        raise ExportError(f"{why} has no attention bias; this model has one: {instead}")
     started = time.monotonic()
     # a K-quant: an F32 file whose ragged widths are whole super-blocks, which llama.cpp then quantizes
     written = GgufType("f32", gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32, kind.block) \

@@ -94,6 +94,7 @@ def write_mlx(model_dir: Path, out: Path, *, layout: str = "as-is", dtype: str |
     started = time.monotonic()
     config = base.config
     dtype = dtype or _bake_dtype(config)
+    layout = "ragged" if base.ragged else layout  # mlx-lm's qwen3 has one intermediate_size: openelm holds a ragged bake
     plan = MlxPlan(base.reader, config, ragged=layout == "ragged", granule=group_size if bits else 1)
     mlx_config = plan.mlx_config()
     target = getattr(mx, dtype)

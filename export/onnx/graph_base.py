@@ -44,7 +44,7 @@ class Qwen3Dims:
     num_kv_heads: int
     head_dim: int
     vocab_size: int
-    intermediate_size: int
+    mlp_widths: tuple[int, ...]  # each layer's MLP width in the checkpoint (a ragged bake: each its own)
     rms_norm_eps: float
     rope_theta: float
     max_positions: int
@@ -88,7 +88,8 @@ def qwen3_dims(config: dict[str, Any], reader: CheckpointReader) -> Qwen3Dims:
         num_kv_heads=kv_heads,
         head_dim=int(config.get("head_dim") or int(config["hidden_size"]) // heads),
         vocab_size=int(config["vocab_size"]),
-        intermediate_size=int(config["intermediate_size"]),
+        mlp_widths=tuple(int(reader.tensors[LAYER.format(i=i, part="mlp.down_proj.weight")].shape[1])
+                         for i in range(int(config["num_hidden_layers"]))),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(theta),
         max_positions=int(config.get("max_position_embeddings", 32768)),
@@ -291,7 +292,7 @@ class GraphBuilder:
     def mlp_neurons(self, i: int, ragged: bool) -> MlpNeurons:
         """The neurons layer ``i`` holds: a ragged layer its live ones (else all), then zeros up to the multiple."""
         keep = live_neurons(self.reader, i) if ragged else None
-        kept = self.dims.intermediate_size if keep is None else int(keep.numel())
+        kept = self.dims.mlp_widths[i] if keep is None else int(keep.numel())
         return MlpNeurons(keep, kept, aligned_width(kept, self.width_multiple) - kept)
 
     def mlp_projections(self, i: int, neurons: MlpNeurons) -> dict[str, Projection]:

@@ -52,9 +52,13 @@ def test_human_summary_reports_off_fractions(tiny_base: Path, tiny_gates: Path, 
     code, out, err = run_cli([*args, "--out", str(tmp_path / "o")], capsys)
     assert code == 0 and out == ""
     assert "off-fraction 0.2500 (128 of 512 neurons)" in err and "off per layer:" in err
-    assert "padding overhead" not in err  # a dense bake has no padding to speak of
+    assert "padding:" not in err  # a dense bake has no padding to speak of
     code, out, err = run_cli([*args, "--out", str(tmp_path / "p"), "--layout", "pruned", "--pad-multiple", "1"], capsys)
-    assert code == 0 and "pruned padding overhead vs ragged: " in err
+    assert code == 0 and "pruned padding: " in err and "zero neurons beyond the cut's (--pad-multiple 1)" in err
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "r"), "--layout", "ragged", "--pad-multiple", "1"], capsys)
+    manifest = json.loads((tmp_path / "r" / "bake_manifest.json").read_text())
+    assert code == 0 and "ragged padding: 0.00% zero neurons" in err
+    assert f"MLP widths {' '.join(map(str, manifest['kept_per_layer']))}  (of 128 each)" in err
 
 
 def test_quiet_prints_nothing_on_success(tiny_base: Path, tiny_gates: Path, tmp_path: Path,

@@ -14,9 +14,11 @@ def test_demo_runs_offline_and_every_bake_matches(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     report = json.loads(out)
     assert code == 0 and report["ok"]
-    assert len(report["rows"]) == 10 and {r["layout"] for r in report["rows"]} == {"dense", "pruned"}
+    assert len(report["rows"]) == 15 and {r["layout"] for r in report["rows"]} == {"dense", "pruned", "ragged"}
     assert all(r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0 for r in report["rows"])
-    assert [r["preset"] for r in report["rows"]] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert [r["preset"] for r in report["rows"]] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
+    for dense, pruned, ragged in zip(*[iter(report["rows"])] * 3):  # the ragged checkpoint holds the fewest neurons
+        assert dense["mlp_neurons"] >= pruned["mlp_neurons"] >= ragged["mlp_neurons"] < dense["mlp_neurons"]
     # the most pruned cut takes every deployment path: ONNX and GGUF exports, verified and run in their runtimes
     deployed = report["deployment"]
     assert deployed["passed"] and deployed["skipped"] == {}
@@ -50,7 +52,7 @@ def test_demo_names_the_exports_it_skips_without_their_runtimes(monkeypatch: pyt
     out = capsys.readouterr().out
     assert f"skipped the ONNX export: its runtime is not installed ({CPU_INSTALL})" in out
     assert f"skipped the GGUF export: its runtime is not installed ({GGUF_INSTALL})" in out
-    assert "checkpoint (pruned)" in out and "gguf (" not in out and "ran " not in out
+    assert "checkpoint (ragged)" in out and "gguf (" not in out and "ran " not in out
 
 
 def test_demo_without_llama_cpp_writes_and_proves_the_gguf_and_says_how_to_run_it(

@@ -98,14 +98,19 @@ def test_reported_sizes_are_the_real_counts(tiny_base: Path, tiny_gates: Path, t
     pruned_model = load_plain(tmp_path / "out")
     unique = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731 - tied weights count once
     assert sizes["pruned"]["params"] == unique(pruned_model)
-    assert sizes["ragged"]["params"] == unique(build_ragged_model(tiny_base, g.scale))
+    assert sizes["exact"]["params"] == unique(build_ragged_model(tiny_base, g.scale))
     assert sizes["dense"]["params"] == unique(load_plain(tiny_base))
     kept = sum(g.kept_per_layer)
-    assert sizes["ragged"]["mlp_flops_per_token"] == 2 * 3 * 64 * kept
+    assert sizes["exact"]["mlp_flops_per_token"] == 2 * 3 * 64 * kept
     assert sizes["pruned"]["mlp_flops_per_token"] == 2 * 3 * 64 * 4 * m["intermediate_size"]
     assert sizes["dense"]["mlp_flops_per_token"] == 2 * 3 * 64 * 4 * 128
     assert sizes["pruned_padding_overhead"] == pytest.approx((4 * m["intermediate_size"] - kept) / kept)
-    assert sizes["ragged"]["widths"] == g.kept_per_layer
+    assert sizes["exact"]["widths"] == g.kept_per_layer
+    assert sizes["ragged"]["widths"] == [-(-k // 8) * 8 for k in g.kept_per_layer]
+    data = (tmp_path / "out" / "model.safetensors").stat().st_size
+    header = 8 + int.from_bytes((tmp_path / "out" / "model.safetensors").read_bytes()[:8], "little")
+    assert sizes["pruned"]["weight_bytes"] == data - header  # float32: 4 bytes a parameter, the file's data exactly
+    assert sizes["dense"]["weight_bytes"] == 4 * sizes["dense"]["params"]
 
 
 def test_all_off_cut_is_refused_unless_forced(tiny_base: Path, tiny_gates: Path, tmp_path: Path) -> None:

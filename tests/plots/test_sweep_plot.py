@@ -70,9 +70,11 @@ def test_figure_has_the_requested_size_and_the_same_bytes_every_time(
 
 
 def expected_sizes(manifest: dict[str, Any], total_params: int) -> dict[str, dict[str, int]]:
-    """Parameters and MLP FLOPs per token of each layout, from a manifest's kept widths."""
+    """Parameters and MLP FLOPs per token of each layout, from a manifest's kept widths (the ragged layout: each
+    layer's rounded up to the pad multiple, one block at least)."""
+    pad = manifest["pad_multiple"]
     widths = {"dense": LAYERS * WIDTH, "pruned": LAYERS * manifest["intermediate_size"],
-              "ragged": sum(manifest["kept_per_layer"])}
+              "ragged": sum(max(pad, -(-k // pad) * pad) for k in manifest["kept_per_layer"])}
     return {lay: {"params": total_params - 3 * HIDDEN * (LAYERS * WIDTH - w), "mlp_flops_per_token": 6 * HIDDEN * w}
             for lay, w in widths.items()}
 

@@ -100,16 +100,26 @@ class DerivedBake:
     not run: the base is read with the ``safetensors`` library, ``down_proj`` columns are ``W * s`` in float32
     rounded with ``ml_dtypes``' own conversion (the bake rounds with bit arithmetic, ``bake.io.dtypes``), the
     pruned layout keeps the neurons whose scale is nonzero, in order, then zeros up to ``width``. Only the
-    scale comes from the gate math, its one source of truth.
+    scale comes from the gate math, its one source of truth. The ragged layout gives each layer its kept neurons
+    rounded up to ``pad_multiple`` (one block of zeros at least); the pruned one every layer ``width``.
     """
 
     def __init__(self, base: Path, scale: np.ndarray, *, layout: str, dtype: str, width: int | None = None,
-                 label: str | None = None):
+                 pad_multiple: int | None = None, label: str | None = None):
         self.base = BakeFolder(base)
         self.scale = np.asarray(scale, np.float32)
         self.layout, self.dtype = layout, BY_NAME[dtype]
-        self.width = int(self.base.config["intermediate_size"]) if width is None else int(width)
+        dense = int(self.base.config["intermediate_size"])
+        if layout == "ragged":
+            m = int(pad_multiple or 1)
+            self.widths = [-(-max(int((row != 0).sum()), 1) // m) * m for row in self.scale]
+        else:
+            self.widths = [dense if width is None else int(width)] * self.scale.shape[0]
+        self.width = max(self.widths)
         self.config = dict(self.base.config) | {"intermediate_size": self.width}
+        if len(set(self.widths)) > 1:  # transformers' per_layer_config: the layers that differ from the widest
+            self.config["per_layer_config"] = {str(i): {"intermediate_size": w} for i, w in enumerate(self.widths)
+                                               if w != self.width}
         self.label = label or f"the bake derived from {base} and the gates ({layout}, {dtype})"
 
     def names(self) -> list[str]:
@@ -123,9 +133,9 @@ class DerivedBake:
                                                                                     self.dtype)
         layer, proj = int(m.group(1)), m.group(2)
         s = self.scale[layer]
-        keep = np.flatnonzero(s != 0) if self.layout == "pruned" else np.arange(s.size)
+        keep = np.flatnonzero(s != 0) if self.layout != "dense" else np.arange(s.size)
         w = t.values()
-        extra = max(self.width - keep.size, 0)  # a width too small for the cut: the shape check will say so
+        extra = max(self.widths[layer] - keep.size, 0)  # a width too small for the cut: the shape check will say so
         if proj == "down_proj":
             w = w[:, keep] * s[keep][None, :]
             pad = ((0, 0), (0, extra))

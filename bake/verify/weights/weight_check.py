@@ -30,6 +30,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from bake.io.base_model import layer_widths
 from bake.verify.weights.bake_tensors import BakeTensors, Stored
 from bake.verify.weights.onnx_weights import ExportGraph, Use
 from bake.verify.weights.quant_check import Worst, quant_error
@@ -98,6 +99,7 @@ class _Checker:
         self.ragged = io.get("layout") == "ragged"
         self.multiple = int(io.get("width_multiple") or 1)
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
+        self.bake_widths = layer_widths(bake.config, Path(bake.label) / "config.json")
         self.bake_names = set(bake.names())
         self.used: set[str] = set()
         self.live = LiveNeurons(bake)
@@ -137,7 +139,7 @@ class _Checker:
 
     def kept(self, layer: int) -> int:
         keep = self.keep(layer)
-        return int(self.bake.config["intermediate_size"]) if keep is None else int(keep.size)
+        return self.bake_widths[layer] if keep is None else int(keep.size)
 
     def padding(self, layer: int) -> int:
         """The zero neurons the export must add after the kept ones: up to the width multiple (a layer with none
