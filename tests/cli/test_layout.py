@@ -135,3 +135,36 @@ def test_the_export_formats_stand_alone() -> None:
                       for a in formats for b in formats if a != b and m.startswith(a) and d.startswith(b))
     assert not crossing, "\n".join(crossing)
     assert {"export.gguf.writer", "export.onnx.exporter", "export.mlx.writer"} <= MODULES.keys()
+
+
+def third_party_imports(module: str) -> set[str]:
+    """The top-level names of every package ``module`` imports (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_vllm_plugin_imports_vllm() -> None:
+    """vLLM runs lambda-bake's plugin in its own processes; nothing else of the package may import vLLM (the eval
+    harness hands lm-eval a backend name), and only vLLM imports the model class (by name, through the plugin)."""
+    plugin = {"export.runtime.vllm_plugin", "export.runtime.vllm_qwen3"}
+    assert plugin <= MODULES.keys()
+    importers = {m for m in MODULES if "vllm" in third_party_imports(m)}
+    assert importers == plugin, sorted(importers ^ plugin)
+    assert not [m for m, deps in GRAPH.items() if "export.runtime.vllm_qwen3" in deps]
+    from export.runtime.vllm_plugin import MODEL_CLASS
+
+    module, _, name = MODEL_CLASS.partition(":")
+    assert module == "export.runtime.vllm_qwen3" and f"class {name}(" in MODULES[module].read_text()
+
+
+def test_the_installed_package_declares_the_vllm_plugin() -> None:
+    """`pip install lambda-bake` is all vLLM needs: the entry point is in the package's metadata."""
+    from importlib.metadata import entry_points
+
+    ours = [e for e in entry_points(group="vllm.general_plugins") if e.name == "lambda_bake"]
+    assert [e.value for e in ours] == ["export.runtime.vllm_plugin:register"]
