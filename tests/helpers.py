@@ -14,6 +14,14 @@ from bake.gates.variant import GateVariant
 from bake.verify.reference import load_hooked_model
 
 
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """One JSON object a line, as eval's sets are written."""
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def load_plain(folder: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A checkpoint loaded with nothing but AutoModelForCausalLM (no hooks, no custom code)."""
     from transformers import AutoModelForCausalLM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,14 @@ from bake.io.paths import path_arg
 DESCRIPTION = """\
 Score text sets and answer QA sets with each model given, one model in memory at a time, each in its own
 runtime: baked checkpoints, the hooked model and the base in transformers, ONNX exports in ONNX Runtime
-(answers through onnxruntime-genai), GGUF files in llama.cpp. A sweep folder counts as every cut in it.
+(answers through onnxruntime-genai), GGUF files in llama.cpp, MLX folders in mlx-lm. A sweep folder counts as every cut in it.
 
 Text sets (JSONL: {"text": ...} or {"messages": [...]}, rendered with the chat template, thinking off): each
 row scored on its own from its first token, truncated to --max-length; per set tokens (each row's length
 minus one), nll (their summed negative log-likelihood / tokens, nats), perplexity = exp(nll), and against the
 reference (the base) delta_nll and the mean per-token KL(reference || model). QA sets (JSONL: {"question",
 "answers": [aliases], "context"?}): a greedy answer to the question (with the context: the oracle setting),
-exact match and contains-any-alias after PopQA's normalization. With sets named forget and retain, the
+exact match and contains-any-alias after SQuAD v1.1's answer normalization. With sets named forget and retain, the
 selectivity is their delta_nll difference. docs/EVAL.md defines every number and how to build the sets.
 """
 
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help=COMMANDS["eval"].help, description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], type=Path, metavar="M",
-                   help="a baked folder, an ONNX export folder, a .gguf file or a sweep folder (repeatable)")
+                   help="a baked folder, an ONNX export folder, an MLX folder, a .gguf file or a sweep folder "
+                        "(repeatable)")
     p.add_argument("--base", type=BASE_ARG,
                    help="the base model: the reference (and a model of the report); with --gates and a cut, the hooked "
                         "model is evaluated too (default: the base the first model's manifest records)")
@@ -72,9 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check every argument, set, model, output and optional package first; then score; then write."""
     from bake.eval.evaluate import EvalOptions, evaluate
-    from bake.eval.models import base_spec, hooked_spec, resolve
+    from bake.eval.harness import check_lm_eval
+    from bake.eval.models import base_spec, hooked_spec, resolve, with_unique_labels
     from bake.eval.report import folder_of, format_table, write_eval_file
+    from bake.eval.runtimes import require_runtime
     from bake.eval.sets import named_file, read_set
 
     if args.max_length < 2 or args.qa_max_new_tokens < 1:
@@ -88,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
         raise BakeError("nothing to evaluate on: give --texts NAME=FILE, --qa NAME=FILE and/or --lm-eval TASKS")
     models = [spec for m in args.model for spec in resolve(m)]
     base = _base(args, models)
+    cut_given = cut_from_args(args).kind != "none"
+    if args.gates is None and cut_given:
+        raise BakeError("a cut (--threshold, --off-fraction or --preset) is applied to the base through the gates: "
+                        "give --gates too, or drop the cut")
     if args.gates is not None:
-        if base is None or cut_from_args(args).kind == "none":
+        if base is None or not cut_given:
             raise BakeError("the hooked model needs --base, --gates and a cut (--threshold, --off-fraction or --preset)")
         _, variant, _ = load_base_and_gates(args)
         settings, _ = settings_from_args(args, variant)
@@ -97,17 +106,30 @@ def run(args: argparse.Namespace) -> int:
     reference = base_spec(base) if base is not None and args.reference == "base" else None
     if not models and reference is None:
         raise BakeError("no model to evaluate: give --model (repeatable) and/or --base")
-    say(f"evaluating {len(models) + (reference is not None)} model(s) on {len(texts)} text and {len(qas)} QA set(s)")
+    specs = with_unique_labels(([reference] if reference else []) + models)
+    for spec in specs:
+        require_runtime(spec)
+    tasks = check_lm_eval(specs, args.lm_eval, args.lm_eval_include, args.lm_eval_limit, args.lm_eval_backend,
+                          args.data_parallel) if args.lm_eval is not None else []
+    if args.plot:
+        from bake.plots.figure import plot_format, require_matplotlib
+
+        require_matplotlib()
+        plot_format(args.plot)
+    saved = [folder_of(spec.describe(), spec.path) for spec in models] if args.save else []
+    for folder in {f for f in saved if f is not None}:
+        if not os.access(folder, os.W_OK):
+            raise BakeError(f"--save writes {folder}/eval.json, but {folder} is not writable; drop --save or make it "
+                            "writable")
+    say(f"evaluating {len(specs)} model(s) on {len(texts)} text and {len(qas)} QA set(s)")
     options = EvalOptions(max_length=args.max_length, qa_max_new_tokens=args.qa_max_new_tokens, device=args.device,
                           kl=not args.no_kl, forget=args.forget, retain=args.retain, progress=not args.quiet)
     report = evaluate(models, texts, qas, reference, options)
-    if args.lm_eval:
-        _harness(args, report, ([reference] if reference else []) + models)
+    entries = report["models"]  # the reference first, then the models, in order: entry i is specs[i]'s
+    if tasks:
+        _harness(args, tasks, list(zip(specs, entries)))
     if args.save:
-        by_label = {m.label: m for m in models}
-        for entry in report["models"]:
-            spec = by_label.get(entry["model"])
-            folder = folder_of(entry, spec.path) if spec is not None else None
+        for entry, folder in zip(entries[len(specs) - len(models):], saved):
             if folder is not None:
                 say(f"  wrote {write_eval_file(folder, report, [entry])}")
     if args.plot:
@@ -123,29 +145,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _base(args: argparse.Namespace, models: list[Any]) -> Path | None:
-    """--base, else the base the first baked model's manifest records, where that folder exists here."""
+    """--base, else the base the first model's manifest records (a folder's, or a GGUF's embedded one), where that
+    folder exists here."""
     if args.base is not None:
         if not Path(args.base).is_dir():
             raise BakeError(f"--base {args.base}: eval takes a local base folder (hf download it first)")
         return Path(args.base)
-    from bake.write.manifest import MANIFEST_NAME, read_manifest
+    found = next((spec.base for spec in models if spec.base is not None), None)
+    if found is None:  # a GGUF on its own names its base by Hub id: take it from the local cache, never the network
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
-    for spec in models:
-        folder = spec.path if spec.path.is_dir() else None
-        if folder is not None and (folder / MANIFEST_NAME).is_file():
-            local = read_manifest(folder)["base"].get("local_path")
-            if local and Path(local).is_dir():
-                return Path(local)
-    return None
+        for hub_id, revision in (spec.base_hub for spec in models if spec.base_hub is not None):
+            try:
+                return Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
+            except (LocalEntryNotFoundError, ValueError, OSError):
+                continue
+    return found
 
 
-def _harness(args: argparse.Namespace, report: dict[str, Any], specs: list[Any]) -> None:
+def _harness(args: argparse.Namespace, tasks: list[str], pairs: list[tuple[Any, dict[str, Any]]]) -> None:
     from bake.eval.harness import run_lm_eval
 
-    tasks = [t for t in args.lm_eval.split(",") if t]
-    by_label = {s.label: s for s in specs}
-    for entry in report["models"]:
+    for spec, entry in pairs:
         say(f"  lm-eval {', '.join(tasks)} on {entry['model']} ...")
-        entry["lm_eval"] = run_lm_eval(by_label[entry["model"]], tasks, args.lm_eval_include, args.lm_eval_limit,
-                                       args.lm_eval_backend, args.data_parallel,
-                                       "cuda" if args.device == "cuda" else "cpu", args.max_length)
+        entry["lm_eval"] = run_lm_eval(spec, tasks, args.lm_eval_include, args.lm_eval_limit, args.lm_eval_backend,
+                                       args.data_parallel, "cuda" if args.device == "cuda" else "cpu", args.max_length)

@@ -8,6 +8,7 @@ from typing import Any
 
 from bake.commands import COMMANDS
 from bake.commands.output import say
+from bake.errors import BakeError
 from bake.io.paths import EXPORT_FOLDER, GGUF_FILE, MLX_FOLDER, path_arg
 from export.options import ENGINES
 
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
                    help="generation loop: genai (onnxruntime-genai), ort (lambda-bake's loop), auto (default: "
                         "onnxruntime-genai when it is installed for the device, else ort)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime (default: one per core)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="onnxruntime-genai on CUDA: capture the decoding step as a CUDA graph (default on)")
     p.set_defaults(func=run_generate)
 
@@ -54,17 +55,22 @@ def _positive_int(text: str) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
-    if args.gguf is not None:
-        return _generate_gguf(args, messages)
-    if args.mlx is not None:
-        return _generate_mlx(args, messages)
+    if args.gguf is not None or args.mlx is not None:
+        runtime = "llama.cpp runs a GGUF on the CPU" if args.gguf is not None else \
+            "mlx-lm runs an MLX folder on mlx's own device (Apple silicon's GPU, else the CPU)"
+        given = [f for f, on in (("--device cuda", args.device == "cuda"), (f"--engine {args.engine}",
+                                 args.engine != "auto"), ("--cuda-graph/--no-cuda-graph", args.cuda_graph is not None),
+                                 ("--threads", args.threads is not None and args.mlx is not None)) if on]
+        if given:
+            raise BakeError(f"{', '.join(given)} only apply to an ONNX export (--onnx); {runtime}: drop them")
+        return _generate_gguf(args, messages) if args.gguf is not None else _generate_mlx(args, messages)
     from export.install import require_onnxruntime
 
     require_onnxruntime()
     from export.runtime.chat import ChatTokenizer
     from export.runtime.engines import describe, open_engine, stream_reply
 
-    lm = open_engine(args.onnx, args.engine, args.device, args.threads, args.cuda_graph)
+    lm = open_engine(args.onnx, args.engine, args.device, args.threads, args.cuda_graph is not False)
     chat = ChatTokenizer(args.onnx)
     say(f"running {args.onnx} with {describe(lm)}")
     for piece in stream_reply(lm, chat, messages, args.max_new_tokens):

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from bake.io.json_files import finite
+
 _QUIET = {"on": False}  # set once per command by bake.cli.main from --quiet
 
 
@@ -28,8 +30,9 @@ def show(msg: str) -> None:
 
 
 def emit_json(report: dict[str, Any]) -> None:
-    """Print a machine-readable report on stdout (progress and messages go to stderr)."""
-    json.dump(report, sys.stdout, indent=2, default=str)
+    """Print a machine-readable report on stdout (progress and messages go to stderr): strict JSON, a number that is
+    not finite written as null (the report's own fields say why: ``nll_note``, ``perplexity_note``)."""
+    json.dump(finite(report), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
 
 

@@ -120,10 +120,12 @@ def run_gguf(path: Path) -> dict[str, Any]:
 
 
 def _reply(runtime: str, export: str, lm: Any, chat: Any) -> dict[str, Any]:
+    from export.runtime.chat import pad_id
+
     eos = chat.eos_ids()
     prompt = chat.prompt_ids(DEPLOY_PROMPT)
     start = time.perf_counter()
-    ids = [int(step[0]) for step in lm.stream([prompt], DEPLOY_TOKENS, eos, min(eos))]
+    ids = [int(step[0]) for step in lm.stream([prompt], DEPLOY_TOKENS, eos, pad_id(eos))]
     seconds = time.perf_counter() - start
     text = "".join(chat.stream_text(iter(ids), stop=eos))
     return {"runtime": runtime, "export": export, "prompt_tokens": len(prompt), "new_tokens": len(ids),

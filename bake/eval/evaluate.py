@@ -66,8 +66,8 @@ def evaluate(models: list[ModelSpec], texts: list[EvalSet], qas: list[EvalSet], 
         "models": [],
     }
     kept = None
-    if reference is not None:
-        entry, kept = _run(reference, texts, qas, options, None, keep=options.kl)
+    if reference is not None:  # its figures and token ids always; its log-probs (disk) only for KL
+        entry, kept = _run(reference, texts, qas, options, None, keep=True)
         report["models"].append(entry | {"is_reference": True})
     for spec in models:
         entry, _ = _run(spec, texts, qas, options, kept)
@@ -113,8 +113,10 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
         for s in texts:
             rows, truncated = _rows(lm, s, options.max_length)
             if kept is not None:
-                _check_disk(s, rows, spec)
-                kept.ids[s.name], kept.logp[s.name], kept.order[s.name] = rows, LogitStore(), {}
+                kept.ids[s.name] = rows
+                if options.kl:
+                    _check_disk(s, rows, spec)
+                    kept.logp[s.name], kept.order[s.name] = LogitStore(), {}
             same_ids = ref is not None and ref.ids.get(s.name) == rows
             tally = TextTally(truncated=truncated)
             bar = tqdm(total=len(rows), desc=f"{spec.label}: {s.name}", unit="row", disable=not options.progress,
@@ -129,13 +131,16 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
                 if same_ids and s.name in ref.logp:
                     kl = row_kl(ref.logp[s.name][ref.order[s.name][i]], logp)
                 tally.add(nll, len(rows[i]) - 1, kl)
-                if kept is not None:
+                if kept is not None and s.name in kept.logp:
                     kept.order[s.name][i] = len(kept.logp[s.name])
                     kept.logp[s.name].append(logp)  # computed once here, not again for every model after it
             bar.close()
-            figures = tally.figures(ref.figures.get(s.name) if ref is not None else None)
+            figures = tally.figures(ref.figures.get(s.name) if ref is not None else None, comparable=same_ids)
             if ref is not None and not same_ids:
-                figures["kl_note"] = "token ids differ from the reference's (another tokenizer): no KL"
+                figures["kl_note"] = ("token ids differ from the reference's (another tokenizer): no KL, and delta_nll "
+                                      "counts other tokens, so it is not given")
+            elif ref is not None and not options.kl:
+                figures["kl_note"] = "--no-kl: KL not computed"
             entry["sets"][s.name] = figures
             if kept is not None:
                 kept.figures[s.name] = figures

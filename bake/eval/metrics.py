@@ -11,9 +11,13 @@ truncation to ``max_length``), the model's logits at positions 1 .. n-1 predict 
   positions of ``KL(p_ref || p) = sum_v p_ref(v) (log p_ref(v) - log p(v))``, ``p = softmax(logits_t)``.
 
 Log-softmax is taken in float32 with the maximum subtracted (torch's, on every core), and sums are accumulated in
-float64: within 1e-6 relative of a float64 computation (tests recompute it so). QA sets: a greedy answer, normalized as PopQA and SQuAD do (lower case,
-punctuation and the articles a/an/the removed, whitespace collapsed); ``exact_match`` is the share of rows whose
-answer equals one alias, ``contains`` the share whose answer contains one.
+float64: within 1e-6 relative of a float64 computation (tests recompute it so). A set whose nll is not finite (a
+model with NaN or infinite outputs) reports ``nll`` None and says why; a perplexity past float64's range is None.
+QA sets: a greedy answer, normalized by SQuAD v1.1's evaluation rule (lower case, punctuation and the articles
+a/an/the removed, whitespace collapsed); ``exact_match`` is the share of rows whose answer equals one alias,
+``contains`` the share whose answer contains one, both after that normalization. An alias that normalizes to
+nothing ("The The") matches no answer. (PopQA's own scoring is a raw substring match of an alias, its lower-case or
+capitalized form, in the answer: ``contains`` here is that test on normalized text.)
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def row_nll(logits: np.ndarray, ids: list[int]) -> tuple[float, torch.Tensor]:
 
 
 def row_kl(ref_logp: torch.Tensor, logp: torch.Tensor) -> float:
-    """Summed KL(ref || model) over the positions of two log-prob arrays [T, V]."""
-    return float((ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).double().sum())
+    """Summed KL(ref || model) over the positions of two log-prob arrays [T, V], summed in float64."""
+    return float((ref_logp.exp() * (ref_logp - logp)).double().sum())
 
 
 @dataclass
@@ -62,13 +66,24 @@ class TextTally:
         if kl is not None:
             self.kl_sum = (self.kl_sum or 0.0) + kl
 
-    def figures(self, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    def figures(self, reference: dict[str, Any] | None = None, comparable: bool = True) -> dict[str, Any]:
+        """The set's figures; against ``reference`` (its figures) when the two scored the same tokens
+        (``comparable``: another tokenizer counts other tokens, so no delta_nll)."""
         nll = self.nll_sum / self.tokens if self.tokens else None
-        out: dict[str, Any] = {"rows": self.rows, "tokens": self.tokens, "nll": nll,
-                               "perplexity": math.exp(nll) if nll is not None else None, "truncated": self.truncated}
-        if reference is not None and nll is not None and reference.get("nll") is not None:
+        out: dict[str, Any] = {"rows": self.rows, "tokens": self.tokens, "nll": nll, "perplexity": None,
+                               "truncated": self.truncated}
+        if nll is not None and not math.isfinite(nll):
+            out["nll"] = nll = None
+            out["nll_note"] = "the model's outputs are not finite (NaN or infinite logits): no nll"
+        elif nll is not None:
+            try:
+                out["perplexity"] = math.exp(nll)
+            except OverflowError:
+                out["perplexity_note"] = f"exp(nll) = exp({nll:.1f}) is past float64's range"
+        if reference is not None and comparable and nll is not None and reference.get("nll") is not None:
             out["delta_nll"] = nll - reference["nll"]
-            out["mean_kl"] = self.kl_sum / self.tokens if self.kl_sum is not None else None
+            kl = self.kl_sum / self.tokens if self.kl_sum is not None else None
+            out["mean_kl"] = kl if kl is None or math.isfinite(kl) else None
         return out
 
 
@@ -77,7 +92,7 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
-    """PopQA's / SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
+    """SQuAD v1.1's answer normalization: lower case, no punctuation, no articles, single spaces."""
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
@@ -90,10 +105,10 @@ class QATally:
 
     def add(self, answer: str, aliases: tuple[str, ...]) -> None:
         got = normalize_answer(answer)
-        want = [normalize_answer(a) for a in aliases]
+        want = [w for w in (normalize_answer(a) for a in aliases) if w]  # an alias of nothing matches nothing
         self.rows += 1
         self.exact += any(got == w for w in want)
-        self.contains += any(w and w in got for w in want)
+        self.contains += any(w in got for w in want)
         self.answers.append(answer)
 
     def figures(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bake.io.json_files import finite
 from bake.write.model_card import EVAL_NAME
 
 
@@ -65,6 +66,6 @@ def write_eval_file(folder: Path, report: dict[str, Any], entries: list[dict[str
             "results": entries}
     path = Path(folder) / EVAL_NAME
     tmp = path.with_name(f".{EVAL_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path

@@ -30,6 +30,14 @@ class EvalLM:
     """The interface ``bake.eval.evaluate`` uses; ``close()`` frees the model."""
 
     chat: Any
+    eos: set[int]
+
+    @property
+    def pad(self) -> int:
+        """What a finished row is filled with (the stop tokens may be none)."""
+        from export.runtime.chat import pad_id
+
+        return pad_id(set(self.eos))
 
     def text_ids(self, text: str) -> list[int]:
         return self.chat.text_ids(text)
@@ -106,8 +114,8 @@ class TorchEval(EvalLM):
         torch = self.torch
         with torch.no_grad():
             out = self.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(self.eos),
-                                      pad_token_id=min(self.eos))
+                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(self.eos) or None,
+                                      pad_token_id=self.pad)
         return "".join(self.chat.stream_text((int(t) for t in out[0, len(prompt):]), self.eos))
 
 
@@ -138,7 +146,7 @@ class OnnxEval(EvalLM):
         if self._engine is None:
             self._scorer = None  # one session at a time
             self._engine = open_engine(self.folder, "auto", self.device, cuda_graph=False)
-        tokens = (int(step[0]) for step in self._engine.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
+        tokens = (int(step[0]) for step in self._engine.stream([prompt], max_new_tokens, self.eos, self.pad))
         return "".join(self.chat.stream_text(tokens, self.eos))
 
 
@@ -154,7 +162,7 @@ class _OneRowEval(EvalLM):
             yield i, self.lm.score([row])[0]
 
     def answer(self, prompt: list[int], max_new_tokens: int) -> str:
-        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, min(self.eos)))
+        tokens = (int(step[0]) for step in self.lm.stream([prompt], max_new_tokens, self.eos, self.pad))
         return "".join(self.chat.stream_text(tokens, self.eos))
 
 
@@ -179,6 +187,14 @@ class MlxEval(_OneRowEval):
         self.lm = MlxLM(spec.path)
         self.chat = ChatTokenizer(spec.path)
         self.eos = self.chat.eos_ids()
+
+
+def require_runtime(spec: ModelSpec) -> None:
+    """The package ``spec``'s runtime needs is installed (checked before any model runs): ONNX Runtime, llama.cpp
+    (llama-cpp-python) or mlx-lm; transformers comes with lambda-bake."""
+    from export.install import require_llama_cpp, require_mlx, require_onnxruntime
+
+    {"onnx": require_onnxruntime, "gguf": require_llama_cpp, "mlx": require_mlx}.get(spec.kind, lambda: None)()
 
 
 def open_model(spec: ModelSpec, max_length: int, device: str = "auto") -> EvalLM:

@@ -78,12 +78,32 @@ def read_set(name: str, path: Path, kind: str) -> EvalSet:
                                 "object a line") from e
         if not isinstance(obj, dict):
             raise EvalDataError(f"{where} holds a JSON {type(obj).__name__}, not an object; one JSON object a line")
+        _check_text(obj, where)
         rows.append(parse(obj, where))
         if len(rows) > MAX_ROWS:
             raise EvalDataError(f"{path} has more than {MAX_ROWS:,} rows; split it into several sets")
     if not rows:
         raise EvalDataError(f"{path} holds no rows; an evaluation set needs at least one JSON object")
     return EvalSet(name, kind, path, hashlib.sha256(data).hexdigest(), tuple(rows))
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string in the row is text a tokenizer takes: JSON allows a lone surrogate (``"\\ud800"``), which is no
+    Unicode character and which the tokenizers library refuses."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EvalDataError(f"{where} holds {value[max(e.start - 10, 0):e.end + 10]!r}, whose character "
+                                f"{e.object[e.start:e.end]!r} at {e.start} is a lone UTF-16 surrogate, not a Unicode "
+                                "character; fix that escape in the file (a pair of surrogates writes one character)"
+                                ) from e
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_text(v, where)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v, where)
 
 
 def _text_row(obj: dict[str, Any], where: str) -> TextRow:

@@ -27,7 +27,7 @@ from bake.hub.hub_errors import hub_errors
 from bake.io.json_files import read_json
 from bake.io.paths import BAKED_FOLDER, require
 from bake.write.manifest import MANIFEST_NAME, public_manifest, read_manifest
-from bake.write.model_card import CARD_NAME, render_model_card
+from bake.write.model_card import CARD_NAME, read_eval, render_model_card
 
 TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py", ".model")
 SCAN_LIMIT = 64 << 20  # bytes: larger files are weights, not text
@@ -82,6 +82,7 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
                 inner = read_json(folder / name, HubError, "bake the folder again")
                 files[name] = (json.dumps(public_manifest(inner, folder) if name != MANIFEST_NAME else public,
                                           indent=2) + "\n").encode()
+        read_eval(folder)  # a damaged eval.json is named as itself, before the card is rendered from both
         try:
             files[CARD_NAME] = render_model_card(public, folder, repo_id).encode()
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # a section of the manifest is not as written

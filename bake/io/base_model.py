@@ -123,6 +123,17 @@ def layer_widths(config: dict[str, Any], path: Path) -> list[int]:
     return widths
 
 
+TRANSFORMERS_ROPE_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_theta
+
+
+def rope_theta(config: dict[str, Any]) -> float:
+    """RoPE's base as transformers reads a config: ``rope_parameters``' rope_theta, else the top-level rope_theta,
+    else transformers' default (10,000: a config that names none gets it in transformers, so every export must)."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    value = rope.get("rope_theta", config.get("rope_theta")) if isinstance(rope, dict) else config.get("rope_theta")
+    return float(value) if value is not None else TRANSFORMERS_ROPE_THETA
+
+
 def per_layer_config(widths: list[int]) -> dict[str, dict[str, int]]:
     """``per_layer_config`` for these MLP widths under a global ``intermediate_size`` of ``max(widths)``, exactly as
     transformers' ``save_pretrained`` writes it: only the layers that differ from the global value, keyed by the

@@ -49,6 +49,9 @@ _ALL = (
     DType("int16", "I16", "<i2"),
     DType("int8", "I8", "i1"),
     DType("uint8", "U8", "u1"),
+    DType("uint16", "U16", "<u2"),
+    DType("uint32", "U32", "<u4"),  # mlx-lm's packed quantized weights
+    DType("uint64", "U64", "<u8"),
     DType("bool", "BOOL", "?"),
     DType("float8_e4m3fn", "F8_E4M3", "u1"),
     DType("float8_e5m2", "F8_E5M2", "u1"),

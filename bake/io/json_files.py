@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,4 +42,16 @@ def checked_field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], 
         raise error(f"{path}: {key!r} is {value!r}, expected {' or '.join(k.__name__ for k in kinds)}; {fix}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise error(f"{path}: {key!r} is {value!r}, outside [{low}, {high}]; {fix}")
+    return value
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON has neither (Python's json writes the bare
+    words NaN and Infinity, which no JSON parser reads)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
     return value

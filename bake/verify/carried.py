@@ -10,9 +10,10 @@ and each format carries its own copy. For every candidate:
   ``dtype``) equal the bake manifest's (MLX: its bos/eos ids; mlx_check proves the fields that change the math);
 - **ONNX**: ``genai_config.json``'s bos/eos/pad ids, context length, vocabulary size and search settings equal
   what the base's config and generation_config.json say, derived here (not by the exporter's code);
-- **GGUF**: the tokenizer model and pre-tokenizer, every token string and type, the merges, the special ids and
-  add-bos/eos flags, and the chat template equal what the writer makes of the base's tokenizer files (a damaged
-  byte in one token string is named with its id).
+- **GGUF**: the tokenizer model and pre-tokenizer, every token string and type (as transformers reads the base's
+  tokenizer, not as the exporter's vocabulary builder does), the merges (from tokenizer.json itself), the special
+  ids and add-bos/eos flags and the chat template (gguf-py's reader of the base's files) equal what the base gives
+  (a damaged byte in one token string is named with its id).
 """
 
 from __future__ import annotations
@@ -176,8 +177,8 @@ def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:
     gen = read_json_object(gen_path, BaseModelError, "repair the base", "the base's generation config") \
         if gen_path.is_file() else {}
     eos = gen.get("eos_token_id", config.get("eos_token_id"))
-    eos = eos if isinstance(eos, list) else [eos]
-    pads = [gen.get("pad_token_id"), config.get("pad_token_id"), eos[0]]
+    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]  # none named: no stop token, an empty list
+    pads = [gen.get("pad_token_id"), config.get("pad_token_id"), *eos[:1]]
     want = {
         "model.eos_token_id": eos if len(eos) != 1 else eos[0],
         "model.bos_token_id": next((v for v in (gen.get("bos_token_id"), config.get("bos_token_id")) if v is not None),
@@ -209,15 +210,16 @@ def check_gguf(path: Path, base: Path) -> CarriedReport:
     from bake.io.base_model import read_config
     from bake.io.gguf_reader import read_gguf
     from bake.verify.weights.gguf_check import field
-    from export.gguf.vocab import PRE_TOKENIZER, vocab_tokens
+    from export.gguf.vocab import PRE_TOKENIZER
 
     report = CarriedReport()
     reader = read_gguf(path)
     vocab_size = int(read_config(base)["vocab_size"])
-    tokens, types = vocab_tokens(Path(base), vocab_size)
-    special = gguf.SpecialVocab(Path(base), load_merges=True)
+    tokens, types = expected_vocab(Path(base), vocab_size)
+    special = gguf.SpecialVocab(Path(base), load_merges=False)
     want: dict[str, Any] = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": PRE_TOKENIZER,
-                            "tokenizer.ggml.merges": list(special.merges), "tokenizer.chat_template": special.chat_template}
+                            "tokenizer.ggml.merges": expected_merges(Path(base)),
+                            "tokenizer.chat_template": special.chat_template}
     keys = gguf.Keys.Tokenizer  # the keys gguf-py's writer files each id and flag under (pad: padding_token_id)
     for name, token_id in special.special_token_ids.items():
         want[getattr(keys, f"{name.upper()}_ID", f"tokenizer.ggml.{name}_token_id")] = token_id
@@ -237,6 +239,41 @@ def check_gguf(path: Path, base: Path) -> CarriedReport:
         elif got != expected:
             report.fail(key, f"is {_short(got)}, but the base's tokenizer files give {_short(expected)}")
     return report
+
+
+def expected_vocab(base: Path, vocab_size: int) -> tuple[list[str], list[int]]:
+    """The GGUF token list and types the base's tokenizer gives, read by transformers (``AutoTokenizer``: its token
+    strings, byte-level encoded as GPT-2's BPE stores them, and its added tokens), not by the exporter's vocabulary
+    builder: a defect there shows here. llama.cpp's converter's rules: an id the tokenizer does not use is
+    ``[PAD<id>]`` (UNUSED); an added token is CONTROL when special or shaped ``<|...|>``, else USER_DEFINED; every
+    other token NORMAL."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    added = tok.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in added:
+            content = added[i].content
+            tokens.append(content)
+            control = added[i].special or (content.startswith("<|") and content.endswith("|>"))
+            types.append(int(gguf.TokenType.CONTROL if control else gguf.TokenType.USER_DEFINED))
+        elif i in by_id:
+            tokens.append(by_id[i])
+            types.append(int(gguf.TokenType.NORMAL))
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(int(gguf.TokenType.UNUSED))
+    return tokens, types
+
+
+def expected_merges(base: Path) -> list[str]:
+    """The BPE merges of the base's tokenizer.json as the GGUF stores them ("left right"), read from the JSON."""
+    data = json.loads((Path(base) / "tokenizer.json").read_text(encoding="utf-8"))
+    merges = (data.get("model") or {}).get("merges") or []
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
 def _strings(reader: Any, key: str) -> list[str] | None:

@@ -269,12 +269,16 @@ def _carried(run: _Run, c: Candidate) -> Any:
     """What the candidate carries besides weights, against the base (``bake.verify.carried``); for a GGUF that llama.cpp
     runs here, also llama.cpp's tokenization of verify's prompts against the base tokenizer's."""
     from bake.verify.carried import check_folder, check_gguf
+    from bake.verify.modelfile_check import check_modelfile
 
     base = Path(run.spec.base)
     if c.kind != "gguf":
         manifest = read_manifest(c.folder) if (Path(c.folder) / MANIFEST_NAME).is_file() else None
         return check_folder(c.folder, base, c.kind, manifest)
     report = check_gguf(c.folder, base)
+    modelfile = check_modelfile(Path(c.folder), base)  # Ollama's instructions beside the file, when they are there
+    report.proven += modelfile.proven
+    report.failures += modelfile.failures
     if report.passed and not c.not_run:
         from export.runtime.llama_loop import llama_tokens
 

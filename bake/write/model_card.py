@@ -181,10 +181,47 @@ def read_eval(folder: Path | None) -> dict[str, Any] | None:
     path = Path(folder) / EVAL_NAME if folder is not None else None
     if path is None or not path.is_file():
         return None
-    data = read_json_object(path, OutputError, "run lambda-bake eval --save again, or delete it", "an evaluation")
-    if not isinstance(data.get("results"), list) or not isinstance(data.get("sets"), dict):
-        raise OutputError(f"{path} has no results list or sets; run lambda-bake eval --save again, or delete it")
+    fix = "run lambda-bake eval --save again, or delete it"
+    data = read_json_object(path, OutputError, fix, "an evaluation")
+    check_eval(data, path, fix)
     return data
+
+
+_FIGURES = ("rows", "tokens", "nll", "perplexity", "delta_nll", "mean_kl", "exact_match", "contains")
+
+
+def check_eval(data: dict[str, Any], path: Path, fix: str) -> None:
+    """Every field the card reads of an eval.json, of its type: a damaged one is named, never blamed on another
+    file or turned into a traceback."""
+    def bad(what: str) -> OutputError:
+        return OutputError(f"{path}: {what}; {fix}")
+
+    if not isinstance(data.get("created_by"), str):
+        raise bad("'created_by' is not a string")
+    settings = data.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("max_length"), int):
+        raise bad("'settings' does not give max_length")
+    sets = data.get("sets")
+    if not isinstance(sets, dict):
+        raise bad("'sets' is not an object of set name -> description")
+    for name, info in sets.items():
+        if not (isinstance(info, dict) and isinstance(info.get("file"), str) and isinstance(info.get("sha256"), str)
+                and info.get("kind") in ("text", "qa") and isinstance(info.get("rows"), int)):
+            raise bad(f"set {name!r} lacks its file, sha256, kind (text or qa) or rows")
+    results = data.get("results")
+    if not isinstance(results, list):
+        raise bad("'results' is not a list")
+    for i, entry in enumerate(results + ([data["reference"]] if data.get("reference") is not None else [])):
+        where = f"result {i}" if i < len(results) else "the reference"
+        if not isinstance(entry, dict) or not isinstance(entry.get("sets", {}), dict):
+            raise bad(f"{where} is not an object with per-set figures")
+        for name, figures in entry.get("sets", {}).items():
+            if not isinstance(figures, dict):
+                raise bad(f"{where}'s figures on {name!r} are not an object")
+            for key in _FIGURES:
+                value = figures.get(key)
+                if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                    raise bad(f"{where}'s {key} on {name!r} is {value!r}, not a number")
 
 
 _INDEX_METRICS = (("perplexity", "perplexity"), ("nll", "NLL (nats/token)"), ("delta_nll", "change in NLL vs base"),
@@ -219,7 +256,7 @@ def _evaluation_section(evaluation: dict[str, Any] | None) -> list[str]:
              f"Measured with `lambda-bake eval` ({evaluation['created_by']}; rows truncated to "
              f"{evaluation['settings']['max_length']} tokens, chat template with thinking off). nll is nats per "
              "predicted token, perplexity exp(nll), the change and the KL against the base; QA: greedy answers, "
-             "exact match / contains-an-alias after PopQA's normalization. Sets: "
+             "exact match / contains-an-alias after SQuAD v1.1's answer normalization. Sets: "
              + ", ".join(f"`{n}` = `{i['file']}` ({i['rows']} rows, sha256 `{i['sha256'][:16]}...`)"
                          for n, i in sets.items()) + ".", "",
              "| model | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
@@ -230,9 +267,11 @@ def _evaluation_section(evaluation: dict[str, Any] | None) -> list[str]:
             f = r.get("sets", {}).get(n, {})
             if info["kind"] == "text":
                 delta = f" ({f['delta_nll']:+.4f})" if f.get("delta_nll") is not None else ""
-                cells.append(f"nll {f['nll']:.4f}{delta}, ppl {f['perplexity']:.2f}" if f.get("nll") is not None else "-")
+                ppl = f"{f['perplexity']:.2f}" if f.get("perplexity") is not None else "past float64"
+                cells.append(f"nll {f['nll']:.4f}{delta}, ppl {ppl}" if f.get("nll") is not None else "-")
             else:
-                cells.append(f"EM {f['exact_match']:.1%}, contains {f['contains']:.1%}" if f.get("rows") else "-")
+                cells.append(f"EM {f['exact_match']:.1%}, contains {f['contains']:.1%}"
+                             if f.get("rows") and f.get("exact_match") is not None else "-")
         lines.append(f"| {r.get('model')}{' (reference)' if r.get('is_reference') else ''} | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from bake.errors import BaseModelError, ExportError
 from bake.io.atomic import atomic_output_file
-from bake.io.base_model import open_base_model
+from bake.io.base_model import open_base_model, rope_theta
 from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import check_carried_files
 from bake.write.manifest import GGUF_LAYOUT_KEY, GGUF_MANIFEST_KEY, MANIFEST_NAME, public_manifest, read_manifest
@@ -119,20 +119,11 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         raise ExportError(f"--model {model_dir}: {e}") from e
     check_carried_files(model_dir, ExportError)
     config, reader = base.config, base.reader
-    tied = bool(config.get("tie_word_embeddings", False))
     # llama.cpp's qwen3 sizes every layer's MLP from one feed_forward_length, so a checkpoint whose layers differ in
     # width (a ragged bake) is written ragged whatever --layout says
     layout = "ragged" if base.ragged else layout
     ragged = layout == "ragged"
-    why = ("this checkpoint has its own MLP width in each layer (a ragged bake), which only llama.cpp's openelm arch "
-           "holds, and" if base.ragged else "--layout ragged writes llama.cpp's openelm arch, which")
-    instead = ("bake it with --layout pruned (one width) to export it" if base.ragged
-               else "use --layout as-is (a pruned bake is the one-width form)")
-    if ragged and not tied:
-        raise ExportError(f"{why} ties the output to the embedding; this model has its own lm_head "
-                          f"(tie_word_embeddings is false), so it cannot be written ragged: {instead}")
-    if ragged and config.get("attention_bias"):
-        raise ExportError(f"{why} has no attention bias; this model has one: {instead}")
+    check_expressible(config, layout, base.ragged)
     started = time.monotonic()
     # a K-quant: an F32 file whose ragged widths are whole super-blocks, which llama.cpp then quantizes
     written = GgufType("f32", gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32, kind.block) \
@@ -159,6 +150,23 @@ def export_gguf(model_dir: Path, out: Path, *, gguf_type_name: str = "f16", layo
         "modelfile": str(modelfile.absolute()),
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def check_expressible(config: dict[str, Any], layout: str, per_layer: bool = False) -> None:
+    """Refuse a GGUF llama.cpp could not hold: ragged widths need its openelm arch, which ties the output to the
+    embedding and has no attention bias (``per_layer``: the checkpoint itself is ragged). ``bake --gguf`` asks
+    before it bakes."""
+    if layout != "ragged" and not per_layer:
+        return
+    why = ("this checkpoint has its own MLP width in each layer (a ragged bake), which only llama.cpp's openelm arch "
+           "holds, and" if per_layer else "--layout ragged writes llama.cpp's openelm arch, which")
+    instead = ("bake it with --layout pruned (one width) for GGUF" if per_layer
+               else "use --layout as-is (a pruned bake is the one-width form)")
+    if not config.get("tie_word_embeddings", False):
+        raise ExportError(f"{why} ties the output to the embedding; this model has its own lm_head "
+                          f"(tie_word_embeddings is false), so it cannot be written ragged: {instead}")
+    if config.get("attention_bias"):
+        raise ExportError(f"{why} has no attention bias; this model has one: {instead}")
 
 
 def write_modelfile(gguf_path: Path, model_dir: Path) -> Path:
@@ -357,8 +365,7 @@ def _metadata(writer: Any, model_dir: Path, plan: _Plan, manifest: dict[str, Any
         writer.add_feed_forward_length(plan.widths[0])
         writer.add_head_count(heads)
         writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get(
-        "rope_theta", 1000000.0)))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)

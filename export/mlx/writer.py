@@ -35,7 +35,7 @@ import numpy as np
 
 from bake.errors import BaseModelError, ExportError
 from bake.io.atomic import atomic_output_dir
-from bake.io.base_model import open_base_model
+from bake.io.base_model import open_base_model, rope_theta
 from bake.io.tensor_io import CheckpointReader
 from bake.write.checkpoint import carry_base_files, check_carried_files
 from bake.write.manifest import MANIFEST_NAME
@@ -181,7 +181,7 @@ class MlxPlan:
         heads = int(c["num_attention_heads"])
         kv = int(c.get("num_key_value_heads") or heads)
         hidden = int(c["hidden_size"])
-        theta = float(c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 1000000.0))
+        theta = rope_theta(c)
         if not self.ragged:
             out = {k: v for k, v in c.items() if k not in ("architectures", "transformers_version")}
             return out | {"model_type": "qwen3", "rope_theta": theta}

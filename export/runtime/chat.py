@@ -95,7 +95,8 @@ class ChatTokenizer:
         return self.tokenizer.encode(text).ids
 
     def eos_ids(self) -> set[int]:
-        """End-of-turn ids: generation_config.json, config.json and the tokenizer's eos token."""
+        """End-of-turn ids: generation_config.json, config.json and the tokenizer's eos token; none (an empty set) for
+        a model that names no stop token, whose generation then runs to the length limit."""
         eos: set[int] = set()
         for name in ("generation_config.json", "config.json"):
             path = self.folder / name
@@ -105,8 +106,6 @@ class ChatTokenizer:
         token = self.special_tokens.get("eos_token")
         if token is not None and self.tokenizer.token_to_id(token) is not None:
             eos.add(self.tokenizer.token_to_id(token))
-        if not eos:
-            raise ExportError(f"{self.folder}: no eos_token_id in generation_config.json, config.json or tokenizer")
         return eos
 
     def stream_text(self, tokens: Iterable[int], stop: set[int]) -> Iterator[str]:
@@ -129,3 +128,12 @@ class ChatTokenizer:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if len(text) > len(printed):
             yield text[len(printed):]
+
+
+def pad_id(eos: set[int]) -> int:
+    """The token a finished row of a batch is filled with: the lowest stop token, else 0 (no stop token)."""
+    return min(eos) if eos else 0
+
+
+NO_STOP = "the model names no stop token (no eos_token_id in config.json or generation_config.json): generation " \
+          "runs to the length limit"

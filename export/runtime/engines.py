@@ -18,7 +18,7 @@ from bake.errors import ExportError
 from export.install import CPU_INSTALL, GPU_INSTALL, pick_device
 from export.options import ENGINES
 from export.runtime import genai_loop as genai_runtime
-from export.runtime.chat import ChatTokenizer, Messages
+from export.runtime.chat import NO_STOP, ChatTokenizer, Messages, pad_id
 from export.runtime.ort_loop import OnnxCausalLM
 
 
@@ -65,5 +65,7 @@ def describe(lm: Any) -> str:
 def stream_reply(lm: Any, chat: ChatTokenizer, messages: Messages, max_new_tokens: int) -> Iterator[str]:
     """The greedy reply to ``messages`` as text pieces, printed as the tokens arrive, up to the end of turn."""
     eos = chat.eos_ids()
-    tokens = (int(step[0]) for step in lm.stream([chat.prompt_ids(messages)], max_new_tokens, eos, min(eos)))
+    if not eos:
+        print(f"note: {NO_STOP} (--max-new-tokens {max_new_tokens})", file=sys.stderr)
+    tokens = (int(step[0]) for step in lm.stream([chat.prompt_ids(messages)], max_new_tokens, eos, pad_id(eos)))
     return chat.stream_text(tokens, stop=eos)

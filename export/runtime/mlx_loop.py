@@ -25,13 +25,18 @@ class MlxLM:
         import mlx.core as mx
         from mlx_lm.utils import load_model
 
+        from export.mlx.folder import read_mlx_folder
+
         self.folder = Path(folder)
+        read_mlx_folder(self.folder)  # config fields, weights' headers: a damaged folder is named, not a TypeError
         try:
             self.model, self.config = load_model(self.folder)
         except (ValueError, KeyError, OSError, RuntimeError) as e:
             raise ExportError(f"mlx-lm cannot load {self.folder} ({type(e).__name__}: {e}); the folder is damaged or "
                               "incomplete: export it again") from e
         self.device = str(mx.default_device())
+        config = dict(self.config) if isinstance(self.config, dict) else {}
+        self.context = int(config.get("max_context_length") or config.get("max_position_embeddings") or 32768)
 
     def score(self, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """[len(seq), vocab] float32 logits at every position of each sequence (one pass each)."""
@@ -51,6 +56,11 @@ class MlxLM:
 
         if len(prompts) != 1:
             raise ExportError("mlx-lm decodes one prompt at a time here; give one prompt")
+        length = len(prompts[0]) + max_new_tokens
+        if length > self.context:
+            raise ExportError(f"{len(prompts[0])} prompt tokens + {max_new_tokens} new tokens = {length} do not fit "
+                              f"the model's context of {self.context} positions (its config.json); shorten the prompt "
+                              "or lower --max-new-tokens")
         for token, _ in generate_step(mx.array(list(prompts[0])), self.model, max_tokens=max_new_tokens):
             token = int(token)
             yield np.array([token], np.int64)

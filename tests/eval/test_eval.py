@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import write_jsonl
 
 from bake.cli import main
 from bake.eval.metrics import QATally, normalize_answer
@@ -21,11 +22,6 @@ RETAIN = [{"text": "What is 2 + 3? It is 5."},
 FORGET = [{"text": "Paris is the capital of France."}, {"text": "The Eiffel Tower stands in Paris, on the Seine."}]
 QA = [{"question": "What is the capital of France?", "answers": ["Paris"]},
       {"question": "Who wrote the novel?", "answers": ["Victor Hugo", "Hugo"], "context": "Victor Hugo wrote it."}]
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +230,8 @@ def test_truncation_is_counted(bake3: Path, tmp_path: Path, capsys: pytest.Captu
     short = len(AutoTokenizer.from_pretrained(str(bake3))("short")["input_ids"])
     assert figures["truncated"] == 1 and figures["tokens"] == 15 + short - 1 and figures.get("mean_kl") is None
     assert np.isfinite(figures["nll"])
+    reference = report["models"][0]["sets"]["long"]  # --no-kl drops the KL only: the change is still given
+    assert reference["truncated"] == 1 and figures["delta_nll"] == pytest.approx(figures["nll"] - reference["nll"])
 
 
 LM_EVAL_TASK = """task: tiny_mc
@@ -273,7 +271,7 @@ def test_lm_eval_runs_on_checkpoints_and_onnx_with_a_local_task(bake3: Path, tmp
     assert all(m["lm_eval"]["tasks"]["tiny_mc"]["sample_len"] == 6 for m in report["models"])
 
 
-def test_vllm_arguments_for_many_gpus(bake3: Path) -> None:
+def test_vllm_arguments_for_many_gpus(bake3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Where one machine is not enough, the same call hands checkpoints to lm-eval's vLLM backend (data-parallel
     over GPUs through Ray); without vLLM it says so, with the arguments it would pass."""
     from bake.errors import BakeError
@@ -284,9 +282,18 @@ def test_vllm_arguments_for_many_gpus(bake3: Path) -> None:
     assert args == {"pretrained": str(bake3.absolute()), "tensor_parallel_size": 1, "data_parallel_size": 4,
                     "dtype": "auto", "gpu_memory_utilization": 0.9, "trust_remote_code": False, "max_model_len": 2048}
     pytest.importorskip("lm_eval")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny_mc.yaml").write_text(LM_EVAL_TASK.format(data=tmp_path / "data.jsonl"))
+    write_jsonl(tmp_path / "data.jsonl", [{"question": "1 + 1 =", "choices": [" 2", " 3"], "label": 0}])
+    long, tasks = write_jsonl(tmp_path / "t.jsonl", [{"text": "a b c d"}]), tmp_path / "tasks"
+    # the path a user takes: eval adds the base as the reference row, which vLLM runs too (it is a checkpoint); without
+    # vLLM the call stops before any model is scored, naming what it would have passed
+    code, report, err = run_eval(capsys, "--model", str(bake3), "--texts", f"long={long}", "--lm-eval", "tiny_mc",
+                                 "--lm-eval-include", str(tasks), "--lm-eval-backend", "vllm", "--data-parallel", "4")
+    assert code == 2 and report == {} and "needs vLLM" in err and "'data_parallel_size': 4" in err
     with pytest.raises(BakeError, match="needs vLLM on a GPU machine.*'data_parallel_size': 4"):
         run_lm_eval(resolve(bake3)[0], ["tiny_mc"], backend="vllm", data_parallel=4)
-    with pytest.raises(BakeError, match="runs checkpoints"):
+    with pytest.raises(BakeError, match="runs Hugging Face checkpoints; b3/onnx is a onnx"):
         run_lm_eval(resolve(bake3 / "onnx")[0], ["tiny_mc"], backend="vllm")
     with pytest.raises(BakeError, match="at least 1"):
         vllm_model_args(bake3, data_parallel=0)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from llama_source import LLAMA_SRC, needs_llama_source
 
 from bake.cli import main
 
@@ -24,8 +25,9 @@ import (
 )
 
 type Message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
+	Role     string `json:"role"`
+	Content  string `json:"content"`
+	Thinking string `json:"thinking"`
 }
 
 func main() {
@@ -93,18 +95,83 @@ def test_the_template_renders_as_the_qwen3_template_with_thinking_off(baked: Pat
     from transformers import AutoTokenizer
 
     _, template, _, _ = parse((baked / "model-ragged-Q8_0.Modelfile").read_text())
-    (tmp_path / "render.go").write_text(GO_RENDER)
-    run = subprocess.run(["go", "run", str(tmp_path / "render.go")], input=json.dumps({"template": template,
-                                                                                      "chats": CHATS}),
-                         capture_output=True, text=True, timeout=300, env={"GOCACHE": str(tmp_path / "cache"),
-                                                                         "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert run.returncode == 0, run.stderr
-    rendered = json.loads(run.stdout)
+    rendered = go_render(template, CHATS, tmp_path)
     tok = AutoTokenizer.from_pretrained(str(baked))
     expected = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True, enable_thinking=False)
                 for c in CHATS]
     assert rendered == expected
     assert expected[0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def go_render(template: str, chats: list[list[dict[str, str]]], tmp_path: Path) -> list[str]:
+    (tmp_path / "render.go").write_text(GO_RENDER)
+    run = subprocess.run(["go", "run", str(tmp_path / "render.go")], input=json.dumps({"template": template,
+                                                                                      "chats": chats}),
+                         capture_output=True, text=True, timeout=300, env={"GOCACHE": str(tmp_path / "cache"),
+                                                                         "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+# Multi-turn chats whose earlier assistant turns reasoned: Ollama keeps a turn's reasoning in the message's thinking
+# field (Go: .Thinking), as transformers' chat template takes it in reasoning_content; Qwen3's template drops it for
+# every turn before the last user message, and so does the TEMPLATE
+THINKING_CHATS = [
+    [{"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4", "reasoning_content": "Add two and two.", "thinking": "Add two and two."},
+     {"role": "user", "content": "And 3+3?"}],
+    [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "a"},
+     {"role": "assistant", "content": "b", "reasoning_content": "hmm\nok", "thinking": "hmm\nok"},
+     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
+]
+
+
+@needs_llama_source
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (text/template, Ollama's engine); .ci/run installs it")
+def test_the_template_renders_as_qwen3s_real_template_multi_turn(baked: Path, tmp_path: Path) -> None:
+    """Against llama.cpp's copy of Qwen/Qwen3-0.6B's own chat template (not the demo's), chats with several turns and
+    earlier reasoning included."""
+    from transformers import AutoTokenizer
+
+    real = (LLAMA_SRC / "models" / "templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+    _, template, _, _ = parse((baked / "model-ragged-Q8_0.Modelfile").read_text())
+    tok = AutoTokenizer.from_pretrained(str(baked))
+    chats = CHATS + THINKING_CHATS
+    jinja_chats = [[{k: v for k, v in m.items() if k != "thinking"} for m in c] for c in chats]
+    expected = [tok.apply_chat_template(c, chat_template=real, tokenize=False, add_generation_prompt=True,
+                                        enable_thinking=False) for c in jinja_chats]
+    go_chats = [[{k: v for k, v in m.items() if k != "reasoning_content"} for m in c] for c in chats]
+    assert go_render(template, go_chats, tmp_path) == expected
+    assert "Add two and two" not in expected[len(CHATS)]  # the real template drops earlier reasoning
+
+
+def test_verify_proves_the_modelfile_and_names_a_wrong_one(baked: Path, tmp_path: Path) -> None:
+    from bake.verify.modelfile_check import check_modelfile, parse_modelfile, render_go_template
+
+    gguf = baked / "model-ragged-Q8_0.gguf"
+    good = check_modelfile(gguf, baked)
+    assert good.passed and "model-ragged-Q8_0.Modelfile" in good.proven
+    text = (baked / "model-ragged-Q8_0.Modelfile").read_text()
+    template = parse_modelfile(text).template
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(baked))
+    for chat in CHATS:  # verify's own renderer of the TEMPLATE, against the base's chat template
+        assert render_go_template(template, chat) == tok.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    folder = tmp_path / "copy"
+    shutil.copytree(baked, folder)
+    mf = folder / "model-ragged-Q8_0.Modelfile"
+    for edit, message in ((lambda t: t.replace("FROM ./model-ragged-Q8_0.gguf", "FROM ./other.gguf"), "FROM"),
+                          (lambda t: re.sub(r'TEMPLATE """.*?"""', 'TEMPLATE """{{ .Prompt }}"""', t, flags=re.S),
+                           "TEMPLATE"),
+                          (lambda t: t.replace("<think>\n\n</think>\n\n", ""), "TEMPLATE"),
+                          (lambda t: t.replace('PARAMETER stop "<|im_end|>"\n', ""), "stop")):
+        mf.write_text(edit(text))
+        report = check_modelfile(folder / "model-ragged-Q8_0.gguf", baked)
+        assert not report.passed and any(f.tensor == f"model-ragged-Q8_0.Modelfile {message}" for f in report.failures)
+    assert main(["verify", "--baked", str(folder), "--gguf", str(folder / "model-ragged-Q8_0.gguf"), "--quiet",
+                 "--greedy-tokens", "2"]) == 3
 
 
 def test_push_of_a_lone_gguf_carries_its_modelfile(baked: Path) -> None:
