@@ -7,9 +7,12 @@ LAYOUTS = ("as-is", "ragged")
 QUANTIZATIONS = ("none", "int4", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "genai", "ort")
+# auto: a quantized cpu/cuda export looks tokens up in int codes (the tied table shared with lm_head); float keeps
+# the export-dtype table. quantized: insist on the codes
+EMBEDDINGS = ("auto", "quantized", "float")
 # export's graph options and their defaults (bake --onnx takes the same, named --onnx-*)
 GRAPH_DEFAULTS = {"target": "cpu", "dtype": "float32", "layout": "as-is", "quantize": "none",
-                  "cuda_graph": False, "width_multiple": None}
+                  "cuda_graph": False, "width_multiple": None, "embedding": "auto"}
 # Each layer's MLP width is rounded up to this multiple with zero neurons (exact). CUDA: ONNX Runtime's fast
 # MatMulNBits kernels need N and K divisible by 8 (8-bit: K by the block size too), else the weight is dequantized
 # and multiplied by cuBLAS on every call; 64 also gives cuBLAS aligned fp16 GEMMs. CPU and portable: no rounding.

@@ -66,12 +66,15 @@ def exports_to_check(device: str) -> dict[str, dict[str, Any]]:
         plain = {f"{d} {lay}": {"target": "cuda", "dtype": d, "layout": lay, "quantize": "none"}
                  for d in ("float16", "bfloat16") for lay in ("as-is", "ragged")}
         quant = {f"int4 {lay}": {"target": "cuda", "dtype": "float16", "layout": lay, "quantize": "int4"}
-                 for lay in ("as-is", "ragged")}
+                 for lay in ("as-is", "ragged")}  # the token lookup in the lm_head's codes (GatherBlockQuantized)
+        quant["int4 ragged float-embedding"] = quant["int4 ragged"] | {"embedding": "float"}
+        quant["int4 bfloat16 ragged"] = quant["int4 ragged"] | {"dtype": "bfloat16"}
     else:
         plain = {f"{d} {lay}": {"target": "cpu", "dtype": d, "layout": lay, "quantize": "none"}
                  for d in ("float32", "float16") for lay in ("as-is", "ragged")}
         quant = {f"int4 {lay}": {"target": "cpu", "dtype": "float32", "layout": lay, "quantize": "int4"}
                  for lay in ("as-is", "ragged")}
+        quant["int4 ragged float-embedding"] = quant["int4 ragged"] | {"embedding": "float"}
     return plain | quant
 
 
@@ -151,6 +154,21 @@ def doubled(tokens: list[int], reference: list[int]) -> float:
     return sum(tokens[2 * k] == tokens[2 * k + 1] == reference[k] for k in range(pairs)) / max(pairs, 1)
 
 
+def greedy_margins(lm: OnnxCausalLM, prompt: list[int], new_tokens: int) -> list[float]:
+    """At each greedy step of the reference, its top-2 logit margin over its largest |logit|: how far a precision's
+    logit error must move the logits to choose another token there."""
+    cache = lm.new_cache(1, len(prompt) + new_tokens)
+    valid, one = np.array([len(prompt)]), np.array([1])
+    logits = lm.last_rows(lm.forward(np.array([prompt], np.int64), valid, cache), valid)[0].astype(np.float64)
+    margins = []
+    for _ in range(new_tokens):
+        top2 = np.sort(logits)[-2:]
+        margins.append(float((top2[1] - top2[0]) / max(np.abs(logits).max(), 1e-30)))
+        token = np.array([[int(np.argmax(logits))]], np.int64)
+        logits = lm.last_rows(lm.forward(token, one, cache), one)[0].astype(np.float64)
+    return margins
+
+
 def compare(logits: np.ndarray, tokens: np.ndarray, ref_logits: list[np.ndarray], ref_tokens: list[list[int]],
             rows: list[int]) -> list[dict[str, Any]]:
     out = []
@@ -169,18 +187,19 @@ def correctness(ref_dir: Path, exports: dict[str, tuple[Path, dict[str, Any]]], 
                 vocab: int) -> dict[str, Any]:
     prompts = prompts_of(vocab, special_ids(ref_dir))
     ref = OnnxCausalLM(ref_dir, device="cpu")
-    ref_logits, ref_tokens = [], []
+    ref_logits, ref_tokens, ref_margins = [], [], []
     for p in prompts:
         logits, tokens = ort_run(ref, [p], new_tokens)
         ref_logits.append(logits[0].astype(np.float64))
         ref_tokens.append([int(t) for t in tokens[0]])
+        ref_margins.append(greedy_margins(ref, p, new_tokens))
     del ref
     have_genai = _genai_installed()
     paths = [("ort", False)] + ([("genai", False)] + ([("genai+cudagraph", True)] if device == "cuda" else [])
                                 if have_genai else [])
     results: dict[str, Any] = {"reference": "lambda-bake's loop, CPU float32 export (cpu target, as-is)",
                                "prompt_tokens": list(PROMPT_LENGTHS), "new_tokens": new_tokens,
-                               "reference_tokens": ref_tokens, "paths": {}}
+                               "reference_tokens": ref_tokens, "reference_margins": ref_margins, "paths": {}}
     for label, (folder, options) in exports.items():
         weights = "int4" if options["quantize"] == "int4" else options["dtype"]
         for path, graph in paths:
@@ -213,7 +232,9 @@ def correctness(ref_dir: Path, exports: dict[str, tuple[Path, dict[str, Any]]], 
 
 
 def problems_of(correct: dict[str, Any]) -> list[str]:
-    """The paths that failed: an error, logits outside their bound, or doubled tokens the reference does not have."""
+    """The paths that failed: an error, logits outside their bound, doubled tokens the reference does not have, or
+    greedy tokens that leave the reference's where its top-2 margin is more than twice the logit error the weight
+    type's bound allows (no rounding of that size can explain choosing another token there)."""
     found = []
     for key, entry in correct["paths"].items():
         if "error" in entry:
@@ -230,6 +251,14 @@ def problems_of(correct: dict[str, Any]) -> list[str]:
             if r["doubled_pairs"] >= 0.75 and not r["tokens_equal"]:
                 found.append(f"{where}: token doubling ({r['doubled_pairs']:.0%} of pairs are the reference's "
                              "tokens, each twice)")
+            step = r.get("first_divergence")
+            margins = correct.get("reference_margins")
+            if not r["tokens_equal"] and step is not None and margins is not None:
+                margin = margins[PROMPT_LENGTHS.index(r["prompt_tokens"])][step]
+                if margin > 2 * entry["bound"]:
+                    found.append(f"{where}: greedy tokens leave the reference's at step {step}, where its top-2 "
+                                 f"margin is {margin:.3g} of the largest logit, more than twice the "
+                                 f"{entry['weights']} bound ({entry['bound']:g}): not rounding")
     return found
 
 
@@ -394,7 +423,8 @@ def main() -> int:
         r = export_onnx(bake, folder, overwrite=True, progress=False,
                         device="cpu" if label.startswith("reference") else args.device, **options)
         report["exports"][label] = {**options, "seconds": round(time.monotonic() - t0, 1), "mlp_widths": r["mlp_widths"],
-                                    "padding_neurons": r["mlp_padding_neurons"], "checked_on": r["checked_on"]}
+                                    "padding_neurons": r["mlp_padding_neurons"], "checked_on": r["checked_on"],
+                                    "embedding": r["embedding"]["form"], "bytes": r["bytes"]}
         exports[label] = (folder, options)
     ref_dir = exports.pop("reference cpu float32")[0]
     print(f"exports done at {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from bake.commands.export_cmd import MLX_DEFAULTS, add_gguf_args, add_graph_args
 from bake.commands.output import add_output_args, emit_json, say
 from bake.commands.sweep_cmd import is_sweep, one_cut, run_sweep_command
 from bake.commands.verify_cmd import add_budget_args, options_from_args
-from bake.errors import ExportError, PlotError
+from bake.errors import BakeError, ExportError, PlotError
 from bake.fold.plan import DEFAULT_PAD_MULTIPLE, LAYOUTS, BakeOptions
 from bake.plots import figure as plots
 from bake.write.manifest import read_manifest
@@ -141,12 +141,16 @@ def run(args: argparse.Namespace) -> int:
         return run_sweep_command(args, options_from(args), verify_check(args) if args.verify else None,
                                  extras_step(args))
     one_cut(args)
+    check = verify_check(args) if args.verify else None
+    extras = extras_step(args)  # every export's and the evaluation's arguments and packages, before the inputs load
     base, variant, sources = load_base_and_gates(args)
+    if args.gguf:
+        from export.gguf.writer import check_expressible
+
+        check_expressible(base.config, "ragged" if args.layout == "ragged" else args.gguf_layout, base.ragged)
     settings, scale_source = settings_from_args(args, variant)
     say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
         f"into {base.folder} -> {args.out}")
-    check = verify_check(args) if args.verify else None
-    extras = extras_step(args)
     manifest = bake_checkpoint(base.folder, variant, settings, args.out, options_from(args),
                                sources=sources | {"scale_mode_source": scale_source}, check=check, extras=extras)
     pushed = None
@@ -209,8 +213,18 @@ def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     from bake.eval.report import format_table, write_eval_file
     from bake.eval.sets import named_file, read_set
 
+    if args.eval_max_length < 2:
+        raise BakeError(f"--eval-max-length {args.eval_max_length}: a row needs at least 2 tokens to predict one; "
+                        "give 2 or more (default 1024)")
     texts = [read_set(*named_file(s, "--eval"), "text") for s in args.eval]  # before the bake: a bad file stops it
     qas = [read_set(*named_file(s, "--eval-qa"), "qa") for s in args.eval_qa]
+    names = [s.name for s in texts + qas]
+    if len(set(names)) != len(names):
+        raise BakeError(f"--eval and --eval-qa set names must differ; got {', '.join(names)}")
+    if args.gguf:  # each export is scored in its own runtime: llama.cpp for the GGUF
+        from export.install import require_llama_cpp
+
+        require_llama_cpp()
     options = EvalOptions(max_length=args.eval_max_length, progress=not args.quiet)
 
     def run(folder: Path) -> list[str]:
@@ -281,7 +295,7 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
     check_export_options(options["dtype"], options["layout"], "auto", options["quantize"],
-                         options["target"], options["width_multiple"])  # before the bake, not after
+                         options["target"], options["width_multiple"], options["embedding"])  # before the bake
 
     def export(folder: Path) -> list[str]:
         quantized = "" if options["quantize"] == "none" else f", {options['quantize']} weights"

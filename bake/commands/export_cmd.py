@@ -10,7 +10,7 @@ from bake.commands import COMMANDS
 from bake.commands.output import add_output_args, say
 from bake.errors import ExportError
 from bake.io.paths import MODEL_FOLDER, path_arg
-from export.options import DEVICES, DTYPES, GGUF_TYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
+from export.options import DEVICES, DTYPES, EMBEDDINGS, GGUF_TYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
 
 EXPORT_EPILOG = """\
 targets (the graph):
@@ -62,6 +62,12 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="round every layer's MLP width up to a multiple of N with zero neurons (exact; reported per "
                         "layer): default 64 for --target cuda, whose fast int4/int8 and fp16 kernels need aligned "
                         "widths, and 1 (no rounding) for cpu and portable")
+    p.add_argument(f"--{prefix}embedding", default=d["embedding"], choices=EMBEDDINGS,
+                   help="token lookup of a quantized cpu/cuda graph: auto (default) reads it from int codes through "
+                        "ONNX Runtime's GatherBlockQuantized, a tied table sharing the lm_head's codes (as "
+                        "onnxruntime-genai's builder does: the float table is gone from the file); float keeps the "
+                        "exact export-dtype table (vocab x hidden more bytes); quantized insists on the codes. The "
+                        "export summary says which was done and its bytes")
 
 
 FORMATS = ("onnx", "gguf", "mlx")
@@ -144,7 +150,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
                          quantize=args.quantize, cuda_graph=args.cuda_graph, width_multiple=args.width_multiple,
-                         device=args.device,
+                         embedding=args.embedding, device=args.device,
                          overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)
@@ -158,8 +164,22 @@ def run_export(args: argparse.Namespace) -> int:
                f"{report['width_multiple']}" if report["mlp_padding_neurons"] else "")
     say(f"  MLP neurons kept: {report['mlp_neurons']} of {len(widths) * report['config_intermediate_size']} "
         f"(per layer {min(widths)}..{max(widths)} wide{padding}); checked on {report['checked_on']}")
+    say("  " + embedding_line(report["embedding"]))
     say(f"  try it: lambda-bake generate --onnx {report['out']} --prompt \"Hello\"")
     return 0
+
+
+def embedding_line(e: dict) -> str:
+    """What the export did with the token embedding, and its bytes, in one line."""
+    float_mb = e["float_bytes"] / 1e6
+    if e["form"] == "shared":
+        return (f"embedding: looked up in the lm_head's int codes (GatherBlockQuantized): 0 bytes of its own, "
+                f"{float_mb:.1f} MB less than the float table (--embedding float keeps it)")
+    if e["form"] == "quantized":
+        return (f"embedding: its own int codes (GatherBlockQuantized), {e['bytes'] / 1e6:.1f} MB against "
+                f"{float_mb:.1f} MB as a float table")
+    why = f" ({e['why']})" if e.get("why") else ""
+    return f"embedding: float table, {float_mb:.1f} MB{why}"
 
 
 def _given_for_other_formats(args: argparse.Namespace) -> str | None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bake.io.base_model import read_config
+from bake.verify import precision
 from bake.verify.precision import Step, checkpoint_chain, export_chain
 from bake.write.manifest import GGUF_LAYOUT_KEY, MANIFEST_NAME, read_manifest
 
@@ -309,7 +310,8 @@ def onnx_candidate(folder: Path, device: str = "auto") -> Candidate:
     io = read_export_folder(folder)
     quant = io.get("quantization")
     bake_dtype = _bake_dtype(Path(folder))
-    chain = export_chain(bake_dtype, io["dtype"], quant["weights"] if quant else None)
+    coded = precision.WITH_EMBEDDING.get((io.get("embedding") or {}).get("form"), precision.LINEAR)
+    chain = export_chain(bake_dtype, io["dtype"], quant["weights"] if quant else None, coded)
     label = quant["weights"] if quant else io["dtype"]
     target = io.get("target", "portable")
     common = {"quantization": quant, "export_dtype": io["dtype"], "device": device}

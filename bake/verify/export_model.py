@@ -27,6 +27,7 @@ from bake.verify.weights.onnx_weights import ExportGraph
 
 SKIPPED = ("const/", "rotary.")  # graph constants and the RoPE tables: no model weights
 QUANT = ".weight.quant"
+EMBEDDING = "model.embed_tokens.weight"
 
 
 def export_model(folder: Path, io: dict[str, Any]) -> Any:
@@ -42,8 +43,15 @@ def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> LayerTensors:
     sizes = _qkv_sizes(config)
     quantized = {use.inputs[1]: use for uses in graph.uses.values() for use in uses
                  if use.op_type == "MatMulNBits" and use.index == 1}
+    lookup = embedding_lookup(graph)
+    own_table = lookup.inputs[1] if lookup is not None and lookup.inputs[1] not in quantized else None
 
     def read(name: str) -> Iterator[tuple[str, np.ndarray]]:
+        if name == own_table:
+            return  # an untied table of its own: read as the embedding, below
+        if name == EMBEDDING and lookup is not None:  # the table GatherBlockQuantized reads
+            yield name, dequantize(graph, lookup)
+            return
         if name.endswith(QUANT):
             prefix, suffix, value = name[: -len(QUANT)], "weight", dequantize(graph, quantized[name])
         else:
@@ -55,7 +63,29 @@ def export_tensors(graph: ExportGraph, config: dict[str, Any]) -> LayerTensors:
 
     names = [n for n in graph.names() if not (n.startswith(SKIPPED) or n.endswith("/split")
                                               or n.endswith((".weight.scales", ".weight.zero_points")))]
+    if lookup is not None:
+        names.append(EMBEDDING)
     return LayerTensors.grouped(names, read)
+
+
+def embedding_lookup(graph: ExportGraph) -> Any | None:
+    """The export's GatherBlockQuantized embedding as a MatMulNBits-like use of its codes (N rows of K), or None (a
+    float table). Its codes are a Reshape of a ``.weight.quant`` initializer: the bytes of [N, blocks, block * bits
+    / 8]; ``K`` follows from the codes and ``bits``."""
+    from onnx import helper
+
+    from bake.verify.weights.onnx_weights import Use
+
+    node = next((n for n in graph.model.graph.node if n.op_type == "GatherBlockQuantized"), None)
+    if node is None:
+        return None
+    reshape = next(n for n in graph.model.graph.node if node.input[0] in n.output)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    bits, block = int(attrs["bits"]), int(attrs["block_size"])
+    codes = graph.tensor(reshape.input[0])
+    inputs = ("input_ids", reshape.input[0], node.input[2], node.input[3] if len(node.input) > 3 else "")
+    return Use(node.name, "GatherBlockQuantized", 0, inputs, {
+        "bits": bits, "block_size": block, "N": int(codes.shape[0]), "K": int(codes.shape[1]) * block})
 
 
 def _qkv_sizes(config: dict[str, Any]) -> list[int]:

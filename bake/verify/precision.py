@@ -18,8 +18,12 @@ ORDER: tuple[str, ...] = ("float32", "float16", "bfloat16", "int8", "int4")
 _WHAT = {
     "bake": "the bake, which stores {dtype} (down_proj = W_down * s rounded once to {dtype})",
     "export": "the export, which computes in {dtype}",
-    "quantization": "quantization: the linear weights are {dtype} codes (blocks of 32 or 256, within half a step of the bake's)",
+    "quantization": "quantization: {weights} are {dtype} codes (blocks of 32 or 256, within half a step of the bake's)",
 }
+LINEAR = "the linear weights"
+# an ONNX export whose token lookup reads int codes (GatherBlockQuantized): the input embedding is quantized too
+WITH_EMBEDDING = {"shared": "the linear weights and the input embedding (the tied table, shared with lm_head)",
+                  "quantized": "the linear weights and the input embedding (a table of its own)"}
 
 
 @dataclass(frozen=True)
@@ -28,9 +32,10 @@ class Step:
 
     stage: str  # "bake", "export" or "quantization"
     dtype: str
+    weights: str = LINEAR  # quantization: which weights it coded
 
     def describe(self) -> str:
-        return _WHAT[self.stage].format(dtype=self.dtype)
+        return _WHAT[self.stage].format(dtype=self.dtype, weights=self.weights)
 
     def label(self) -> str:
         return f"{self.stage} {self.dtype}"
@@ -40,13 +45,13 @@ def checkpoint_chain(bake_dtype: str) -> list[Step]:
     return [Step("bake", bake_dtype)]
 
 
-def export_chain(bake_dtype: str, export_dtype: str, quantization: str | None) -> list[Step]:
-    return [Step("bake", bake_dtype), *export_steps(export_dtype, quantization)]
+def export_chain(bake_dtype: str, export_dtype: str, quantization: str | None, weights: str = LINEAR) -> list[Step]:
+    return [Step("bake", bake_dtype), *export_steps(export_dtype, quantization, weights)]
 
 
-def export_steps(export_dtype: str, quantization: str | None) -> list[Step]:
-    """What an export adds on top of its bake."""
-    return [Step("export", export_dtype)] + ([Step("quantization", quantization)] if quantization else [])
+def export_steps(export_dtype: str, quantization: str | None, weights: str = LINEAR) -> list[Step]:
+    """What an export adds on top of its bake (``weights``: which of them its quantization coded)."""
+    return [Step("export", export_dtype)] + ([Step("quantization", quantization, weights)] if quantization else [])
 
 
 def coarsest(chain: list[Step]) -> Step:

@@ -34,7 +34,8 @@ from export.options import TARGETS, width_multiple_for
 
 def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_path: Path, *, dtype: torch.dtype,
                       target: str, ragged: bool, quant: QuantSpec | None = None, fuse_qk_norm: bool | None = None,
-                      width_multiple: int | None = None, progress: Callable[[int], None] | None = None) -> BuildResult:
+                      width_multiple: int | None = None, embedding: str = "auto",
+                      progress: Callable[[int], None] | None = None) -> BuildResult:
     """Build the graph for ``target``; weights go to ``data_path`` (raw, external data).
 
     ``width_multiple`` rounds each layer's MLP width up with zero neurons (default: the target's,
@@ -42,6 +43,10 @@ def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_pat
 
     ``fuse_qk_norm`` defaults to the target's choice (only ``cuda`` fuses); tests turn it off to run
     the CUDA graph on ONNX Runtime's CPU provider, which lacks the fused q/k norm.
+
+    ``embedding`` (``export.options.EMBEDDINGS``): a quantized ``cpu``/``cuda`` graph looks tokens up in int codes
+    by default (the tied table shared with lm_head); the ``portable`` graph keeps the float table (its lookup is
+    the standard Gather).
     """
     if dtype not in ONNX_DTYPES:
         raise ExportError(f"dtype {dtype} cannot be exported; use float32 or float16")
@@ -52,8 +57,11 @@ def build_qwen3_model(reader: CheckpointReader, config: dict[str, Any], data_pat
         weights = WeightFile(f, Path(data_path).name)
         common = {"dtype": dtype, "quant": quant, "width_multiple": width_multiple_for(target, width_multiple)}
         if target == "portable":
+            if embedding == "quantized":
+                raise ExportError("--embedding quantized needs ONNX Runtime's GatherBlockQuantized, which the portable "
+                                  "target leaves out (standard ONNX ops only): use --target cpu or cuda")
             builder = PortableGraphBuilder(reader, dims, weights, **common)
         else:
             fuse = target == "cuda" if fuse_qk_norm is None else fuse_qk_norm
-            builder = OrtGraphBuilder(reader, dims, weights, fuse_qk_norm=fuse, **common)
+            builder = OrtGraphBuilder(reader, dims, weights, fuse_qk_norm=fuse, embedding=embedding, **common)
         return builder.build(ragged, progress)

@@ -33,8 +33,9 @@ from export.install import pick_device, providers_for
 from export.onnx.builder import build_qwen3_model
 from export.onnx.folder import DATA_FILE, FORMAT, FORMAT_VERSION, IO_FILE, MODEL_FILE, read_export_folder
 from export.onnx.genai_config import GENAI_FILE, genai_config
+from export.onnx.graph_base import Embedding
 from export.onnx.quantize import QuantSpec, quant_spec
-from export.options import DEVICES, GRAPH_DEFAULTS, LAYOUTS, TARGETS, width_multiple_for
+from export.options import DEVICES, EMBEDDINGS, GRAPH_DEFAULTS, LAYOUTS, TARGETS, width_multiple_for
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights above which they go to model.onnx.data
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -43,8 +44,14 @@ _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 
 
 def check_export_options(dtype: str, layout: str, device: str = "auto", quantize: str = "none",
-                         target: str = GRAPH_DEFAULTS["target"], width_multiple: int | None = None) -> None:
+                         target: str = GRAPH_DEFAULTS["target"], width_multiple: int | None = None,
+                         embedding: str = "auto") -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
+    if embedding not in EMBEDDINGS:
+        raise ExportError(f"unknown --embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if embedding == "quantized" and (quantize == "none" or target == "portable"):
+        raise ExportError("--embedding quantized looks tokens up in int codes through ONNX Runtime's "
+                          "GatherBlockQuantized: it needs --quantize int4 or int8 and --target cpu or cuda")
     if width_multiple is not None and not 1 <= width_multiple <= 4096:
         raise ExportError(f"--width-multiple {width_multiple}: give a whole number from 1 (no rounding) to 4096; "
                           "64 is the cuda target's default")
@@ -118,6 +125,7 @@ def write_export(
     device: str = "auto",
     cuda_graph: bool = False,
     width_multiple: int | None = None,
+    embedding: str = "auto",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -127,9 +135,10 @@ def write_export(
     layer (lm_head included) as blockwise-quantized MatMulNBits weights: smaller and faster, judged by
     verify on KL and top-1 rather than exactness. ``cuda_graph`` turns on CUDA-graph capture in
     genai_config.json (``cuda`` target). ``width_multiple`` rounds every layer's MLP width up with zero neurons
-    (default: 64 for ``cuda``, whose fast kernels need aligned widths; 1, no rounding, elsewhere).
+    (default: 64 for ``cuda``, whose fast kernels need aligned widths; 1, no rounding, elsewhere). ``embedding``:
+    how a quantized graph looks tokens up (``export.onnx.builder``); the report says which and its bytes.
     """
-    check_export_options(dtype, layout, device, quantize, target, width_multiple)
+    check_export_options(dtype, layout, device, quantize, target, width_multiple, embedding)
     multiple = width_multiple_for(target, width_multiple)
     quant = quant_spec(quantize, target)
     config, reader = open_model_folder(model_dir)
@@ -140,7 +149,7 @@ def write_export(
     try:
         built = build_qwen3_model(reader, config, out / DATA_FILE, dtype=EXPORT_DTYPES[dtype], target=target,
                                   ragged=layout == "ragged", quant=quant, width_multiple=multiple,
-                                  progress=lambda _: bar.update())
+                                  embedding=embedding, progress=lambda _: bar.update())
     finally:
         bar.close()
     external = built.weight_bytes > external_data_threshold
@@ -156,7 +165,8 @@ def write_export(
         carried.append(MANIFEST_NAME)
     io = describe(built.model, config, target=target, dtype=dtype, layout=layout, quant=quant,
                   widths=built.mlp_widths, padding=built.mlp_padding, width_multiple=multiple, opset=built.opset,
-                  external_bytes=built.weight_bytes if external else None)
+                  external_bytes=built.weight_bytes if external else None,
+                  embedding=embedding_record(built.embedding, config, dtype, quant))
     (out / IO_FILE).write_text(json.dumps(io, indent=2) + "\n")
     generation = read_json(out / "generation_config.json", ExportError, "copy it from the base model") \
         if (out / "generation_config.json").is_file() else {}
@@ -178,12 +188,29 @@ def write_export(
         "width_multiple": multiple,
         "mlp_padding_neurons": sum(built.mlp_padding),
         "mlp_padding_per_layer": built.mlp_padding,
+        "embedding": io["embedding"],
         "external_data": external,
         "files": files,
         "carried_files": carried,
         "bytes": size,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def embedding_record(embedding: Embedding, config: dict[str, Any], dtype: str, quant: QuantSpec | None
+                     ) -> dict[str, Any]:
+    """onnx_io.json's ``embedding``: its form, why a quantized export kept the float table, the bytes the table
+    takes in the file (0 when it shares lm_head's codes) and what the float table takes."""
+    vocab, hidden = int(config["vocab_size"]), int(config["hidden_size"])
+    float_bytes = vocab * hidden * torch.finfo(EXPORT_DTYPES[dtype]).bits // 8
+    if embedding.form == "float":
+        own = float_bytes
+    else:
+        blocks = -(-hidden // quant.block_size)
+        scale = torch.finfo(EXPORT_DTYPES[dtype]).bits // 8
+        own = 0 if embedding.form == "shared" else vocab * (hidden * quant.bits // 8 + blocks * scale
+                                                             + -(-blocks * quant.bits // 8))
+    return {"form": embedding.form, "why": embedding.why, "bytes": own, "float_bytes": float_bytes}
 
 
 def check_graph(path: Path) -> None:
@@ -193,7 +220,7 @@ def check_graph(path: Path) -> None:
 
 def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dtype: str, layout: str,
              quant: QuantSpec | None, widths: list[int], padding: list[int], width_multiple: int, opset: int,
-             external_bytes: int | None) -> dict[str, Any]:
+             external_bytes: int | None, embedding: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of onnx_io.json."""
 
     def tensors(values: Any) -> list[dict[str, Any]]:
@@ -219,6 +246,7 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dty
         "dtype": dtype,
         "layout": layout,
         "quantization": quant.describe() if quant is not None else None,
+        "embedding": embedding or {"form": "float", "why": None, "bytes": None, "float_bytes": None},
         "opset": opset,
         "requires": (f"ONNX Runtime with com.microsoft {', '.join(contrib)}, opset {opset}; exported and checked "
                      f"with onnxruntime {ort.__version__}") if contrib else f"ONNX opset {opset}",

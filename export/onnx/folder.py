@@ -95,6 +95,10 @@ def check_io(io: dict[str, Any], path: Path) -> None:
             checked_field(quant, key, int, path, ExportError, fix, low=1, high=1 << 16)
         checked_field(quant, "weights", str, path, ExportError, fix)
         checked_field(quant, "accuracy_level", int, path, ExportError, fix, optional=True, low=0, high=4)
+    embedding = need("embedding", dict, optional=True)
+    if embedding is not None and embedding.get("form") not in ("float", "shared", "quantized"):
+        raise ExportError(f"{path}: embedding form is {embedding.get('form')!r}, expected float, shared or "
+                          f"quantized; {fix}")
     for key in ("inputs", "outputs"):
         items = need(key, list, optional=True) or []
         if not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):

@@ -18,6 +18,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bake.errors import ExportError
+from bake.io.base_model import rope_theta
 from bake.io.tensor_io import CheckpointReader, tensor_bytes
 from export.onnx.quantize import QuantSpec, quantize_weight
 
@@ -71,9 +72,7 @@ def qwen3_dims(config: dict[str, Any], reader: CheckpointReader) -> Qwen3Dims:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ExportError(f"rope_type {rope_type!r} is not supported by the export (only 'default' RoPE)")
-    theta = rope.get("rope_theta", config.get("rope_theta"))
-    if theta is None:
-        raise ExportError("config.json has no rope_theta (neither top-level nor in rope_parameters)")
+    theta = rope_theta(config)
     heads = int(config["num_attention_heads"])
     tied = bool(config.get("tie_word_embeddings", False))
     if not tied and "lm_head.weight" not in reader:
@@ -185,6 +184,28 @@ class BuildResult:
     mlp_padding: list[int]  # per layer, the zero neurons added to reach a multiple of the width multiple
     weight_bytes: int
     opset: int
+    embedding: Embedding = field(default_factory=lambda: Embedding("float"))
+
+
+@dataclass(frozen=True)
+class QuantizedInputs:
+    """The stored initializers of one blockwise-quantized [n, k] weight (MatMulNBits' B, scales, zero points)."""
+
+    b: str
+    scales: str
+    zero_points: str
+    n: int
+    k: int
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """How the graph looks up token embeddings: ``float`` (a Gather on the export-dtype table), ``shared`` (the
+    tied table's int codes shared with the quantized lm_head, through GatherBlockQuantized) or ``quantized`` (an
+    untied table quantized the same way); ``why``: why a quantized export kept the float table."""
+
+    form: str
+    why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,17 +297,24 @@ class GraphBuilder:
             y = self.g.op("Add", [y, self.g.weights.add(f"{name}.bias", b.to(self.dtype))], f"{name}/Add")
         return y
 
-    def matmul_nbits(self, x: str, w: torch.Tensor, name: str, output: str | None = None) -> str:
-        """``x @ w.T`` through MatMulNBits with ``w`` [N, K] quantized; scales in the activation dtype."""
-        q = self.quant
-        packed = quantize_weight(w, q, scale_dtype=self.dtype)
+    def quantized_weight(self, w: torch.Tensor, name: str) -> QuantizedInputs:
+        """``w`` [N, K] quantized blockwise and stored as ``{name}.weight.quant/.scales/.zero_points`` (scales in the
+        activation dtype): the inputs of MatMulNBits, and of GatherBlockQuantized through a reshape."""
+        packed = quantize_weight(w, self.quant, scale_dtype=self.dtype)
         add = self.g.weights.add
-        inputs = [x, add(f"{name}.weight.quant", packed.b), add(f"{name}.weight.scales", packed.scales),
-                  add(f"{name}.weight.zero_points", packed.zero_points)]
+        return QuantizedInputs(add(f"{name}.weight.quant", packed.b), add(f"{name}.weight.scales", packed.scales),
+                               add(f"{name}.weight.zero_points", packed.zero_points), int(w.shape[0]),
+                               int(w.shape[1]))
+
+    def matmul_nbits(self, x: str, w: torch.Tensor | QuantizedInputs, name: str, output: str | None = None) -> str:
+        """``x @ w.T`` through MatMulNBits with ``w`` [N, K] quantized (or already stored); scales in the activation
+        dtype."""
+        q = self.quant
+        stored = w if isinstance(w, QuantizedInputs) else self.quantized_weight(w, name)
         out = output or f"{name}/MatMulNBits/out0"
         attrs = {"accuracy_level": q.accuracy_level} if q.accuracy_level else {}
-        self.g.op_to("MatMulNBits", inputs, [out], f"{name}/MatMulNBits", domain=MS_DOMAIN, K=w.shape[1],
-                     N=w.shape[0], bits=q.bits, block_size=q.block_size, **attrs)
+        self.g.op_to("MatMulNBits", [x, stored.b, stored.scales, stored.zero_points], [out], f"{name}/MatMulNBits",
+                     domain=MS_DOMAIN, K=stored.k, N=stored.n, bits=q.bits, block_size=q.block_size, **attrs)
         return out
 
     def mlp_neurons(self, i: int, ragged: bool) -> MlpNeurons:

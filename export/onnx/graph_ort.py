@@ -32,11 +32,15 @@ from export.onnx.graph_base import (
     LAYER,
     MS_DOMAIN,
     BuildResult,
+    Embedding,
     GraphBuilder,
     MlpNeurons,
     Projection,
+    QuantizedInputs,
     rotary_caches,
 )
+from export.onnx.quantize import QuantSpec
+from export.options import EMBEDDINGS
 
 
 class OrtGraphBuilder(GraphBuilder):
@@ -44,9 +48,11 @@ class OrtGraphBuilder(GraphBuilder):
 
     opset = 23  # RMSNormalization
 
-    def __init__(self, *args, fuse_qk_norm: bool, **kwargs):
+    def __init__(self, *args, fuse_qk_norm: bool, embedding: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.fuse_qk_norm = fuse_qk_norm
+        self.embedding = embedding_form(embedding, self.quant, self.dims.hidden_size, self.dims.tied_embeddings)
+        self.head: QuantizedInputs | None = None  # the tied table's codes, when the embedding shares them
         if self.dims.head_dim % 16:
             raise ExportError(f"head_dim {self.dims.head_dim} is not a multiple of 16, which ONNX Runtime's "
                               "GroupQueryAttention needs; export this model with --target portable")
@@ -149,12 +155,35 @@ class OrtGraphBuilder(GraphBuilder):
         flat = g.op("Reshape", [h, k["shape_rows"]], "last/rows")
         return g.op("Gather", [flat, g.op("Add", [row_start, index], "last/flat_index")], "last/hidden", axis=0)
 
-    def lm_head(self, h: str, embed: str) -> None:
-        """logits [batch, 1, vocab] = h @ W.T (tied embedding or lm_head.weight; quantized: its own MatMulNBits), in
-        ``logits_dtype``."""
+    def embed_tokens(self) -> tuple[str, str | None]:
+        """The token embeddings of ``input_ids`` and the float table's name (None: the table is quantized).
+
+        Quantized (``self.embedding``), the rows come from GatherBlockQuantized on int codes: for a tied model the
+        lm_head's own MatMulNBits initializers (one table on disk, as onnxruntime-genai's builder shares it), else
+        the embedding's, quantized the same way. GatherBlockQuantized takes the codes as [vocab, hidden * bits / 8],
+        the bytes of MatMulNBits' [vocab, blocks, block * bits / 8], so a Reshape of the same initializer feeds it.
+        """
+        g, q = self.g, self.quant
+        if self.embedding.form == "float":
+            embed = self.weight(EMBED)
+            return g.op("Gather", [embed, "input_ids"], "embed_tokens", axis=0), embed
+        shared = self.embedding.form == "shared"
+        table = self.quantized_weight(self.reader.tensor(EMBED), "lm_head" if shared else "model.embed_tokens")
+        if shared:
+            self.head = table
+        rows = g.op("Reshape", [table.b, g.const("const/embed_tokens/rows", np.array([table.n, table.k * q.bits // 8],
+                                                                                       np.int64))],
+                    "embed_tokens/Reshape")
+        out = g.op("GatherBlockQuantized", [rows, "input_ids", table.scales, table.zero_points], "embed_tokens",
+                   domain=MS_DOMAIN, bits=q.bits, block_size=q.block_size, gather_axis=0, quantize_axis=1)
+        return out, None
+
+    def lm_head(self, h: str, embed: str | None) -> None:
+        """logits [batch, 1, vocab] = h @ W.T (tied embedding or lm_head.weight; quantized: its own MatMulNBits, or the
+        codes it shares with the embedding), in ``logits_dtype``."""
         g = self.g
         if self.quant is not None:
-            flat = self.matmul_nbits(h, self.reader.tensor(self.head_weight_name()), "lm_head")
+            flat = self.matmul_nbits(h, self.head or self.reader.tensor(self.head_weight_name()), "lm_head")
         else:
             head = embed if self.dims.tied_embeddings else self.weight("lm_head.weight")
             flat = g.op("Gemm", [h, head], "lm_head/Gemm", transB=1)
@@ -164,8 +193,7 @@ class OrtGraphBuilder(GraphBuilder):
 
     def build(self, ragged: bool, progress: Callable[[int], None] | None = None) -> BuildResult:
         g, d = self.g, self.dims
-        embed = self.weight(EMBED)
-        residual = g.op("Gather", [embed, "input_ids"], "embed_tokens", axis=0)
+        residual, embed = self.embed_tokens()
         lengths, seqlens_k, total = self.sequence_lengths()
         cos, sin = (g.weights.add(f"rotary.{n}_cache", t.to(self.dtype)) for n, t in zip(("cos", "sin"),
                                                                                          rotary_caches(d)))
@@ -193,4 +221,26 @@ class OrtGraphBuilder(GraphBuilder):
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
                   helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])]
         model = self.model_proto(inputs, ["batch", 1, d.vocab_size])
-        return BuildResult(model, widths, padding, g.weights.offset, self.opset)
+        return BuildResult(model, widths, padding, g.weights.offset, self.opset, self.embedding)
+
+
+def embedding_form(asked: str, quant: QuantSpec | None, hidden: int, tied: bool) -> Embedding:
+    """How a graph of these weights looks up embeddings (``Embedding``), for ``--embedding`` ``asked``."""
+    if asked not in EMBEDDINGS:
+        raise ExportError(f"unknown --embedding {asked!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if quant is None:
+        if asked == "quantized":
+            raise ExportError("--embedding quantized needs quantized weights (--quantize int4 or int8): the table "
+                              "takes the linear layers' codes")
+        return Embedding("float")
+    if asked == "float":
+        return Embedding("float", "--embedding float")
+    blocks, rest = divmod(hidden, quant.block_size)
+    if rest:
+        return Embedding("float", f"hidden size {hidden} is not a whole number of {quant.block_size}-wide blocks, "
+                                  "which GatherBlockQuantized needs")
+    if quant.bits == 4 and blocks % 2:
+        return Embedding("float", f"{blocks} blocks a row: ONNX Runtime's CUDA GatherBlockQuantized reads 4-bit zero "
+                                  "points packed across rows, wrong for an odd number of blocks (onnxruntime issue "
+                                  "32663)")
+    return Embedding("shared" if tied else "quantized")

@@ -265,7 +265,7 @@ def test_checker_shape_inference_and_io(tiny, vocab, tmp_path, target, dtype):
 # builder emits for Qwen3 on CUDA, plus the last-token gather). Anything else would be placed on the CPU.
 CUDA_OPS = {"Gather", "ReduceSum", "Sub", "Cast", "Shape", "RMSNormalization", "MatMul", "Split",
             "GroupQueryAttention", "SkipSimplifiedLayerNormalization", "Sigmoid", "Mul", "ConstantOfShape", "Min",
-            "Unsqueeze", "CumSum", "Add", "Reshape", "Gemm", "MatMulNBits"}
+            "Unsqueeze", "CumSum", "Add", "Reshape", "Gemm", "MatMulNBits", "GatherBlockQuantized"}
 
 
 def build(model: Path, folder: Path, **kwargs) -> onnx.ModelProto:

@@ -118,12 +118,13 @@ def test_packing_equals_onnxruntime_quantizer(bits: int) -> None:
     assert np.array_equal(ours.zero_points.numpy(), zp)
 
 
-def dequantized_checkpoint(src: Path, dst: Path, spec: QuantSpec) -> Path:
+def dequantized_checkpoint(src: Path, dst: Path, spec: QuantSpec, shared_embedding: bool = False) -> Path:
     """``src`` with every linear weight replaced by what the ragged quantized graph computes with.
 
     down_proj is quantized after the ragged column selection (blocks run along the kept columns),
     so its dequantized kept columns are scattered back; lm_head becomes an untied copy of the
-    dequantized embedding while the embedding itself stays float.
+    dequantized embedding, and the embedding itself stays float unless the graph looks tokens up in
+    those codes too (``shared_embedding``).
     """
     from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
@@ -148,6 +149,8 @@ def dequantized_checkpoint(src: Path, dst: Path, spec: QuantSpec) -> Path:
             else:
                 state[name] = deq(w)
     state["lm_head.weight"] = deq(state["model.embed_tokens.weight"])
+    if shared_embedding:
+        state["model.embed_tokens.weight"] = state["lm_head.weight"].clone()
     model.config.tie_word_embeddings = False
     out = Qwen3ForCausalLM(model.config)
     out.load_state_dict(state)
@@ -176,7 +179,8 @@ def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Pa
                                                                    matmuls_per_layer: int) -> None:
     spec = QuantSpec(4, accuracy_level=0)
     dense = zeroed(tiny_base, tmp_path / "dense")
-    ref_dir = Path(export_onnx(dequantized_checkpoint(dense, tmp_path / "deq", spec), tmp_path / "deq-onnx",
+    shared = target != "portable"  # cpu: the tokens are looked up in the lm_head's codes (GatherBlockQuantized)
+    ref_dir = Path(export_onnx(dequantized_checkpoint(dense, tmp_path / "deq", spec, shared), tmp_path / "deq-onnx",
                                layout="ragged", target=target, progress=False)["out"])
     config, reader = open_model_folder(dense)
     (tmp_path / "q").mkdir()
@@ -188,6 +192,8 @@ def test_quantized_graph_equals_float_graph_of_dequantized_weights(tiny_base: Pa
                      if n.op_type in ("MatMul", "Gemm") and weights.intersection(n.input)]
     assert not float_matmuls  # attention's activation x activation MatMuls remain, no weight is float
     assert sum(n.op_type == "MatMulNBits" for n in built.model.graph.node) == matmuls_per_layer * 4 + 1
+    assert (built.embedding.form, "model.embed_tokens.weight" in weights) == (("shared", False) if shared
+                                                                              else ("float", True))
     onnx.save(built.model, str(tmp_path / "q" / "model.onnx"))
     onnx.checker.check_model(str(tmp_path / "q" / "model.onnx"), full_check=True)
     (tmp_path / "q" / "onnx_io.json").write_bytes((ref_dir / "onnx_io.json").read_bytes())  # same inputs/outputs

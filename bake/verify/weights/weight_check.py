@@ -34,7 +34,7 @@ from bake.io.base_model import layer_widths
 from bake.verify.weights.bake_tensors import BakeTensors, Stored
 from bake.verify.weights.onnx_weights import ExportGraph, Use
 from bake.verify.weights.quant_check import Worst, quant_error
-from bake.verify.weights.weight_map import LiveNeurons, Part, projection_parts
+from bake.verify.weights.weight_map import EMBED, LiveNeurons, Part, projection_parts
 
 STEP_SLACK = 1e-3  # of a step: float32 rounding of w / scale is below 2e-5 steps even for int8's 255 codes
 CHUNK_ELEMENTS = 1 << 20  # float weights are compared this many elements at a time
@@ -118,6 +118,7 @@ class _Checker:
                 if use.op_type == "MatMulNBits" and use.index == 1:
                     self.quantized(use)
                     done.update(n for n in use.inputs[1:] if n)
+        done |= self.quantized_lookups()
         for name in self.graph.names():
             if name in done or name.startswith("const/"):  # const/*: shapes, axes, eps of the graph, no weights
                 continue
@@ -310,6 +311,77 @@ class _Checker:
                           f"{bound:.3g} ({why}, int{bits})",
                   {"index": list(worst.index), "value": worst.value, "expected": worst.expected, "bound": bound,
                    "steps": worst.steps, "bake": where})
+
+    # ---- GatherBlockQuantized: the embedding in int codes ----------------------------------------
+    def quantized_lookups(self) -> set[str]:
+        """Prove each GatherBlockQuantized embedding lookup: its codes, scales and zero points are a MatMulNBits
+        weight's reshaped to [N, K * bits / 8] (a tied table: the lm_head's own, which ``quantized`` proves against
+        the embedding), or a table of its own proven the same way against the bake's embedding; its attributes say
+        the same bits and blocks, rows gathered, blocks along each row. Returns the initializers it accounted for."""
+        nodes = [n for n in self.graph.model.graph.node if n.op_type == "GatherBlockQuantized"]
+        recorded = (self.io.get("embedding") or {}).get("form", "float")
+        if recorded != "float" and len(nodes) != 1:
+            self.fail("embedding", f"onnx_io.json records a {recorded} embedding, but the graph has {len(nodes)} "
+                                   "GatherBlockQuantized nodes")
+        done: set[str] = set()
+        for node in nodes:
+            done |= self.lookup(node, recorded)
+        return done
+
+    def lookup(self, node: Any, recorded: str) -> set[str]:
+        from onnx import helper
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        label = f"{node.name} (GatherBlockQuantized)"
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        reshape = next((n for n in self.graph.model.graph.node if inputs[0] in n.output and n.op_type == "Reshape"),
+                       None)
+        if reshape is None or reshape.input[0] not in self.graph.initializers \
+                or not reshape.input[0].endswith(".weight.quant"):
+            self.fail(label, "does not read a Reshape of a quantized weight ({projection}.weight.quant); cannot trace "
+                             "its codes")
+            return set()
+        b_name = reshape.input[0]
+        head = next((u for u in self.graph.uses[b_name] if u.op_type == "MatMulNBits" and u.index == 1), None)
+        quant = self.io.get("quantization") or {}
+        bits, bs = int(attrs.get("bits", 4)), int(attrs.get("block_size", 128))
+        problems = []
+        if (bits, bs) != (quant.get("bits"), quant.get("block_size")):
+            problems.append(f"{bits}-bit blocks of {bs}, but onnx_io.json records {quant or None}")
+        if (attrs.get("gather_axis", 0), attrs.get("quantize_axis", 1)) != (0, 1):
+            problems.append(f"gather_axis {attrs.get('gather_axis', 0)} / quantize_axis {attrs.get('quantize_axis', 1)}"
+                            ", not rows gathered with blocks along each row (0 / 1)")
+        if inputs[1] != "input_ids":
+            problems.append(f"gathers {inputs[1]!r}, not input_ids")
+        if head is not None:  # the tied table: the very initializers lm_head's MatMulNBits reads
+            shared = (head.inputs[2], head.inputs[3] if len(head.inputs) > 3 else "")
+            if (inputs[2], inputs[3]) != shared:
+                problems.append(f"scales/zero points {inputs[2:4]}, not the lm_head's {list(shared)}")
+            if (int(head.attrs["bits"]), int(head.attrs["block_size"])) != (bits, bs):
+                problems.append(f"{bits}-bit blocks of {bs}, but the lm_head's codes are {head.attrs['bits']}-bit "
+                                f"blocks of {head.attrs['block_size']}")
+            n, k = int(head.attrs["N"]), int(head.attrs["K"])
+            form = "shared"
+            if not self.tied or b_name != "lm_head.weight.quant":
+                problems.append(f"looks tokens up in {b_name}, but only a tied embedding is the lm_head's table")
+        else:
+            codes = self.graph.tensor(b_name)
+            n, k = int(codes.shape[0]), int(codes.shape[1] * codes.shape[2] * 8 // bits)
+            form = "quantized"
+            self.quantized(Use(node.name, "GatherBlockQuantized", 0, ("input_ids", b_name, inputs[2], inputs[3]),
+                               {"bits": bits, "block_size": bs, "N": n, "K": k}))
+        shape = [int(v) for v in self.graph.tensor(reshape.input[1]).flatten()] \
+            if reshape.input[1] in self.graph.initializers else None
+        if shape != [n, k * bits // 8] or k % bs:
+            problems.append(f"reads its codes as {shape}, not the [{n}, {k * bits // 8}] rows of whole {bs}-wide "
+                            f"blocks that the table's {n} x {k} weights are")
+        if recorded != form:
+            problems.append(f"is a {form} lookup, but onnx_io.json records embedding {recorded!r}")
+        for p in problems:
+            self.fail(label, p)
+        if not problems:
+            self.used.add(EMBED)
+        return {b_name, inputs[2], inputs[3], reshape.input[1]} - {""}
 
     # ---- derived tensors ---------------------------------------------------------------------
     def rotary(self, name: str) -> None:
