@@ -12,7 +12,8 @@ ENGINES = ("auto", "genai", "ort")
 EMBEDDINGS = ("auto", "quantized", "float")
 # export's graph options and their defaults (bake --onnx takes the same, named --onnx-*)
 GRAPH_DEFAULTS = {"target": "cpu", "dtype": "float32", "layout": "as-is", "quantize": "none",
-                  "cuda_graph": False, "width_multiple": None, "embedding": "auto"}
+                  "cuda_graph": False, "width_multiple": None, "embedding": "auto", "quant_scheme": "symmetric"}
+QUANT_SCHEMES = ("symmetric", "asymmetric")  # export.onnx.quantize's
 # Each layer's MLP width is rounded up to this multiple with zero neurons (exact). CUDA: ONNX Runtime's fast
 # MatMulNBits kernels need N and K divisible by 8 (8-bit: K by the block size too), else the weight is dequantized
 # and multiplied by cuBLAS on every call; 64 also gives cuBLAS aligned fp16 GEMMs. CPU and portable: no rounding.

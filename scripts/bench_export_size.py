@@ -6,7 +6,7 @@ with ``--target cpu --quantize int4`` dense and ragged, each with the token embe
 int codes (``--embedding auto``, GatherBlockQuantized on the shared table) and as a float table (``--embedding
 float``), and the builder's ``-p int4 -e cpu`` graph of the same bake. Per export:
 
-- the folder's bytes (every file: graph, weights, tokenizer, configs);
+- the bytes of the model files (``model.onnx`` and ``model.onnx.data``) and of the whole folder (tokenizer, configs);
 - resident memory in a fresh process: onnxruntime-genai loads the folder and decodes --steps greedy tokens after a
   16-token prompt (VmRSS then, and the peak VmHWM), --memory-runs times;
 - decode tokens/s at batch 1 and 4 under onnxruntime-genai, every export loaded in one process and run in turn,
@@ -114,12 +114,16 @@ def main() -> None:
     for name, folder in folders.items():
         print(f"memory: {name}", file=sys.stderr)
         runs = [memory(folder, args.steps) for _ in range(args.memory_runs)]
-        entry: dict[str, Any] = {"bytes": folder_bytes(folder), "memory_runs": runs,
+        model = [p for p in folder.iterdir() if p.name.startswith("model.onnx")]  # the graph and its weights
+        entry: dict[str, Any] = {"bytes": folder_bytes(folder), "model_bytes": sum(p.stat().st_size for p in model),
+                                 "memory_runs": runs,
                                  "rss_after_decode_mib": statistics.median(r["rss_after_decode_mib"] for r in runs),
                                  "peak_mib": statistics.median(r["peak_mib"] for r in runs)}
         if name in reports:
             entry["embedding"] = reports[name]["embedding"]
         entry["bytes_vs_builder"] = round(entry["bytes"] / folder_bytes(builder), 4)
+        entry["model_bytes_vs_builder"] = round(entry["model_bytes"] / sum(
+            p.stat().st_size for p in builder.iterdir() if p.name.startswith("model.onnx")), 5)
         report["exports"][name] = entry
     models = {name: load_genai(folder, "cpu", False) for name, folder in folders.items()}
     vocab = int(config["vocab_size"])

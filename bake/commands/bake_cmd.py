@@ -295,7 +295,8 @@ def onnx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
 
     options = {n: getattr(args, f"onnx_{n}") for n in GRAPH_DEFAULTS}
     check_export_options(options["dtype"], options["layout"], "auto", options["quantize"],
-                         options["target"], options["width_multiple"], options["embedding"])  # before the bake
+                         options["target"], options["width_multiple"], options["embedding"],
+                         options["quant_scheme"])  # before the bake
 
     def export(folder: Path) -> list[str]:
         quantized = "" if options["quantize"] == "none" else f", {options['quantize']} weights"

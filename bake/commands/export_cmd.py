@@ -10,7 +10,17 @@ from bake.commands import COMMANDS
 from bake.commands.output import add_output_args, say
 from bake.errors import ExportError
 from bake.io.paths import MODEL_FOLDER, path_arg
-from export.options import DEVICES, DTYPES, EMBEDDINGS, GGUF_TYPES, GRAPH_DEFAULTS, LAYOUTS, QUANTIZATIONS, TARGETS
+from export.options import (
+    DEVICES,
+    DTYPES,
+    EMBEDDINGS,
+    GGUF_TYPES,
+    GRAPH_DEFAULTS,
+    LAYOUTS,
+    QUANT_SCHEMES,
+    QUANTIZATIONS,
+    TARGETS,
+)
 
 EXPORT_EPILOG = """\
 targets (the graph):
@@ -53,8 +63,8 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}layout", default=d["layout"], choices=LAYOUTS, help="MLP widths in the graph (default as-is)")
     p.add_argument(f"--{prefix}quantize", default=d["quantize"], choices=QUANTIZATIONS,
                    help="weight-only quantization of every linear layer incl. lm_head (com.microsoft MatMulNBits, "
-                        "blockwise 32, asymmetric): smaller and faster, but not exact, so verify judges it by KL "
-                        "and top-1 (default none)")
+                        "blockwise 32; see --quant-scheme): smaller and faster, but not exact, so verify judges it "
+                        "by KL and top-1 (default none)")
     p.add_argument(f"--{prefix}cuda-graph", action="store_true", default=d["cuda_graph"],
                    help="--target cuda: turn on CUDA-graph capture in genai_config.json (onnxruntime-genai captures "
                         "at batch 1 only)")
@@ -62,6 +72,10 @@ def add_graph_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="round every layer's MLP width up to a multiple of N with zero neurons (exact; reported per "
                         "layer): default 64 for --target cuda, whose fast int4/int8 and fp16 kernels need aligned "
                         "widths, and 1 (no rounding) for cpu and portable")
+    p.add_argument(f"--{prefix}quant-scheme", default=d["quant_scheme"], choices=QUANT_SCHEMES,
+                   help="with --quantize: symmetric (default, as onnxruntime-genai's builder: a scale per block of 32, "
+                        "no zero points) or asymmetric (a zero point per block too: every code used on a skewed "
+                        "block, 1.6 %% more bytes at int4)")
     p.add_argument(f"--{prefix}embedding", default=d["embedding"], choices=EMBEDDINGS,
                    help="token lookup of a quantized cpu/cuda graph: auto (default) reads it from int codes through "
                         "ONNX Runtime's GatherBlockQuantized, a tied table sharing the lm_head's codes (as "
@@ -150,7 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     report = export_onnx(args.model, args.out, target=args.target, dtype=args.dtype, layout=args.layout,
                          quantize=args.quantize, cuda_graph=args.cuda_graph, width_multiple=args.width_multiple,
-                         embedding=args.embedding, device=args.device,
+                         embedding=args.embedding, quant_scheme=args.quant_scheme, device=args.device,
                          overwrite=args.overwrite, progress=not args.quiet)
     if args.json:
         emit_json(report)

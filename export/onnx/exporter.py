@@ -1,10 +1,10 @@
 """Write an ONNX export folder, all or nothing.
 
-The folder holds ``model.onnx`` (plus ``model.onnx.data`` when the weights pass 2 GB, the protobuf
-limit), the model's ``config.json``, generation config, tokenizer files and chat template,
-``genai_config.json`` (so onnxruntime-genai runs the folder as it is) and ``onnx_io.json``: graph
-inputs/outputs with dtypes and dims, target, KV-cache convention, per-layer MLP widths, layout,
-variant, and the weight quantization (null for an unquantized export).
+The folder holds ``model.onnx`` (plus ``model.onnx.data`` when the weights pass 64 MiB: below it, one file), the
+model's ``config.json``, generation config, tokenizer files and chat template, ``genai_config.json`` (so
+onnxruntime-genai runs the folder as it is) and ``onnx_io.json``: graph inputs/outputs with dtypes and dims,
+target, KV-cache convention, per-layer MLP widths, layout, variant, the embedding's form and the weight
+quantization (null for an unquantized export).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ from export.onnx.graph_base import Embedding
 from export.onnx.quantize import QuantSpec, quant_spec
 from export.options import DEVICES, EMBEDDINGS, GRAPH_DEFAULTS, LAYOUTS, TARGETS, width_multiple_for
 
-EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # bytes of weights above which they go to model.onnx.data
+# Bytes of weights above which they go to model.onnx.data (as onnxruntime-genai's builder writes every model). Inline,
+# ONNX Runtime holds the parsed protobuf beside the tensors it makes of it: an int4 0.6B export inline kept about
+# 100 MiB more resident after load than the same weights as external data (docs/BENCHMARKS.md); past 2 GB the
+# protobuf cannot hold them at all. Small test models stay one file.
+EXTERNAL_DATA_THRESHOLD = 64 << 20
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64"}
@@ -45,7 +49,7 @@ _ELEM_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 
 def check_export_options(dtype: str, layout: str, device: str = "auto", quantize: str = "none",
                          target: str = GRAPH_DEFAULTS["target"], width_multiple: int | None = None,
-                         embedding: str = "auto") -> None:
+                         embedding: str = "auto", quant_scheme: str = "symmetric") -> None:
     """Refuse option values the export cannot honour, with the reason and the fix."""
     if embedding not in EMBEDDINGS:
         raise ExportError(f"unknown --embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
@@ -75,7 +79,7 @@ def check_export_options(dtype: str, layout: str, device: str = "auto", quantize
             f"float16 or bfloat16 only, so a {dtype} graph could not run there; add --dtype bfloat16 (as Qwen3 ships: "
             "no float16 overflow) or float16, or use --target cpu"
         )
-    quant_spec(quantize, target)
+    quant_spec(quantize, target, quant_scheme)
     if device != "auto":
         pick_device(device)
 
@@ -126,6 +130,7 @@ def write_export(
     cuda_graph: bool = False,
     width_multiple: int | None = None,
     embedding: str = "auto",
+    quant_scheme: str = "symmetric",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -137,10 +142,11 @@ def write_export(
     genai_config.json (``cuda`` target). ``width_multiple`` rounds every layer's MLP width up with zero neurons
     (default: 64 for ``cuda``, whose fast kernels need aligned widths; 1, no rounding, elsewhere). ``embedding``:
     how a quantized graph looks tokens up (``export.onnx.builder``); the report says which and its bytes.
+    ``quant_scheme``: symmetric (no zero points, as the builder) or asymmetric (``export.onnx.quantize``).
     """
-    check_export_options(dtype, layout, device, quantize, target, width_multiple, embedding)
+    check_export_options(dtype, layout, device, quantize, target, width_multiple, embedding, quant_scheme)
     multiple = width_multiple_for(target, width_multiple)
-    quant = quant_spec(quantize, target)
+    quant = quant_spec(quantize, target, quant_scheme)
     config, reader = open_model_folder(model_dir)
     check_carried_files(model_dir, ExportError)  # the tokenizer and template the export carries must parse
     started = time.monotonic()
@@ -208,8 +214,8 @@ def embedding_record(embedding: Embedding, config: dict[str, Any], dtype: str, q
     else:
         blocks = -(-hidden // quant.block_size)
         scale = torch.finfo(EXPORT_DTYPES[dtype]).bits // 8
-        own = 0 if embedding.form == "shared" else vocab * (hidden * quant.bits // 8 + blocks * scale
-                                                             + -(-blocks * quant.bits // 8))
+        zero_points = 0 if quant.symmetric else -(-blocks * quant.bits // 8)
+        own = 0 if embedding.form == "shared" else vocab * (hidden * quant.bits // 8 + blocks * scale + zero_points)
     return {"form": embedding.form, "why": embedding.why, "bytes": own, "float_bytes": float_bytes}
 
 

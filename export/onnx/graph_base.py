@@ -29,7 +29,8 @@ ONNX_DTYPES: dict[torch.dtype, int] = {
     torch.uint8: TensorProto.UINT8,  # packed MatMulNBits weights and zero points
 }
 MS_DOMAIN = "com.microsoft"
-DATA_ALIGN = 4096  # page-align external tensors so ONNX Runtime can map them directly
+DATA_ALIGN = 4096  # page-align large external tensors so ONNX Runtime can map them directly
+ALIGN_FROM = 64 << 10  # smaller ones (norms, q/k norms, scales of small layers) are packed tight: no page each
 
 LAYER = "model.layers.{i}.{part}"
 EMBED = "model.embed_tokens.weight"
@@ -125,7 +126,7 @@ class WeightFile:
 
     def add(self, name: str, t: torch.Tensor) -> str:
         data = tensor_bytes(t)
-        pad = -self.offset % DATA_ALIGN
+        pad = -self.offset % DATA_ALIGN if len(data) >= ALIGN_FROM else 0
         self.file.write(b"\0" * pad)
         self.offset += pad
         self.file.write(data)
@@ -193,7 +194,7 @@ class QuantizedInputs:
 
     b: str
     scales: str
-    zero_points: str
+    zero_points: str  # "" when symmetric (the kernels' implicit zero point)
     n: int
     k: int
 
@@ -302,9 +303,9 @@ class GraphBuilder:
         activation dtype): the inputs of MatMulNBits, and of GatherBlockQuantized through a reshape."""
         packed = quantize_weight(w, self.quant, scale_dtype=self.dtype)
         add = self.g.weights.add
+        zero_points = "" if packed.zero_points is None else add(f"{name}.weight.zero_points", packed.zero_points)
         return QuantizedInputs(add(f"{name}.weight.quant", packed.b), add(f"{name}.weight.scales", packed.scales),
-                               add(f"{name}.weight.zero_points", packed.zero_points), int(w.shape[0]),
-                               int(w.shape[1]))
+                               zero_points, int(w.shape[0]), int(w.shape[1]))
 
     def matmul_nbits(self, x: str, w: torch.Tensor | QuantizedInputs, name: str, output: str | None = None) -> str:
         """``x @ w.T`` through MatMulNBits with ``w`` [N, K] quantized (or already stored); scales in the activation
@@ -313,7 +314,8 @@ class GraphBuilder:
         stored = w if isinstance(w, QuantizedInputs) else self.quantized_weight(w, name)
         out = output or f"{name}/MatMulNBits/out0"
         attrs = {"accuracy_level": q.accuracy_level} if q.accuracy_level else {}
-        self.g.op_to("MatMulNBits", [x, stored.b, stored.scales, stored.zero_points], [out], f"{name}/MatMulNBits",
+        inputs = [x, stored.b, stored.scales] + ([stored.zero_points] if stored.zero_points else [])
+        self.g.op_to("MatMulNBits", inputs, [out], f"{name}/MatMulNBits",
                      domain=MS_DOMAIN, K=stored.k, N=stored.n, bits=q.bits, block_size=q.block_size, **attrs)
         return out
 

@@ -174,7 +174,8 @@ class OrtGraphBuilder(GraphBuilder):
         rows = g.op("Reshape", [table.b, g.const("const/embed_tokens/rows", np.array([table.n, table.k * q.bits // 8],
                                                                                        np.int64))],
                     "embed_tokens/Reshape")
-        out = g.op("GatherBlockQuantized", [rows, "input_ids", table.scales, table.zero_points], "embed_tokens",
+        inputs = [rows, "input_ids", table.scales] + ([table.zero_points] if table.zero_points else [])
+        out = g.op("GatherBlockQuantized", inputs, "embed_tokens",
                    domain=MS_DOMAIN, bits=q.bits, block_size=q.block_size, gather_axis=0, quantize_axis=1)
         return out, None
 
@@ -239,7 +240,7 @@ def embedding_form(asked: str, quant: QuantSpec | None, hidden: int, tied: bool)
     if rest:
         return Embedding("float", f"hidden size {hidden} is not a whole number of {quant.block_size}-wide blocks, "
                                   "which GatherBlockQuantized needs")
-    if quant.bits == 4 and blocks % 2:
+    if quant.bits == 4 and blocks % 2 and not quant.symmetric:
         return Embedding("float", f"{blocks} blocks a row: ONNX Runtime's CUDA GatherBlockQuantized reads 4-bit zero "
                                   "points packed across rows, wrong for an odd number of blocks (onnxruntime issue "
                                   "32663)")

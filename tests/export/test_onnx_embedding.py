@@ -74,18 +74,20 @@ def test_the_shared_table_is_the_lm_heads_codes_and_the_float_table_is_gone(bake
     # ONNX Runtime's lookup returns the head's rows, dequantized: the two nodes alone, against numpy
     ids = np.array([[0, 5, 383, 17]], np.int64)
     rows = _run_lookup(g, reshape, lookup, ids)
-    want = _dequantize(codes["lm_head.weight.quant"], codes["lm_head.weight.scales"], codes["lm_head.weight.zero_points"],
-                       bits)[ids[0]]
+    want = _dequantize(codes["lm_head.weight.quant"], codes["lm_head.weight.scales"],
+                       codes.get("lm_head.weight.zero_points"), bits)[ids[0]]
     assert np.array_equal(rows[0], want)
 
 
-def _dequantize(b: np.ndarray, scales: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
-    """MatMulNBits' layout read by hand: codes low bits first, (code - zero point) * scale per block."""
+def _dequantize(b: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, bits: int) -> np.ndarray:
+    """MatMulNBits' layout read by hand: codes low bits first, (code - zero point) * scale per block (no zero points:
+    the implicit 2**(bits-1))."""
     def unpack(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32) if bits == 8 else np.stack([x & 0x0F, x >> 4], -1).reshape(*x.shape[:-1], -1)
 
     n, blocks = scales.shape
-    zero = unpack(zp).astype(np.float32)[:, :blocks]
+    zero = unpack(zp).astype(np.float32)[:, :blocks] if zp is not None else np.full((n, blocks), 1 << (bits - 1),
+                                                                                       np.float32)
     return ((unpack(b).astype(np.float32) - zero[..., None]) * scales[..., None].astype(np.float32)).reshape(n, -1)
 
 
@@ -118,6 +120,20 @@ def test_verify_proves_the_shared_table_and_says_the_embedding_is_quantized(bake
     assert "the linear weights and the input embedding (the tied table, shared with lm_head)" in c["budget"]["why"]
     float_check = next(k for k in c["checks"] if "float activations" in k["against"])
     assert float_check["passed"] and float_check["max_rel_diff"] <= 1e-4  # the graph computes its own weights
+
+
+def test_the_asymmetric_scheme_shares_its_zero_points_too(bake: Path, tmp_path: Path) -> None:
+    """--quant-scheme asymmetric: a zero point per block, read by the head and the lookup alike; verify proves it."""
+    report = export_onnx(bake, tmp_path / "a", quantize="int4", quant_scheme="asymmetric", progress=False)
+    symmetric = export_onnx(bake, tmp_path / "s", quantize="int4", progress=False)
+    g = graph(tmp_path / "a")
+    (lookup,) = [n for n in g.node if n.op_type == "GatherBlockQuantized"]
+    assert lookup.input[3] == "lm_head.weight.zero_points" and report["embedding"]["form"] == "shared"
+    assert not any(t.name.endswith(".zero_points") for t in graph(tmp_path / "s").initializer)
+    blocks = sum(numpy_helper.to_array(t).size for t in g.initializer if t.name.endswith(".zero_points"))
+    assert report["bytes"] - symmetric["bytes"] >= blocks  # the zero points are the difference
+    assert json.loads((tmp_path / "a" / "onnx_io.json").read_text())["quantization"]["symmetric"] is False
+    assert check_export_weights(tmp_path / "a", BakeFolder(bake)).passed
 
 
 def test_the_weight_proof_catches_one_changed_code_or_a_miswired_lookup(bake: Path, tmp_path: Path) -> None:
@@ -175,7 +191,7 @@ def test_an_untied_model_quantizes_its_own_table(tmp_path: Path) -> None:
     report = export_onnx(base, tmp_path / "s", quantize="int4", progress=False)
     blocks = HIDDEN // 32
     assert report["embedding"]["form"] == "quantized"
-    assert report["embedding"]["bytes"] == VOCAB * (HIDDEN // 2 + blocks * 4 + blocks // 2)
+    assert report["embedding"]["bytes"] == VOCAB * (HIDDEN // 2 + blocks * 4)  # codes and scales: symmetric
     names = {t.name for t in graph(tmp_path / "s").initializer}
     assert {"model.embed_tokens.weight.quant", "lm_head.weight.quant"} <= names
     assert "model.embed_tokens.weight" not in names
@@ -202,11 +218,12 @@ def test_the_cuda_graph_shares_the_table_in_its_dtype(bake: Path, tmp_path: Path
 
 
 def test_when_the_float_table_stays() -> None:
-    spec = QuantSpec(4)
+    spec, zero_points = QuantSpec(4), QuantSpec(4, symmetric=False)
     assert embedding_form("auto", None, 64, True).form == "float"  # not quantized: nothing to share
     assert embedding_form("auto", spec, 64, True).form == "shared"
     assert embedding_form("auto", spec, 64, False).form == "quantized"
-    odd = embedding_form("auto", spec, 96, True)  # 3 blocks a row: CUDA reads packed zero points wrongly
+    assert embedding_form("auto", spec, 96, True).form == "shared"  # 3 blocks a row, no zero points: fine
+    odd = embedding_form("auto", zero_points, 96, True)  # 3 blocks a row: CUDA reads packed zero points wrongly
     assert odd.form == "float" and "32663" in odd.why
     ragged = embedding_form("auto", spec, 100, True)
     assert ragged.form == "float" and "not a whole number of 32-wide blocks" in ragged.why

@@ -42,8 +42,12 @@ def dequantize(p: PackedWeight, k: int, spec: QuantSpec) -> np.ndarray:
     b, scales = p.b.numpy(), p.scales.numpy().astype(np.float32)
     n, blocks = scales.shape
     assert b.shape == (n, blocks, spec.block_size * spec.bits // 8) and b.dtype == np.uint8
-    assert p.zero_points.shape == (n, -(-blocks * spec.bits // 8))
-    zp = unpack(p.zero_points.numpy())[:, :blocks]
+    if spec.symmetric:  # no zero points: the kernels' implicit 2**(bits-1)
+        assert p.zero_points is None
+        zp = np.full((n, blocks), float(1 << (spec.bits - 1)), np.float32)
+    else:
+        assert p.zero_points.shape == (n, -(-blocks * spec.bits // 8))
+        zp = unpack(p.zero_points.numpy())[:, :blocks]
     w = (unpack(b) - zp[..., None]) * scales[..., None]
     return w.reshape(n, -1)[:, :k]
 
@@ -51,8 +55,9 @@ def dequantize(p: PackedWeight, k: int, spec: QuantSpec) -> np.ndarray:
 def single_node(p: PackedWeight, n: int, k: int, spec: QuantSpec) -> ort.InferenceSession:
     """A graph with one MatMulNBits node: Y = A @ W.T."""
     inits = [numpy_helper.from_array(t.numpy(), name) for t, name in
-             ((p.b, "B"), (p.scales, "scales"), (p.zero_points, "zero_points"))]
-    node = helper.make_node("MatMulNBits", ["A", "B", "scales", "zero_points"], ["Y"], domain="com.microsoft",
+             ((p.b, "B"), (p.scales, "scales"), (p.zero_points, "zero_points")) if t is not None]
+    node = helper.make_node("MatMulNBits", ["A", "B", "scales"] + ([] if p.zero_points is None else ["zero_points"]),
+                            ["Y"], domain="com.microsoft",
                             K=k, N=n, bits=spec.bits, block_size=spec.block_size,
                             accuracy_level=spec.accuracy_level)
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["m", k])],
@@ -64,14 +69,16 @@ def single_node(p: PackedWeight, n: int, k: int, spec: QuantSpec) -> ort.Inferen
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("k", [96, 100, 20])  # whole blocks, a padded last block, less than one block
-def test_packing_matches_numpy_dequantization(bits: int, k: int) -> None:
+def test_packing_matches_numpy_dequantization(bits: int, k: int, symmetric: bool) -> None:
     n = 24
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(k)) * 0.05
+    w[5, :] = w[5, :].abs() + 0.01  # a skewed row (all positive): the symmetric scale still fits it
     w[3] = 0.0  # an all-zero row (scale 0) and zeroed columns stay exactly 0
     w[:, 7] = 0.0
-    spec = QuantSpec(bits, accuracy_level=0)  # float32 compute: the op is exact up to float rounding
+    spec = QuantSpec(bits, accuracy_level=0, symmetric=symmetric)  # float32 compute: exact up to float rounding
     p = quantize_weight(w, spec, rows_per_chunk=10)  # chunks must join seamlessly
     deq = dequantize(p, k, spec)
     step = p.scales.numpy().repeat(spec.block_size, axis=1)[:, :k]
@@ -112,7 +119,7 @@ def test_packing_equals_onnxruntime_quantizer(bits: int) -> None:
     zp = np.zeros((n, -(-blocks * bits // 8)), np.uint8)
     quantize = ort_c.quantize_matmul_4bits if bits == 4 else ort_c.quantize_matmul_8bits
     quantize(packed, np.ascontiguousarray(w.T), scales, zp, bs, n, k, False)
-    ours = quantize_weight(torch.from_numpy(w), QuantSpec(bits))
+    ours = quantize_weight(torch.from_numpy(w), QuantSpec(bits, symmetric=False))
     assert np.array_equal(ours.b.numpy(), packed)
     assert np.array_equal(ours.scales.numpy(), scales)
     assert np.array_equal(ours.zero_points.numpy(), zp)
