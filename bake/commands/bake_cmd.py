@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "the results go to OUT/eval.json and the model card (repeatable)")
     evaluation.add_argument("--eval-qa", action="append", default=[], metavar="NAME=FILE",
                             help="answer this JSONL QA set with the checkpoint and every export (repeatable)")
+    evaluation.add_argument("--eval-dataset", action="append", default=[], metavar="NAME=ORG/DATASET[:CONFIG[:SPLIT]]",
+                            help="the Hub dataset an --eval/--eval-qa set was made from, for the card's model-index "
+                                 "(repeatable)")
     evaluation.add_argument("--eval-max-length", type=int, default=1024, help="tokens per text row at most")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME",
@@ -221,6 +224,9 @@ def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     names = [s.name for s in texts + qas]
     if len(set(names)) != len(names):
         raise BakeError(f"--eval and --eval-qa set names must differ; got {', '.join(names)}")
+    from bake.commands.eval_cmd import with_datasets
+
+    texts, qas = with_datasets(texts, qas, args.eval_dataset, "--eval-dataset")
     if args.gguf:  # each export is scored in its own runtime: llama.cpp for the GGUF
         from export.install import require_llama_cpp
 

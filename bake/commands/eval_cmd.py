@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--texts", action="append", default=[], metavar="NAME=FILE", help="a text set (repeatable)")
     data.add_argument("--qa", action="append", default=[], metavar="NAME=FILE", help="a QA set (repeatable)")
+    data.add_argument("--dataset", action="append", default=[], metavar="NAME=ORG/DATASET[:CONFIG[:SPLIT]]",
+                      help="the Hub dataset set NAME was made from: the card's model-index names the result by it "
+                           "(a set without one is named as a local file, with no Hub link) (repeatable)")
     data.add_argument("--max-length", type=int, default=1024, help="tokens per text row at most (default 1024)")
     data.add_argument("--qa-max-new-tokens", type=int, default=32, help="answer length at most (default 32)")
     data.add_argument("--forget", default="forget", help="the text set whose loss should rise (default: forget)")
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     names = [s.name for s in texts + qas]
     if len(set(names)) != len(names):
         raise BakeError(f"set names must differ; got {', '.join(names)}")
+    texts, qas = with_datasets(texts, qas, args.dataset, "--dataset")
     if not texts and not qas and not args.lm_eval:
         raise BakeError("nothing to evaluate on: give --texts NAME=FILE, --qa NAME=FILE and/or --lm-eval TASKS")
     models = [spec for m in args.model for spec in resolve(m)]
@@ -171,3 +175,16 @@ def _harness(args: argparse.Namespace, tasks: list[str], pairs: list[tuple[Any, 
         say(f"  lm-eval {', '.join(tasks)} on {entry['model']} ...")
         entry["lm_eval"] = run_lm_eval(spec, tasks, args.lm_eval_include, args.lm_eval_limit, args.lm_eval_backend,
                                        args.data_parallel, "cuda" if args.device == "cuda" else "cpu", args.max_length)
+
+
+def with_datasets(texts: list[Any], qas: list[Any], specs: list[str], flag: str) -> tuple[list[Any], list[Any]]:
+    """The sets with the Hub datasets ``specs`` name attached (a name that is no set is refused)."""
+    from dataclasses import replace
+
+    from bake.eval.sets import dataset_arg
+
+    given = dict(dataset_arg(spec, flag) for spec in specs)
+    unknown = sorted(set(given) - {s.name for s in texts + qas})
+    if unknown:
+        raise BakeError(f"{flag} names the set(s) {', '.join(unknown)}, which no --texts/--qa gives")
+    return ([replace(s, dataset=given.get(s.name)) for s in texts], [replace(s, dataset=given.get(s.name)) for s in qas])

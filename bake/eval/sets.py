@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,37 @@ class EvalSet:
     path: Path
     sha256: str
     rows: tuple[Any, ...]
+    dataset: HubDataset | None = None  # the Hub dataset the rows were made from, where the user names it
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "file": self.path.name, "sha256": self.sha256, "rows": len(self.rows)}
+        out = {"kind": self.kind, "file": self.path.name, "sha256": self.sha256, "rows": len(self.rows)}
+        return out | ({"dataset": asdict(self.dataset)} if self.dataset else {})
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A Hub dataset id, with its config and split (what a model card's model-index names a result's set by)."""
+
+    id: str
+    config: str | None = None
+    split: str | None = None
+
+
+def dataset_arg(spec: str, flag: str) -> tuple[str, HubDataset]:
+    """``NAME=ORG/DATASET[:CONFIG[:SPLIT]]`` -> (set name, dataset); the id checked as the Hub checks repo ids."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    name, sep, value = spec.partition("=")
+    parts = value.split(":")
+    if not sep or not name or not parts[0] or len(parts) > 3:
+        raise EvalDataError(f"{flag} {spec!r}: give NAME=ORG/DATASET[:CONFIG[:SPLIT]], e.g. {flag} "
+                            "forget=akariasai/PopQA::test")
+    try:
+        validate_repo_id(parts[0])
+    except HFValidationError as e:
+        raise EvalDataError(f"{flag} {spec!r}: {parts[0]!r} is not a Hub dataset id ({e})") from e
+    return name, HubDataset(parts[0], *(p or None for p in parts[1:]))
 
 
 def named_file(spec: str, flag: str) -> tuple[str, Path]:

@@ -231,8 +231,9 @@ _INDEX_METRICS = (("perplexity", "perplexity"), ("nll", "NLL (nats/token)"), ("d
 
 def model_index(evaluation: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """The card's ``model-index``: the checkpoint's results (else the first model's), one entry per set and metric,
-    each set named by its file name and sha256 (the dataset revision), as huggingface_hub's ``EvalResult`` writes
-    them."""
+    as huggingface_hub's ``EvalResult`` writes them. A set made from a Hub dataset (``eval --dataset``) is named by
+    its id, config and split; a local file by a name that is no Hub id (``local file retain.jsonl``: the Hub links
+    ``dataset.type`` to a dataset page), with the file's sha256 as its revision."""
     from huggingface_hub import EvalResult, ModelCardData
 
     results = evaluation["results"]
@@ -242,9 +243,12 @@ def model_index(evaluation: dict[str, Any], name: str) -> list[dict[str, Any]]:
         figures = (own or {}).get("sets", {}).get(set_name, {})
         for key, label in _INDEX_METRICS:
             if isinstance(figures.get(key), (int, float)):
-                evals.append(EvalResult(task_type="text-generation", dataset_type=info["file"], dataset_name=set_name,
-                                        dataset_revision=info["sha256"], metric_type=key, metric_name=label,
-                                        metric_value=float(figures[key])))
+                hub = info.get("dataset") or {}
+                evals.append(EvalResult(
+                    task_type="text-generation", dataset_type=hub.get("id") or f"local file {info['file']}",
+                    dataset_name=set_name, dataset_config=hub.get("config"), dataset_split=hub.get("split"),
+                    dataset_revision=info["sha256"], metric_type=key, metric_name=label,
+                    metric_value=float(figures[key])))
     return ModelCardData(model_name=name, eval_results=evals).to_dict()["model-index"] if evals else []
 
 

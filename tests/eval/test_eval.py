@@ -169,7 +169,7 @@ def test_bake_eval_and_push_put_the_results_on_the_card(tiny_base: Path, tiny_ga
     out = tmp_path / "b"
     assert main(["bake", "--base", str(tiny_base), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
                  "--preset", "3", "--out", str(out), "--onnx", "--eval", f"retain={data['retain']}", "--eval-qa",
-                 f"qa={data['qa']}", "--quiet"]) == 0
+                 f"qa={data['qa']}", "--eval-dataset", "qa=akariasai/PopQA::test", "--quiet"]) == 0
     saved = json.loads((out / "eval.json").read_text())
     assert [r["model"] for r in saved["results"]] == ["checkpoint", "onnx"]
     assert "eval.json" in json.loads((out / "bake_manifest.json").read_text())["files"]
@@ -183,8 +183,12 @@ def test_bake_eval_and_push_put_the_results_on_the_card(tiny_base: Path, tiny_ga
     results = card.data.eval_results
     nll = next(r for r in results if r.dataset_name == "retain" and r.metric_type == "nll")
     assert nll.metric_value == pytest.approx(saved["results"][0]["sets"]["retain"]["nll"])
-    assert nll.dataset_type == "retain.jsonl" and nll.dataset_revision == saved["sets"]["retain"]["sha256"]
+    # a local file is named as one, not as a Hub id (the Hub links dataset.type to a dataset page); a set whose
+    # Hub dataset was named gets its id and split
+    assert nll.dataset_type == "local file retain.jsonl" and nll.dataset_revision == saved["sets"]["retain"]["sha256"]
     assert {r.metric_type for r in results if r.dataset_name == "qa"} == {"exact_match", "contains"}
+    qa = next(r for r in results if r.dataset_name == "qa")
+    assert (qa.dataset_type, qa.dataset_config, qa.dataset_split) == ("akariasai/PopQA", None, "test")
     assert "## Evaluation" in plan["card"] and "| onnx |" in plan["card"]
 
 
