@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -61,13 +60,11 @@ def test_a_dry_run_plans_every_repo_and_reads_no_weights(sweep: Path, capsys: py
             opened.append(args[0])
 
     sys.addaudithook(audit)
-    start = time.monotonic()
     code = main(["push", str(sweep), "--repo-prefix", PREFIX, "--collection", "Lambda gates study", "--dry-run",
                  "--json", "--quiet"])
-    seconds = time.monotonic() - start
     watching["on"] = False
     plan = json.loads(capsys.readouterr().out)
-    assert code == 0 and seconds < 10 and opened == []
+    assert code == 0 and opened == []  # its time: scripts/bench_study_plan.py
     assert [r["repo_id"] for r in plan["repos"]] == [f"{PREFIX}-{c}" for c in CUTS]  # cut order: off-fraction
     assert [r["off_fraction"] for r in plan["repos"]] == sorted(r["off_fraction"] for r in plan["repos"])
     assert plan["collection"] == {"title": "Lambda gates study", "items": [f"{PREFIX}-{c}" for c in CUTS]}
