@@ -113,6 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--eval-dataset", action="append", default=[], metavar="NAME=ORG/DATASET[:CONFIG[:SPLIT]]",
                             help="the Hub dataset an --eval/--eval-qa set was made from, for the card's model-index "
                                  "(repeatable)")
+    evaluation.add_argument("--eval-suite", choices=["seed"],
+                            help="also score the seed suite, built from its Hub datasets (lambda-bake eval --suite)")
+    evaluation.add_argument("--eval-data-dir", type=Path, metavar="DIR",
+                            help="--eval-suite: the datasets' local copies (lambda-bake eval --data-dir)")
+    evaluation.add_argument("--eval-limit", type=int, metavar="N", help="--eval-suite: N rows per set")
     evaluation.add_argument("--eval-max-length", type=int, default=1024, help="tokens per text row at most")
     push = p.add_argument_group("publish")
     push.add_argument("--push-to", metavar="USER/NAME",
@@ -203,10 +208,15 @@ def extras_step(args: argparse.Namespace) -> Callable[[Path], list[str]] | None:
     """What is written into the finished checkpoint's temporary folder (ONNX, GGUF, then the evaluation of all of
     them), as one step."""
     steps = ([onnx_step(args)] if args.onnx else []) + ([gguf_step(args)] if args.gguf else []) + (
-        [mlx_step(args)] if args.mlx else []) + ([eval_step(args)] if args.eval or args.eval_qa else [])
+        [mlx_step(args)] if args.mlx else []) + ([eval_step(args)] if _evaluates(args) else [])
     if not steps:
         return None
     return lambda folder: [name for step in steps for name in step(folder)]
+
+
+def _evaluates(args: argparse.Namespace) -> bool:
+    """Any evaluation option given (a suite option alone is checked, and refused, there)."""
+    return bool(args.eval or args.eval_qa or args.eval_suite or args.eval_data_dir or args.eval_limit is not None)
 
 
 def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
@@ -219,18 +229,21 @@ def eval_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     if args.eval_max_length < 2:
         raise BakeError(f"--eval-max-length {args.eval_max_length}: a row needs at least 2 tokens to predict one; "
                         "give 2 or more (default 1024)")
+    from bake.commands.eval_cmd import unique_set_names, with_datasets, with_suite
+    from bake.eval.suite import check_suite_args
+
+    check_suite_args(args.eval_suite, args.eval_data_dir, args.eval_limit,
+                     ("--eval-suite", "--eval-data-dir", "--eval-limit"))
     texts = [read_set(*named_file(s, "--eval"), "text") for s in args.eval]  # before the bake: a bad file stops it
     qas = [read_set(*named_file(s, "--eval-qa"), "qa") for s in args.eval_qa]
-    names = [s.name for s in texts + qas]
-    if len(set(names)) != len(names):
-        raise BakeError(f"--eval and --eval-qa set names must differ; got {', '.join(names)}")
-    from bake.commands.eval_cmd import with_datasets
-
+    unique_set_names(texts + qas, args.eval_suite)
     texts, qas = with_datasets(texts, qas, args.eval_dataset, "--eval-dataset")
     if args.gguf:  # each export is scored in its own runtime: llama.cpp for the GGUF
         from export.install import require_llama_cpp
 
         require_llama_cpp()
+    if args.eval_suite:  # read now, before the bake: a dataset that cannot be read stops it
+        texts, qas = with_suite(texts, qas, args.eval_suite, args.eval_data_dir, args.eval_limit)
     options = EvalOptions(max_length=args.eval_max_length, progress=not args.quiet)
 
     def run(folder: Path) -> list[str]:

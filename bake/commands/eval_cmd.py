@@ -33,6 +33,7 @@ examples:
       --texts forget=popqa_masked.jsonl --texts retain=numina.jsonl --qa popqa=popqa_qa.jsonl
   lambda-bake eval --model sweep/ --texts retain=numina.jsonl --plot tradeoff.png --json > eval.json
   lambda-bake eval --base Qwen3-0.6B --gates gates --variant chat_energy_optA --preset 3 --texts forget=f.jsonl
+  lambda-bake eval --model sweep/ --suite seed --limit 200 --save   (the card's sets from the Hub; the [eval] extra)
   lambda-bake eval --model baked-p3 --lm-eval my_task --lm-eval-include tasks/   (the [eval] extra)
 """
 
@@ -53,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--dataset", action="append", default=[], metavar="NAME=ORG/DATASET[:CONFIG[:SPLIT]]",
                       help="the Hub dataset set NAME was made from: the card's model-index names the result by it "
                            "(a set without one is named as a local file, with no Hub link) (repeatable)")
+    data.add_argument("--suite", choices=["seed"],
+                      help="build the sets the gates' card names from their Hub datasets (the datasets library): "
+                           "forget (PopQA facts as text), popqa (its QA), retain (NuminaMath-CoT chats), gsm8k (final "
+                           "number) and wikitext (WikiText-2 articles); docs/EVAL.md")
+    data.add_argument("--data-dir", type=Path, metavar="DIR",
+                      help="--suite: read the datasets from DIR/ORG/NAME, copies made by `hf download ORG/NAME "
+                           "--repo-type dataset --local-dir DIR/ORG/NAME` (default: the Hub cache, then the Hub)")
+    data.add_argument("--limit", type=int, metavar="N",
+                      help="--suite: N rows per set, the same N on every run (chosen by a stated seed; default all)")
     data.add_argument("--max-length", type=int, default=1024, help="tokens per text row at most (default 1024)")
     data.add_argument("--qa-max-new-tokens", type=int, default=32, help="answer length at most (default 32)")
     data.add_argument("--forget", default="forget", help="the text set whose loss should rise (default: forget)")
@@ -84,17 +94,18 @@ def run(args: argparse.Namespace) -> int:
     from bake.eval.report import folder_of, format_table, write_eval_file
     from bake.eval.runtimes import require_runtime
     from bake.eval.sets import named_file, read_set
+    from bake.eval.suite import check_suite_args
 
     if args.max_length < 2 or args.qa_max_new_tokens < 1:
         raise BakeError("--max-length must be at least 2 and --qa-max-new-tokens at least 1")
+    check_suite_args(args.suite, args.data_dir, args.limit, ("--suite", "--data-dir", "--limit"))
     texts = [read_set(*named_file(s, "--texts"), "text") for s in args.texts]
     qas = [read_set(*named_file(s, "--qa"), "qa") for s in args.qa]
-    names = [s.name for s in texts + qas]
-    if len(set(names)) != len(names):
-        raise BakeError(f"set names must differ; got {', '.join(names)}")
+    unique_set_names(texts + qas, args.suite)
     texts, qas = with_datasets(texts, qas, args.dataset, "--dataset")
-    if not texts and not qas and not args.lm_eval:
-        raise BakeError("nothing to evaluate on: give --texts NAME=FILE, --qa NAME=FILE and/or --lm-eval TASKS")
+    if not texts and not qas and not args.suite and not args.lm_eval:
+        raise BakeError("nothing to evaluate on: give --texts NAME=FILE, --qa NAME=FILE, --suite seed and/or "
+                        "--lm-eval TASKS")
     models = [spec for m in args.model for spec in resolve(m)]
     base = _base(args, models)
     cut_given = cut_from_args(args).kind != "none"
@@ -125,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if not os.access(folder, os.W_OK):
             raise BakeError(f"--save writes {folder}/eval.json, but {folder} is not writable; drop --save or make it "
                             "writable")
+    if args.suite:
+        texts, qas = with_suite(texts, qas, args.suite, args.data_dir, args.limit)
     say(f"evaluating {len(specs)} model(s) on {len(texts)} text and {len(qas)} QA set(s)")
     options = EvalOptions(max_length=args.max_length, qa_max_new_tokens=args.qa_max_new_tokens, device=args.device,
                           kl=not args.no_kl, forget=args.forget, retain=args.retain, progress=not args.quiet)
@@ -188,3 +201,23 @@ def with_datasets(texts: list[Any], qas: list[Any], specs: list[str], flag: str)
     if unknown:
         raise BakeError(f"{flag} names the set(s) {', '.join(unknown)}, which no --texts/--qa gives")
     return ([replace(s, dataset=given.get(s.name)) for s in texts], [replace(s, dataset=given.get(s.name)) for s in qas])
+
+
+def unique_set_names(sets: list[Any], suite: str | None) -> None:
+    """Set names key the report: the given sets' and the suite's must all differ."""
+    from bake.eval.suite import SEED_SUITE
+
+    names = [s.name for s in sets] + ([s.name for s in SEED_SUITE] if suite else [])
+    if len(set(names)) != len(names):
+        raise BakeError(f"set names must differ; got {', '.join(names)}" + (
+            f" (--suite {suite} brings {', '.join(s.name for s in SEED_SUITE)})" if suite else ""))
+
+
+def with_suite(texts: list[Any], qas: list[Any], suite: str, data_dir: Path | None, limit: int | None
+               ) -> tuple[list[Any], list[Any]]:
+    """The given sets, then the suite's (read from the Hub cache or ``data_dir``; an unreadable dataset stops
+    here, before any model is opened)."""
+    from bake.eval.suite import build_suite
+
+    suite_texts, suite_qas = build_suite(suite, data_dir, limit, say)
+    return texts + suite_texts, qas + suite_qas

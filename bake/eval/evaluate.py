@@ -145,11 +145,11 @@ def _run(spec: ModelSpec, texts: list[EvalSet], qas: list[EvalSet], options: Eva
             if kept is not None:
                 kept.figures[s.name] = figures
         for s in qas:
-            tally_qa = QATally()
+            tally_qa = QATally(scoring=s.scoring)
             for row in tqdm(s.rows, desc=f"{spec.label}: {s.name}", unit="q", disable=not options.progress,
                             file=sys.stderr, leave=False):
                 prompt = lm.chat_ids(qa_messages(row), add_generation_prompt=True)
-                tally_qa.add(lm.answer(prompt, options.qa_max_new_tokens), row.answers)
+                tally_qa.add(lm.answer(prompt, s.max_new_tokens or options.qa_max_new_tokens), row.answers)
             entry["sets"][s.name] = tally_qa.figures() | {"answers": tally_qa.answers}
     finally:
         lm.close()

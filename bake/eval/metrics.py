@@ -26,6 +26,7 @@ import math
 import re
 import string
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -96,20 +97,46 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> list[Decimal]:
+    """The numbers written in ``text``, in order (thousands commas dropped): what a final-number answer is read
+    from."""
+    out = []
+    for m in _NUMBER.findall(text):
+        try:
+            out.append(Decimal(m.replace(",", "")))
+        except InvalidOperation:
+            continue
+    return out
+
+
 @dataclass
 class QATally:
+    """Greedy answers against their references. ``aliases``: the SQuAD-normalized answer equals (exact_match) or
+    contains (contains) an alias. ``final_number``: the answer's last number equals the reference's value
+    (exact_match, as lm-eval's gsm8k "flexible-extract"), or any number in it does (contains)."""
+
+    scoring: str = "aliases"
     rows: int = 0
     exact: int = 0
     contains: int = 0
     answers: list[str] = field(default_factory=list)
 
     def add(self, answer: str, aliases: tuple[str, ...]) -> None:
-        got = normalize_answer(answer)
-        want = [w for w in (normalize_answer(a) for a in aliases) if w]  # an alias of nothing matches nothing
         self.rows += 1
-        self.exact += any(got == w for w in want)
-        self.contains += any(w in got for w in want)
         self.answers.append(answer)
+        if self.scoring == "final_number":
+            want = {n for a in aliases for n in numbers_in(a)[-1:]}
+            got = numbers_in(answer)
+            self.exact += bool(got) and got[-1] in want
+            self.contains += any(g in want for g in got)
+            return
+        normalized = normalize_answer(answer)
+        wanted = [w for w in (normalize_answer(a) for a in aliases) if w]  # an alias of nothing matches nothing
+        self.exact += any(normalized == w for w in wanted)
+        self.contains += any(w in normalized for w in wanted)
 
     def figures(self) -> dict[str, Any]:
         return {"rows": self.rows, "exact_match": self.exact / self.rows if self.rows else None,

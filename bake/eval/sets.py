@@ -45,19 +45,48 @@ class EvalSet:
     sha256: str
     rows: tuple[Any, ...]
     dataset: HubDataset | None = None  # the Hub dataset the rows were made from, where the user names it
+    built: Built | None = None  # how a suite set was made from its dataset (``bake.eval.suite``); None for a file
+    scoring: str = "aliases"  # QA: "aliases" (SQuAD-normalized answer against each alias) or "final_number"
+    max_new_tokens: int | None = None  # QA: this set's answer length (None: the run's --qa-max-new-tokens)
 
     def describe(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "file": self.path.name, "sha256": self.sha256, "rows": len(self.rows)}
-        return out | ({"dataset": asdict(self.dataset)} if self.dataset else {})
+        # a suite set has no file: "file" names its dataset and split instead (what tables and figures show)
+        source = f"{self.dataset.id} {self.dataset.split}" if self.built and self.dataset else self.path.name
+        out: dict[str, Any] = {"kind": self.kind, "file": source, "sha256": self.sha256, "rows": len(self.rows)}
+        if self.dataset:
+            out["dataset"] = {k: v for k, v in asdict(self.dataset).items() if v is not None}
+        if self.built:
+            out["built"] = asdict(self.built)
+        if self.kind == "qa":
+            out["scoring"] = self.scoring
+            if self.max_new_tokens is not None:
+                out["max_new_tokens"] = self.max_new_tokens
+        return out
 
 
 @dataclass(frozen=True)
 class HubDataset:
-    """A Hub dataset id, with its config and split (what a model card's model-index names a result's set by)."""
+    """A Hub dataset id, with its config, split and commit (what a model card's model-index names a result's set
+    by)."""
 
     id: str
     config: str | None = None
     split: str | None = None
+    revision: str | None = None  # the commit the rows were read at, where known
+
+
+@dataclass(frozen=True)
+class Built:
+    """How a suite set's rows were made: from which files of the dataset, which rows, rendered how."""
+
+    suite: str
+    files: tuple[str, ...]  # paths inside the dataset repo
+    source_rows: int  # rows (or articles) in the split
+    seed: int | None  # the row choice's seed; None when every row is used
+    selection: str  # the rule, in words
+    indices: tuple[int, ...] | None  # the chosen rows' positions in the split, when not all
+    dropped: int  # chosen rows that could not make a row (e.g. no usable alias)
+    render: str  # what a row becomes, in words
 
 
 def dataset_arg(spec: str, flag: str) -> tuple[str, HubDataset]:

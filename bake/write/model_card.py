@@ -232,8 +232,9 @@ _INDEX_METRICS = (("perplexity", "perplexity"), ("nll", "NLL (nats/token)"), ("d
 def model_index(evaluation: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """The card's ``model-index``: the checkpoint's results (else the first model's), one entry per set and metric,
     as huggingface_hub's ``EvalResult`` writes them. A set made from a Hub dataset (``eval --dataset``) is named by
-    its id, config and split; a local file by a name that is no Hub id (``local file retain.jsonl``: the Hub links
-    ``dataset.type`` to a dataset page), with the file's sha256 as its revision."""
+    its id, config, split and (a suite set: ``eval --suite``) the commit it was read at; a local file by a name that
+    is no Hub id (``local file retain.jsonl``: the Hub links ``dataset.type`` to a dataset page), with the file's
+    sha256 as its revision."""
     from huggingface_hub import EvalResult, ModelCardData
 
     results = evaluation["results"]
@@ -247,7 +248,7 @@ def model_index(evaluation: dict[str, Any], name: str) -> list[dict[str, Any]]:
                 evals.append(EvalResult(
                     task_type="text-generation", dataset_type=hub.get("id") or f"local file {info['file']}",
                     dataset_name=set_name, dataset_config=hub.get("config"), dataset_split=hub.get("split"),
-                    dataset_revision=info["sha256"], metric_type=key, metric_name=label,
+                    dataset_revision=hub.get("revision") or info["sha256"], metric_type=key, metric_name=label,
                     metric_value=float(figures[key])))
     return ModelCardData(model_name=name, eval_results=evals).to_dict()["model-index"] if evals else []
 
