@@ -80,20 +80,17 @@ def exports_in(folder: Path | None, gguf_files: list[Path] | None = None) -> dic
 
 def gguf_summary(path: Path) -> dict[str, Any]:
     """What a card says of a GGUF file: its name, type, llama.cpp arch and layout (from its own metadata)."""
-    from bake.io.gguf_reader import open_gguf
+    from bake.io.gguf_reader import read_gguf_metadata
 
+    # the layout key is manifest.GGUF_LAYOUT_KEY, spelled out: manifest imports this module
+    keys = {"general.file_type", "general.architecture", "lambda_bake.layout"}
     try:
-        fields = open_gguf(path).fields
-    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct and index errors on a damaged file
+        meta = read_gguf_metadata(path, keys)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         raise OutputError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
                           "truncated: export it again") from e
-
-    def get(key: str) -> Any:
-        return fields[key].contents() if key in fields else None
-
-    return {"file": Path(path).name, "type": _file_type(get("general.file_type")),
-            # the key is manifest.GGUF_LAYOUT_KEY, spelled out: manifest imports this module
-            "arch": get("general.architecture"), "layout": get("lambda_bake.layout") or "as-is"}
+    return {"file": Path(path).name, "type": _file_type(meta.get("general.file_type")),
+            "arch": meta.get("general.architecture"), "layout": meta.get("lambda_bake.layout") or "as-is"}
 
 
 def _file_type(value: Any) -> str:
