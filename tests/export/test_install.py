@@ -48,6 +48,6 @@ def test_base_install_carries_no_onnxruntime_and_the_extras_never_mix() -> None:
     assert names(extras["cpu"]) == {"onnxruntime", "onnxruntime-genai"}
     assert names(extras["gpu"]) == {"onnxruntime-gpu", "onnxruntime-genai-cuda"}
     assert names(extras["gguf"]) == {"gguf", "llama-cpp-python"}
-    assert names(extras["eval"]) == {"lm-eval", "accelerate"}  # lm-eval's onnxruntime-genai backend uses [cpu]'s
+    assert names(extras["eval"]) == {"lm-eval", "accelerate", "datasets"}  # lm-eval's onnxruntime-genai backend uses [cpu]'s
     assert {"mlx", "mlx-lm"} <= names(extras["mlx"]) and not names(extras["mlx"]) & runtimes
     assert "lambda-bake[cpu,plot,gguf,eval,mlx]" in extras["test"] and not names(extras["test"]) & runtimes
