@@ -27,7 +27,7 @@ from bake.hub.hub_errors import hub_errors
 from bake.io.json_files import read_json
 from bake.io.paths import BAKED_FOLDER, require
 from bake.write.manifest import MANIFEST_NAME, public_manifest, read_manifest
-from bake.write.model_card import CARD_NAME, read_eval, render_model_card
+from bake.write.model_card import CARD_NAME, render_model_card
 
 TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py", ".model")
 SCAN_LIMIT = 64 << 20  # bytes: larger files are weights, not text
@@ -54,13 +54,15 @@ class Upload:
         data = self.files.get(CARD_NAME)
         return data.decode() if data is not None else (self.folder / CARD_NAME).read_text()
 
+    def file_list(self) -> list[dict[str, Any]]:
+        """Each file with its bytes and whether the push rewrites it (the manifest's public copy, the card)."""
+        return [{"path": n, "bytes": self.size(n), "rewritten": d is not None} for n, d in self.files.items()]
+
     def describe(self) -> dict[str, Any]:
         """What ``--dry-run`` prints: the files and sizes, which ones are rewritten, and the card with its metadata."""
         card = ModelCard(self.card())
-        return {"repo_id": self.repo_id, "files": [{"path": n, "bytes": self.size(n), "rewritten": d is not None}
-                                                   for n, d in self.files.items()],
-                "bytes": sum(self.size(n) for n in self.files), "card_metadata": card.data.to_dict(),
-                "card": self.card()}
+        return {"repo_id": self.repo_id, "files": self.file_list(), "bytes": sum(self.size(n) for n in self.files),
+                "card_metadata": card.data.to_dict(), "card": self.card()}
 
 
 def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Upload:
@@ -82,7 +84,6 @@ def plan_upload(folder: Path, repo_id: str, allow_unbaked: bool = False) -> Uplo
                 inner = read_json(folder / name, HubError, "bake the folder again")
                 files[name] = (json.dumps(public_manifest(inner, folder) if name != MANIFEST_NAME else public,
                                           indent=2) + "\n").encode()
-        read_eval(folder)  # a damaged eval.json is named as itself, before the card is rendered from both
         try:
             files[CARD_NAME] = render_model_card(public, folder, repo_id).encode()
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # a section of the manifest is not as written
@@ -197,7 +198,16 @@ def push_folder(
     size = sum(upload.size(n) for n in upload.files)
     print(f"pushing {len(upload.files)} files ({size / 1e6:.1f} MB) from {folder} to {where} in one commit",
           file=sys.stderr)
-    with hub_errors(repo_id, revision, include=None, flag="--repo-id", pushing=True):
+    url = commit_upload(api, upload, private=private, revision=revision, message=message, flag="--repo-id")
+    print(f"pushed: {url}", file=sys.stderr)
+    return url
+
+
+def commit_upload(api: Any, upload: Upload, *, private: bool, revision: str | None, message: str, flag: str) -> str:
+    """Create the repo (and branch) if missing and send the planned files in one commit; return the commit URL.
+    ``flag`` is the option the repo id came from, named in the Hub's errors."""
+    repo_id = upload.repo_id
+    with hub_errors(repo_id, revision, include=None, flag=flag, pushing=True):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if private and not api.repo_info(repo_id, repo_type="model").private:
             raise HubError(
@@ -208,7 +218,6 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         info = api.create_commit(repo_id=repo_id, operations=upload.operations(), commit_message=message,
                                  repo_type="model", revision=revision)
-    print(f"pushed: {info.commit_url}", file=sys.stderr)
     return str(info.commit_url)
 
 

@@ -23,7 +23,8 @@ from huggingface_hub.utils import validate_repo_id
 
 from bake.errors import BakeError, HubError
 from bake.hub.hub_errors import hub_errors
-from bake.hub.push import Upload, default_commit_message, plan_upload
+from bake.hub.push import Upload, commit_upload, default_commit_message, plan_upload
+from bake.io.provenance import sha256_file
 from bake.write.manifest import MANIFEST_NAME, public_manifest, read_manifest
 from bake.write.model_card import CARD_NAME, read_eval
 
@@ -67,8 +68,7 @@ class StudyPlan:
         """What ``--dry-run --json`` prints: every repo with its files and bytes, and the collection."""
         repos = []
         for m in self.members:
-            files = [{"path": n, "bytes": m.upload.size(n), "rewritten": d is not None}
-                     for n, d in m.upload.files.items()]
+            files = m.upload.file_list()
             repos.append({"repo_id": m.repo_id, "cut": m.name, "off_fraction": m.off_fraction,
                           "layout": m.manifest["layout"], "files": files, "bytes": sum(f["bytes"] for f in files)})
         return {"sweep": self.sweep.name, "repo_prefix": self.prefix, "repos": repos,
@@ -95,7 +95,7 @@ class StudyReport:
         return asdict(self) | {"complete": self.complete}
 
 
-def plan_study(sweep: Path, prefix: str, collection: str | None = None, figure: bool = True) -> StudyPlan:
+def plan_study(sweep: Path, prefix: str, collection: str | None = None) -> StudyPlan:
     """Check the sweep folder, the prefix and the collection title; plan every repo and render every card."""
     sweep = Path(sweep)
     check_prefix(prefix)
@@ -105,23 +105,24 @@ def plan_study(sweep: Path, prefix: str, collection: str | None = None, figure: 
     folders = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
     if not folders:
         raise HubError(f"{sweep} holds no baked folder (one with {MANIFEST_NAME}); push a sweep's output folder")
-    manifests = {}
+    manifests, evals = {}, {}
     for folder in folders:  # every member readable before any is planned: a damaged one is named first
         try:
             manifests[folder] = read_manifest(folder)
-            read_eval(folder)
+            evals[folder] = read_eval(folder)
         except BakeError as e:
             raise HubError(f"{folder.name} (a member of the sweep {sweep}): {e}") from e
     order = sorted(folders, key=lambda f: (manifests[f]["gates"]["variant"], manifests[f]["off_fraction"], f.name))
     repos = {f: repo_for(prefix, f.name) for f in order}
-    figure, note = _figure(sweep, order, manifests) if figure else (None, "not asked for")
+    formats = {f: _format_bytes(f) for f in order}
+    figure, note = _figure(sweep, order, manifests)
     members = []
     for folder in order:
         try:
             upload = plan_upload(folder, repos[folder])
         except BakeError as e:
             raise HubError(f"{folder.name} (a member of the sweep {sweep}): {e}") from e
-        card = upload.card() + study_section(folder, repos[folder], order, manifests, repos, figure is not None)
+        card = upload.card() + study_section(folder, order, manifests, evals, formats, repos, figure is not None)
         upload.files[CARD_NAME] = card.encode()
         if figure is not None:
             upload.files[FIGURE_NAME] = figure
@@ -148,20 +149,18 @@ def repo_for(prefix: str, cut: str) -> str:
     except HFValidationError as e:
         raise HubError(f"--repo-prefix {prefix!r} with the cut {cut!r} gives {repo_id!r}, which the Hub refuses "
                        f"({e}); choose a shorter prefix") from e
-    if len(repo_id.split("/", 1)[1]) > 96:
-        raise HubError(f"{repo_id!r} has a name of more than 96 characters, the Hub's limit; choose a shorter prefix")
     return repo_id
 
 
-def study_section(folder: Path, repo_id: str, order: list[Path], manifests: dict[Path, dict[str, Any]],
-                  repos: dict[Path, str], figure: bool) -> str:
+def study_section(folder: Path, order: list[Path], manifests: dict[Path, dict[str, Any]],
+                  evals: dict[Path, dict[str, Any] | None], formats: dict[Path, list[str]], repos: dict[Path, str],
+                  figure: bool) -> str:
     """The card's part about the whole study: every cut, with links, sizes per format and eval figures."""
     lines = ["", "## The study", "",
              f"This model is one cut of a study of {len(order)}: the same base and gates, baked at each cut. "
              "Each repo holds one cut; the table links them all.", ""]
     if figure:
         lines += [f"![trade-off: sizes (and verification) against the off-fraction]({FIGURE_NAME})", ""]
-    evals = {f: read_eval(f) for f in order}
     sets = list(dict.fromkeys(n for e in evals.values() if e for n, i in e["sets"].items() if i["kind"] == "text"))
     head = ["cut", "variant", "off", "layout", "parameters", "checkpoint", "ONNX", "GGUF", "MLX",
             *[f"{n} change in NLL" for n in sets]]
@@ -170,20 +169,19 @@ def study_section(folder: Path, repo_id: str, order: list[Path], manifests: dict
         m = manifests[f]
         name = f"**{f.name}** (this repo)" if f == folder else f"[{f.name}](https://huggingface.co/{repos[f]})"
         size = (m["sizes"].get(m["layout"]) or m["sizes"]["dense"])["params"]
-        formats = _format_bytes(f, m)
         own = next((r for r in (evals[f] or {}).get("results", []) if r.get("kind") == "checkpoint"), None)
         figures = []
         for n in sets:
             value = ((own or {}).get("sets", {}).get(n) or {}).get("delta_nll")
             figures.append(f"{value:+.4f}" if isinstance(value, (int, float)) else "-")
         lines.append("| " + " | ".join([name, m["gates"]["variant"], f"{m['off_fraction']:.1%}", m["layout"],
-                                         f"{size:,}", *formats, *figures]) + " |")
+                                         f"{size:,}", *formats[f], *figures]) + " |")
     lines += ["", "Bytes per format: the files of each (the checkpoint's safetensors; the ONNX folder's graph and "
               "weights; each GGUF file; the MLX folder's weights); - where the cut has none.", ""]
     return "\n".join(lines)
 
 
-def _format_bytes(folder: Path, manifest: dict[str, Any]) -> list[str]:
+def _format_bytes(folder: Path) -> list[str]:
     def mb(n: int) -> str:
         return f"{n / 1e6:,.1f} MB" if n else "-"
 
@@ -246,15 +244,10 @@ def push_study(plan: StudyPlan, *, private: bool = False, api: Any = None) -> St
 
 
 def _commit(api: Any, member: Member, private: bool) -> str:
-    upload = member.upload
-    with hub_errors(member.repo_id, None, include=None, flag="--repo-prefix", pushing=True):
-        api.create_repo(member.repo_id, private=private, exist_ok=True, repo_type="model")
-        if private and not api.repo_info(member.repo_id, repo_type="model").private:
-            raise HubError(f"{member.repo_id} already exists and is public; --private cannot change that")
-        info = api.create_commit(repo_id=member.repo_id, operations=upload.operations(), repo_type="model",
-                                 commit_message=default_commit_message(public_manifest(member.manifest)))
-    print(f"pushed {member.repo_id}: {info.commit_url}", file=sys.stderr)
-    return str(info.commit_url)
+    url = commit_upload(api, member.upload, private=private, revision=None, flag="--repo-prefix",
+                        message=default_commit_message(public_manifest(member.manifest)))
+    print(f"pushed {member.repo_id}: {url}", file=sys.stderr)
+    return url
 
 
 def already_there(api: Any, upload: Upload) -> bool:
@@ -286,13 +279,7 @@ def _content(upload: Upload, name: str) -> bytes | Path:
 
 
 def _sha256(data: bytes | Path) -> str:
-    if isinstance(data, bytes):
-        return hashlib.sha256(data).hexdigest()
-    h = hashlib.sha256()
-    with open(data, "rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else sha256_file(data)
 
 
 def _git_blob_id(data: bytes | Path) -> str:

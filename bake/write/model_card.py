@@ -86,7 +86,7 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     keys = {"general.file_type", "general.architecture", "lambda_bake.layout"}
     try:
         meta = read_gguf_metadata(path, keys)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise OutputError(f"{path} cannot be read as a GGUF file ({type(e).__name__}: {e}); it is damaged or "
                           "truncated: export it again") from e
     return {"file": Path(path).name, "type": _file_type(meta.get("general.file_type")),
@@ -107,10 +107,10 @@ def render_model_card(manifest: dict[str, Any], folder: Path | None = None, repo
                       gguf_files: list[Path] | None = None) -> str:
     """The full card text. ``folder``: the baked folder (which exports it holds); ``repo_id``: the repo it goes to;
     ``gguf_files``: a repo of GGUF files alone (no checkpoint)."""
+    evaluation = read_eval(folder)  # first: a damaged eval.json is named as itself, not blamed on the manifest
     exports = exports_in(folder, gguf_files)
     checkpoint = gguf_files is None and not exports.get("mlx_only")
     meta = card_metadata(manifest, exports, checkpoint)
-    evaluation = read_eval(folder)
     if evaluation is not None:
         meta["model-index"] = model_index(evaluation, repo_id or "THIS_REPO")
     b, g, sizes, layout = manifest["base"], manifest["gates"], manifest["sizes"], manifest["layout"]
@@ -318,10 +318,10 @@ def _against(sizes: dict[str, Any], layout: str, key: str) -> str:
     return f" ({', '.join(others)})" if others else ""
 
 
-def tensor_parallel_sizes(widths: list[int], heads: int | None = None, most: int = 8) -> list[int]:
-    """The tensor-parallel sizes up to ``most`` that split every layer's MLP width (and the attention heads) evenly:
-    vLLM's column- and row-parallel layers need each width to be a multiple of the size."""
-    return [t for t in range(1, most + 1) if all(w % t == 0 for w in widths) and (heads is None or heads % t == 0)]
+def tensor_parallel_sizes(widths: list[int]) -> list[int]:
+    """The tensor-parallel sizes of 1 to 8 that split every layer's MLP width evenly: vLLM's column- and
+    row-parallel layers need each width to be a multiple of the size."""
+    return [t for t in range(1, 9) if all(w % t == 0 for w in widths)]
 
 
 def _tensor_parallel(manifest: dict[str, Any]) -> str:

@@ -96,6 +96,15 @@ def test_a_study_pushes_in_one_commit_per_repo_with_linked_cards_and_a_collectio
         others = [r for r in repos if r != member.repo_id]
         assert all(f"(https://huggingface.co/{r})" in card for r in others)
         assert f"**{member.name}** (this repo)" in card and "![trade-off" in card and "retain change in NLL" in card
+        for cut in CUTS:  # each cut's row: its own files' bytes and its own eval figure, read here from its folder
+            row = next(line for line in card.splitlines() if line.startswith((f"| [{cut}](", f"| **{cut}**")))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            folder = sweep / cut
+            mb = lambda files: f"{sum(f.stat().st_size for f in files) / 1e6:,.1f} MB"  # noqa: E731
+            delta = json.loads((folder / "eval.json").read_text())
+            delta = next(r for r in delta["results"] if r["kind"] == "checkpoint")["sets"]["retain"]["delta_nll"]
+            assert cells[5:] == [mb(folder.glob("*.safetensors")), mb((folder / "onnx").glob("model.onnx*")),
+                                 mb(folder.glob("*.gguf")), "-", f"{delta:+.4f}"], row
         for name, data in held.items():  # nothing machine-local in anything uploaded
             if name.endswith((".json", ".md", ".jinja", ".Modelfile")):
                 text = data.decode()
