@@ -13,6 +13,8 @@ from bake.commands.common import (
     add_gate_args,
     add_hub_args,
     add_provenance_args,
+    check_gguf_layout,
+    export_layout,
     format_layer_counts,
     load_base_and_gates,
     settings_from_args,
@@ -152,10 +154,7 @@ def run(args: argparse.Namespace) -> int:
     check = verify_check(args) if args.verify else None
     extras = extras_step(args)  # every export's and the evaluation's arguments and packages, before the inputs load
     base, variant, sources = load_base_and_gates(args)
-    if args.gguf:
-        from export.gguf.writer import check_expressible
-
-        check_expressible(base.config, "ragged" if args.layout == "ragged" else args.gguf_layout, base.ragged)
+    check_gguf_layout(args, base)
     settings, scale_source = settings_from_args(args, variant)
     say(f"baking {variant.name} ({settings.cut.describe()}, {settings.gate_mode}/{settings.scale_mode}) "
         f"into {base.folder} -> {args.out}")
@@ -273,7 +272,7 @@ def gguf_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     if kind.by_llama:
         require_llama_quantizer(kind)  # before the bake, not after
 
-    layout = "ragged" if args.layout == "ragged" else args.gguf_layout  # a ragged bake exports ragged (openelm)
+    layout = export_layout(args, args.gguf_layout)  # a ragged bake exports ragged (llama.cpp's openelm arch)
 
     def export(folder: Path) -> list[str]:
         name = default_file_name(layout, args.gguf_type, args.gguf_pure)
@@ -291,7 +290,7 @@ def mlx_step(args: argparse.Namespace) -> Callable[[Path], list[str]]:
     from export.mlx.writer import check_mlx_options, export_mlx_into
 
     require_mlx()
-    options = {"layout": "ragged" if args.layout == "ragged" else args.mlx_layout, "dtype": args.mlx_dtype,
+    options = {"layout": export_layout(args, args.mlx_layout), "dtype": args.mlx_dtype,
                "bits": args.mlx_bits,
                "group_size": args.mlx_group_size}
     check_mlx_options(**options)  # before the bake, not after

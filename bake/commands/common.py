@@ -149,6 +149,20 @@ def load_base_and_gates(args: argparse.Namespace) -> tuple[BaseModel, GateVarian
     return model, gv, base_sources | gate_sources
 
 
+def export_layout(args: argparse.Namespace, own: str) -> str:
+    """The layout an export of this bake takes: a ragged bake exports ragged; else the export's own --*-layout."""
+    return "ragged" if args.layout == "ragged" else own
+
+
+def check_gguf_layout(args: argparse.Namespace, base: BaseModel) -> None:
+    """``bake --gguf`` (one cut or a sweep): a GGUF layout llama.cpp cannot hold for this base is refused before
+    anything is baked. (The base itself is never ragged here: ``load_gates`` refuses that.)"""
+    if args.gguf:
+        from export.gguf.writer import check_expressible
+
+        check_expressible(base.config, export_layout(args, args.gguf_layout))
+
+
 def format_layer_counts(counts: list[int], total: int) -> str:
     return " ".join(f"{c}" for c in counts) + f"  (of {total} each)"
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bake.commands.common import ALL, load_base, load_gates, settings_from_args
+from bake.commands.common import ALL, check_gguf_layout, load_base, load_gates, settings_from_args
 from bake.commands.output import say, show
 from bake.errors import CutError, OutputError, PlotError
 from bake.fold.plan import BakeOptions
@@ -63,6 +63,7 @@ def run_sweep_command(args: argparse.Namespace, options: BakeOptions, check: Che
     if args.plot:
         check_plot(Path(args.plot), Path(args.out))
     base, base_sources = load_base(args)
+    check_gguf_layout(args, base)
     names = gate_variant_names(str(args.gates), args.gates_revision) if args.variant == ALL else [args.variant]
     cuts = []
     for name in names:

@@ -110,11 +110,11 @@ def _build_per_layer(base: BaseModel, dtype: torch.dtype) -> nn.Module:
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is no mapping
                 state[name] = f.get_tensor(name).to(dtype)
-    expected = set(model.state_dict())
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     tied = {"lm_head.weight"} if flat.tie_word_embeddings else set()
-    _strict(base, expected - set(state) - tied, set(state) - expected, [
-        f"{name}: {list(t.shape)} in the file, {list(model.state_dict()[name].shape)} in the model"
-        for name, t in state.items() if name in expected and tuple(t.shape) != tuple(model.state_dict()[name].shape)])
+    _strict(base, set(shapes) - set(state) - tied, set(state) - set(shapes), [
+        f"{name}: {list(t.shape)} in the file, {list(shapes[name])} in the model"
+        for name, t in state.items() if name in shapes and tuple(t.shape) != shapes[name]])
     model.load_state_dict(state, strict=False, assign=True)
     model.model.rotary_emb = Qwen3RotaryEmbedding(config=flat)  # its tables are buffers, not checkpoint tensors
     if flat.tie_word_embeddings:

@@ -132,7 +132,8 @@ def _short(value: Any, most: int = 80) -> str:
 
 
 def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None, report: CarriedReport) -> None:
-    from bake.io.base_model import layer_widths, read_config
+    from bake.io.base_model import read_config
+    from bake.verify.weights.bake_tensors import config_widths
 
     mine, theirs = read_config(folder), read_config(base)
     report.proven.append("config.json")
@@ -150,7 +151,7 @@ def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None
             if mine.get(key) != manifest[key]:
                 report.fail(f"config.json {key}", f"is {mine.get(key)!r}, but the bake manifest records "
                                                   f"{manifest[key]!r}")
-        widths = layer_widths(mine, folder / "config.json")
+        widths = config_widths(mine)
         recorded = manifest.get("mlp_widths") or [manifest["intermediate_size"]] * len(widths)
         report.proven.append("config.json per-layer MLP widths")
         if widths != recorded:
@@ -161,10 +162,24 @@ def _config(folder: Path, base: Path, kind: str, manifest: dict[str, Any] | None
                         f"{recorded[layer] if layer < len(recorded) else 'no layer'} (mlp_widths)")
 
 
+def base_generation(base: Path) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """The base's config.json and generation_config.json (both checked; {} where it has no generation config) and
+    its end-of-turn ids: the generation config's ``eos_token_id``, else config.json's, as a list (none: empty)."""
+    from bake.errors import BaseModelError
+    from bake.io.base_model import read_config
+    from bake.io.json_files import read_json_object
+
+    config = read_config(base)
+    gen_path = base / "generation_config.json"
+    gen = read_json_object(gen_path, BaseModelError, "repair the base", "the base's generation config") \
+        if gen_path.is_file() else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    return config, gen, eos if isinstance(eos, list) else [] if eos is None else [eos]
+
+
 def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:
     """genai_config.json's ids, lengths and search settings against the base's config and generation config."""
-    from bake.errors import BaseModelError, ExportError
-    from bake.io.base_model import read_config
+    from bake.errors import ExportError
     from bake.io.json_files import read_json_object
 
     path = folder / "genai_config.json"
@@ -172,12 +187,7 @@ def _genai_config(folder: Path, base: Path, report: CarriedReport) -> None:
         report.fail("genai_config.json", "is missing: onnxruntime-genai cannot run the folder without it")
         return
     genai = read_json_object(path, ExportError, "export again", "onnxruntime-genai's configuration")
-    config = read_config(base)
-    gen_path = base / "generation_config.json"
-    gen = read_json_object(gen_path, BaseModelError, "repair the base", "the base's generation config") \
-        if gen_path.is_file() else {}
-    eos = gen.get("eos_token_id", config.get("eos_token_id"))
-    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]  # none named: no stop token, an empty list
+    config, gen, eos = base_generation(base)
     pads = [gen.get("pad_token_id"), config.get("pad_token_id"), *eos[:1]]
     want = {
         "model.eos_token_id": eos if len(eos) != 1 else eos[0],

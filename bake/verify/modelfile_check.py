@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bake.verify.carried import CarriedReport
+from bake.verify.carried import CarriedReport, base_generation
 
 CHATS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "What is 2 + 2?"}],
@@ -66,8 +66,6 @@ def parse_modelfile(text: str) -> Modelfile:
 
 def check_modelfile(gguf_path: Path, base: Path) -> CarriedReport:
     """The Modelfile beside ``gguf_path`` (``<stem>.Modelfile``) against the base folder ``base``."""
-    import json
-
     from transformers import AutoTokenizer
 
     report = CarriedReport()
@@ -101,11 +99,7 @@ def check_modelfile(gguf_path: Path, base: Path) -> CarriedReport:
                                                 f"character {at}, where the base's chat template with thinking off "
                                                 f"gives {want[at:at + 40]!r}")
                 break
-    gen_path = base / "generation_config.json"
-    generation = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    config = json.loads((base / "config.json").read_text())
-    eos = generation.get("eos_token_id", config.get("eos_token_id"))
-    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    _, generation, eos = base_generation(base)
     ends = {tokenizer.convert_ids_to_tokens(int(i)) for i in eos}
     missing = sorted(t for t in ends if t not in modelfile.stops)
     if missing:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bake.verify.weights.bake_tensors import config_widths
+
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 Named = Iterable[tuple[str, np.ndarray]]
 _LAYER = re.compile(r"(?:^|\.)(?:layers|blk)\.(\d+)\.")
@@ -110,7 +112,7 @@ def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int]
     if cfg["tie_word_embeddings"]:
         top["lm_head.weight"] = top["model.embed_tokens.weight"]
     if widths is None:
-        widths = _config_widths(cfg)
+        widths = config_widths(cfg)
     conf = Qwen3Config(**{k: v for k, v in cfg.items()
                           if k not in ("architectures", "transformers_version", "per_layer_config")})
     with torch.device("meta"):
@@ -130,14 +132,6 @@ def qwen3_model(config: dict[str, Any], tensors: LayerTensors, widths: list[int]
         layer.register_forward_pre_hook(_loader(tensors, i))
         layer.register_forward_hook(_drop)
     return model.eval()
-
-
-def _config_widths(config: dict[str, Any]) -> list[int]:
-    """Each layer's MLP width as the config gives it, read here from the JSON (not by the loader a user runs)."""
-    widths = [int(config["intermediate_size"])] * int(config["num_hidden_layers"])
-    for key, entry in (config.get("per_layer_config") or {}).items():
-        widths[int(key)] = int(entry["intermediate_size"])
-    return widths
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

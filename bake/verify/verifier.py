@@ -36,7 +36,7 @@ from bake.errors import BakeError, ManifestMismatch
 from bake.gates.gate_math import Cut, GateSettings, compute_gates
 from bake.gates.variant import GateVariant, load_variant
 from bake.gates.widths import padded_width
-from bake.io.base_model import layer_widths, open_base_model, read_config
+from bake.io.base_model import open_base_model, read_config
 from bake.verify import precision
 from bake.verify.candidates import BatchRunner, Candidate, Outputs, Runner, Sequences, TorchRunner, release_memory
 from bake.verify.metrics import (
@@ -51,7 +51,7 @@ from bake.verify.metrics import (
 from bake.verify.prompts import DEFAULT_PROMPTS, Messages, render_prompt_texts
 from bake.verify.reference import ActivationRange, record_activation_range, streamed_hooked_model
 from bake.verify.tensor_model import bake_layers, qwen3_model
-from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake
+from bake.verify.weights.bake_tensors import BakeFolder, BakeTensors, DerivedBake, config_widths
 from bake.verify.weights.checkpoint_check import check_bake_weights
 from bake.verify.weights.weight_check import check_export_weights
 from bake.write.checkpoint import check_carried_files
@@ -475,7 +475,7 @@ def _derived_bake(run: _Run, folder: Path, manifest: dict[str, Any] | None = Non
     else:
         config, base_width = read_config(folder), int(read_config(base)["intermediate_size"])
         dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-        widths = layer_widths(config, folder / "config.json")
+        widths = config_widths(config)
         width, multiple = max(widths), 1
         layout = "ragged" if len(set(widths)) > 1 else "dense" if width == base_width else "pruned"
     return DerivedBake(base, run.scale, layout=layout, dtype=dtype, width=width, pad_multiple=multiple,

@@ -128,7 +128,7 @@ def test_verify_fails_ggufs_of_wrong_bakes_with_the_tensor_named(bakes: dict[str
     assert c["weights"]["failures"][0]["worst"]["bound"] == 0.0
 
 
-def test_damaged_gguf_and_refused_requests_are_clear_errors(bakes: dict[str, Path], tmp_path: Path,
+def test_damaged_gguf_and_refused_requests_are_clear_errors(bakes: dict[str, Path], tiny_gates: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     export_gguf(bakes["dense"], tmp_path / "m.gguf", gguf_type_name="f16", progress=False)
     data = (tmp_path / "m.gguf").read_bytes()
@@ -144,6 +144,11 @@ def test_damaged_gguf_and_refused_requests_are_clear_errors(bakes: dict[str, Pat
                  str(tmp_path / "u.gguf"), "--quiet"]) == 2
     assert "ties the output to the embedding" in capsys.readouterr().err and not (tmp_path / "u.gguf").exists()
     assert not list(tmp_path.glob(".u.gguf*"))
+    for cuts in (["--preset", "3"], ["--preset", "all"]):  # one cut, and a sweep: refused before any bake
+        out = tmp_path / f"bake{len(cuts[1])}"
+        assert main(["bake", "--base", str(untied), "--gates", str(tiny_gates), "--variant", "chat_energy_optA",
+                     *cuts, "--layout", "ragged", "--gguf", "--out", str(out), "--quiet"]) == 2
+        assert "ties the output to the embedding" in capsys.readouterr().err and not out.exists()
     assert main(["export", "--model", str(untied), "--format", "gguf", "--out", str(tmp_path / "u.gguf"),
                  "--quiet"]) == 0  # as-is: the qwen3 arch has its own output.weight
     assert "output.weight" in {t.name for t in gguf.GGUFReader(str(tmp_path / "u.gguf")).tensors}

@@ -153,3 +153,12 @@ def _rounded(x: np.ndarray, dtype: DType) -> np.ndarray:
     """float32 ``x`` rounded to ``dtype`` (nearest, ties to even) and viewed as its raw storage."""
     with np.errstate(over="ignore"):
         return np.ascontiguousarray(x.astype(_ROUNDED[dtype.name])).view(dtype.storage)
+
+
+def config_widths(config: dict[str, Any]) -> list[int]:
+    """Each layer's MLP width as the config gives it, read here from the JSON: verify's own reading, not the
+    loader's and exporters' (``bake.io.base_model.layer_widths``, which the checks are there to catch out)."""
+    widths = [int(config["intermediate_size"])] * int(config["num_hidden_layers"])
+    for key, entry in (config.get("per_layer_config") or {}).items():
+        widths[int(key)] = int(entry["intermediate_size"])
+    return widths

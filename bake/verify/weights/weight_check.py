@@ -30,8 +30,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from bake.io.base_model import layer_widths
-from bake.verify.weights.bake_tensors import BakeTensors, Stored
+from bake.verify.weights.bake_tensors import BakeTensors, Stored, config_widths
 from bake.verify.weights.onnx_weights import ExportGraph, Use
 from bake.verify.weights.quant_check import Worst, quant_error
 from bake.verify.weights.weight_map import EMBED, LiveNeurons, Part, projection_parts
@@ -99,7 +98,7 @@ class _Checker:
         self.ragged = io.get("layout") == "ragged"
         self.multiple = int(io.get("width_multiple") or 1)
         self.tied = bool(bake.config.get("tie_word_embeddings", False))
-        self.bake_widths = layer_widths(bake.config, Path(bake.label) / "config.json")
+        self.bake_widths = config_widths(bake.config)
         self.bake_names = set(bake.names())
         self.used: set[str] = set()
         self.live = LiveNeurons(bake)
