@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inputs import ensure_inputs, write_report  # noqa: E402
+from bench_inputs import cpu_model, ensure_inputs, paired, write_report  # noqa: E402
 from bench_onnx import builder_export, load_genai, prompt_ids, time_genai  # noqa: E402
 
 from bake.gates.gate_math import Cut, GateSettings  # noqa: E402
@@ -102,11 +102,7 @@ def main() -> None:
             folders[name] = out
     report: dict[str, Any] = {"command": " ".join(sys.argv), "shape": args.shape, "off_fraction": args.off,
                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "exports": {}}
-    try:
-        report["machine"]["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                                        .splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    report["machine"]["cpu"] = cpu_model()
     import onnxruntime_genai as og
 
     report["onnxruntime_genai"] = og.__version__
@@ -139,10 +135,9 @@ def main() -> None:
                 tok_s[name][batch].append(time_genai(models[name], ids, args.new_tokens)["decode_tok_s"])
     for name in models:
         for batch in (1, 4):
-            ratios = [a / b for a, b in zip(tok_s[name][batch], tok_s["builder int4 dense"][batch])]
             report["exports"][name][f"b{batch}_decode_tok_s"] = [round(x, 2) for x in tok_s[name][batch]]
-            report["exports"][name][f"b{batch}_vs_builder"] = {"median": round(statistics.median(ratios), 3),
-                                                              "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+            report["exports"][name][f"b{batch}_vs_builder"] = paired(tok_s[name][batch],
+                                                                     tok_s["builder int4 dense"][batch], 3)
     dense = report["exports"]["ours int4 dense, shared embedding"]["bytes"]
     report["ragged_vs_dense_bytes"] = round(dense / report["exports"]["ours int4 ragged, shared embedding"]["bytes"], 3)
     write_report(report, args.json)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,22 @@ def ensure_inputs(workdir: Path, shape: str = "0.6b") -> tuple[Path, Path]:
         print(f"building random-weight Qwen3-{shape.upper()} (bf16) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-c", _BUILD, str(workdir), VARIANT, SHAPES[shape]], cwd=REPO, check=True)
     return workdir / "base", workdir / "gates" / VARIANT
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform.processor`` says: timings are per machine."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def paired(a: list[float], b: list[float], digits: int = 4) -> dict[str, float]:
+    """The per-round ratios a/b of runs paired in one process: their median and spread."""
+    ratios = [x / y for x, y in zip(a, b)]
+    return {"median": round(statistics.median(ratios), digits), "min": round(min(ratios), digits),
+            "max": round(max(ratios), digits)}
 
 
 def write_report(report: dict[str, Any], path: Path | None) -> None:

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inputs import ensure_inputs, write_report  # noqa: E402
+from bench_inputs import cpu_model, ensure_inputs, paired, write_report  # noqa: E402
 
 LAYOUTS = ("dense", "pruned", "ragged")
 
@@ -151,9 +150,8 @@ def transformers_rounds(folders: dict[str, Path], dtype: str, tokens: int, round
     return out
 
 
-def paired(values: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
-    ratios = [x / y for x, y in zip(values[a], values[b])]
-    return {"median": round(statistics.median(ratios), 4), "min": round(min(ratios), 4), "max": round(max(ratios), 4)}
+def ratio(values: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
+    return paired(values[a], values[b])
 
 
 def main() -> None:
@@ -191,11 +189,7 @@ def main() -> None:
                                         for k, f in folders.items()},
         "sizes": sizes, "predicted_decode_gain": {k: round(v, 4) for k, v in predicted.items()},
     }
-    try:
-        report["machine"]["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                                        .splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    report["machine"]["cpu"] = cpu_model()
     engines = args.engines.split(",")
     if "vllm" in engines:
         import vllm
@@ -209,7 +203,7 @@ def main() -> None:
         decode = {k: [x["decode_tok_s"] for x in v] for k, v in runs.items()}
         forward = {k: [x["forward_ms"] for x in v] for k, v in runs.items()}
         many = {k: [x["concurrent_tok_s"] for x in v] for k, v in runs.items()}
-        gain = paired(decode, "ragged", "dense")
+        gain = ratio(decode, "ragged", "dense")
         report["vllm"] = {
             "version": vllm.__version__, "mode": args.vllm_mode, "model_class": {k: v[0]["model_class"] for k, v in runs.items()},
             "mlp_widths_served": {k: v[0]["mlp_widths"] for k, v in runs.items()},
@@ -219,23 +213,23 @@ def main() -> None:
             "logits_ms": {k: [round(x["logits_ms"], 2) for x in v] for k, v in runs.items()},
             # the decoder layers' time (forward, without the lm_head, which compute_logits runs) against the bytes
             # they read: the gain the ragged widths buy where the engine's own per-step work does not dilute it
-            "forward_ratio": {"dense/ragged": paired(forward, "dense", "ragged"),
-                              "dense/pruned": paired(forward, "dense", "pruned")},
+            "forward_ratio": {"dense/ragged": ratio(forward, "dense", "ragged"),
+                              "dense/pruned": ratio(forward, "dense", "pruned")},
             "predicted_forward_gain": {k: round((sizes["dense"]["bytes_per_token"] - head) /
                                                 (sizes[k]["bytes_per_token"] - head), 4) for k in LAYOUTS},
-            "decode_ratio": {"ragged/dense": gain, "pruned/dense": paired(decode, "pruned", "dense"),
-                             "ragged/pruned": paired(decode, "ragged", "pruned")},
-            "concurrent_ratio": {"ragged/dense": paired(many, "ragged", "dense"),
-                                 "ragged/pruned": paired(many, "ragged", "pruned")},
+            "decode_ratio": {"ragged/dense": gain, "pruned/dense": ratio(decode, "pruned", "dense"),
+                             "ragged/pruned": ratio(decode, "ragged", "pruned")},
+            "concurrent_ratio": {"ragged/dense": ratio(many, "ragged", "dense"),
+                                 "ragged/pruned": ratio(many, "ragged", "pruned")},
             "ragged_share_of_predicted_gain": round((gain["median"] - 1) / (predicted["ragged"] - 1), 3),
         }
     if "transformers" in engines:
         decode = transformers_rounds(folders, dtype, args.tokens, args.rounds)
-        gain = paired(decode, "ragged", "dense")
+        gain = ratio(decode, "ragged", "dense")
         report["transformers"] = {
             "decode_tok_s": decode,
-            "decode_ratio": {"ragged/dense": gain, "pruned/dense": paired(decode, "pruned", "dense"),
-                             "ragged/pruned": paired(decode, "ragged", "pruned")},
+            "decode_ratio": {"ragged/dense": gain, "pruned/dense": ratio(decode, "pruned", "dense"),
+                             "ragged/pruned": ratio(decode, "ragged", "pruned")},
             "ragged_share_of_predicted_gain": round((gain["median"] - 1) / (predicted["ragged"] - 1), 3),
         }
     write_report(report, args.json)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inputs import REPO, VARIANT, ensure_inputs, write_report  # noqa: E402
+from bench_inputs import REPO, VARIANT, cpu_model, ensure_inputs, write_report  # noqa: E402
 
 CUTS = ["0.1", "0.2", "0.3", "0.4", "0.5"]
 
@@ -51,8 +51,7 @@ def main() -> int:
         seconds.append(time.perf_counter() - start)
         plan = json.loads(done.stdout)
     sweep_bytes = sum(f.stat().st_size for f in sweep.rglob("*") if f.is_file())
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     write_report({
         "command": " ".join(["lambda-bake", *dry_run[3:]]),
         "shape": args.shape, "cuts": len(plan["repos"]), "sweep_bytes_on_disk": sweep_bytes,

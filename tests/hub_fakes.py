@@ -10,6 +10,12 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.hf_api import Collection, ModelInfo
 
+
+def git_blob_sha1(data: bytes) -> str:
+    """git's object id of a file (the Hub's ``blobId``), written here, not taken from the code under test."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
+
+
 COMMIT_B = "b" * 40
 
 
@@ -66,8 +72,6 @@ class FakeHfApi:
         """The repo's files as the Hub lists them: LFS files (weights, images) with their sha256, the rest with their
         git blob id."""
         from huggingface_hub.errors import RepositoryNotFoundError
-        from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
-
         params = self._record("model_info", *args, **kwargs)
         if params["repo_id"] not in self.repos:
             import httpx2 as httpx  # huggingface_hub 2.x's HTTP client
@@ -75,18 +79,13 @@ class FakeHfApi:
             url = f"https://huggingface.co/api/models/{params['repo_id']}"
             raise RepositoryNotFoundError(f"404 {params['repo_id']}",
                                           response=httpx.Response(404, request=httpx.Request("GET", url)))
-        siblings = []
+        siblings = []  # as the Hub's API sends them (ModelInfo parses them into RepoSibling / BlobLfsInfo)
         for name, data in self.repos[params["repo_id"]].items():
             lfs = name.endswith((".safetensors", ".gguf", ".png", ".data", ".onnx")) or len(data) > 10 << 20
-            siblings.append(RepoSibling(
-                rfilename=name, size=len(data),
-                blob_id=hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),  # noqa: S324 - git's object id
-                lfs=BlobLfsInfo(size=len(data), sha256=hashlib.sha256(data).hexdigest(), pointer_size=134)
-                if lfs else None))
-        return ModelInfo(id=params["repo_id"], private=self.private, siblings=[
-            {"rfilename": x.rfilename, "size": x.size, "blobId": x.blob_id,
-             "lfs": {"size": x.lfs.size, "sha256": x.lfs.sha256, "pointerSize": x.lfs.pointer_size} if x.lfs else None}
-            for x in siblings])
+            siblings.append({"rfilename": name, "size": len(data), "blobId": git_blob_sha1(data),
+                             "lfs": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+                             if lfs else None})
+        return ModelInfo(id=params["repo_id"], private=self.private, siblings=siblings)
 
     def create_collection(self, *args: Any, **kwargs: Any) -> Collection:
         params = self._record("create_collection", *args, **kwargs)

@@ -226,7 +226,7 @@ def check_graph(path: Path) -> None:
 
 def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dtype: str, layout: str,
              quant: QuantSpec | None, widths: list[int], padding: list[int], width_multiple: int, opset: int,
-             external_bytes: int | None, embedding: dict[str, Any] | None = None) -> dict[str, Any]:
+             external_bytes: int | None, embedding: dict[str, Any]) -> dict[str, Any]:
     """The content of onnx_io.json."""
 
     def tensors(values: Any) -> list[dict[str, Any]]:
@@ -252,7 +252,7 @@ def describe(model: onnx.ModelProto, config: dict[str, Any], *, target: str, dty
         "dtype": dtype,
         "layout": layout,
         "quantization": quant.describe() if quant is not None else None,
-        "embedding": embedding or {"form": "float", "why": None, "bytes": None, "float_bytes": None},
+        "embedding": embedding,
         "opset": opset,
         "requires": (f"ONNX Runtime with com.microsoft {', '.join(contrib)}, opset {opset}; exported and checked "
                      f"with onnxruntime {ort.__version__}") if contrib else f"ONNX opset {opset}",

@@ -86,10 +86,11 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def quantize_weight(w: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float32,
                     rows_per_chunk: int = 8192) -> PackedWeight:
-    """Asymmetric blockwise quantization of ``w`` [N, K], computed in float32 ``rows_per_chunk`` rows at a time.
+    """Blockwise quantization of ``w`` [N, K], computed in float32 ``rows_per_chunk`` rows at a time.
 
-    Per block: the range [min(w, 0), max(w, 0)] maps onto codes 0 .. 2**bits - 1, so 0 is exact
-    (zeroed neurons stay exactly 0) and the zero point is an integer code. Scales are stored in
+    Symmetric (``spec.symmetric``, the default): codes around the implicit zero point 2**(bits-1), the scale
+    max|w| / (2**(bits-1) - 1). Asymmetric: the range [min(w, 0), max(w, 0)] maps onto codes 0 .. 2**bits - 1 with
+    an integer zero point. Either way 0 is exact (zeroed neurons stay exactly 0). Scales are stored in
     ``scale_dtype``; a float16 scale is rounded up (never down, so the block's range still fits) and
     the codes are computed with the stored scale, so every weight stays within half a step of it.
     """
@@ -116,15 +117,12 @@ def _quantize_rows(w: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype) -
     if spec.symmetric:  # codes around the implicit zero point 2**(bits-1); |w| <= 7 (127) steps: never clipped
         half = 1 << (spec.bits - 1)
         stored = _round_up(x.abs().amax(-1) / (half - 1), scale_dtype)
-        scale = stored.to(torch.float32)
-        inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-        codes = (x * inv[..., None] + half).round().clamp(0, qmax).to(torch.uint8)
-        return PackedWeight(_pack(codes, spec.bits), stored, None)
-    lo = x.amin(-1).clamp_max(0.0)
-    hi = x.amax(-1).clamp_min(0.0)
-    stored = _round_up((hi - lo) / qmax, scale_dtype)
+    else:  # the block's range [min(w, 0), max(w, 0)] onto codes 0 .. qmax, with an integer zero point
+        lo = x.amin(-1).clamp_max(0.0)
+        stored = _round_up((x.amax(-1).clamp_min(0.0) - lo) / qmax, scale_dtype)
     scale = stored.to(torch.float32)
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    zp = (-lo * inv).round().clamp(0, qmax)
+    zp = torch.full_like(scale, half) if spec.symmetric else (-lo * inv).round().clamp(0, qmax)
     codes = (x * inv[..., None] + zp[..., None]).round().clamp(0, qmax).to(torch.uint8)
-    return PackedWeight(_pack(codes, spec.bits), stored, _pack(zp.to(torch.uint8), spec.bits))
+    return PackedWeight(_pack(codes, spec.bits), stored, None if spec.symmetric else _pack(zp.to(torch.uint8),
+                                                                                            spec.bits))

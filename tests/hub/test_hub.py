@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_fakes import COMMIT_B, FakeHfApi
+from hub_fakes import COMMIT_B, FakeHfApi, git_blob_sha1
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
@@ -71,10 +71,6 @@ def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def cache_repo(
     cache: Path,
     repo_id: str,
@@ -99,7 +95,7 @@ def cache_repo(
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
         data = path.read_bytes()
-        entry: dict[str, Any] = {"size": len(data), "blob_id": _git_blob_sha1(data)}
+        entry: dict[str, Any] = {"size": len(data), "blob_id": git_blob_sha1(data)}
         etag = entry["blob_id"]
         if rel.endswith(LFS_SUFFIXES):  # LFS files: the blob is named by its sha256
             etag = hashlib.sha256(data).hexdigest()
