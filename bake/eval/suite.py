@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Callable
@@ -268,8 +269,10 @@ def _load(folder: Path, files: tuple[str, ...], source: Source) -> list[dict[str
     options: dict[str, Any] = {"sep": "\t"} if source.reader == "tsv" else {}
     builder = "csv" if source.reader == "tsv" else "parquet"
     was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    verbosity = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.disable_progress_bar()
-    try:
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)  # a file it cannot parse is logged with a traceback:
+    try:  # the error below names the file instead
         with tempfile.TemporaryDirectory(prefix="lambda-bake-suite-") as cache:  # leave no arrow copy behind
             try:
                 table = datasets.load_dataset(builder, data_files=paths, split="train", cache_dir=cache, **options)
@@ -283,6 +286,7 @@ def _load(folder: Path, files: tuple[str, ...], source: Source) -> list[dict[str
                                     f"(found: {', '.join(table.column_names)}); give a copy of {source.id} itself")
             return table.select_columns(list(source.columns)).to_list()
     finally:
+        datasets.utils.logging.set_verbosity(verbosity)
         if was_enabled:
             datasets.utils.logging.enable_progress_bar()
 

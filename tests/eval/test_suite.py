@@ -248,3 +248,29 @@ def test_bad_suite_input_stops_before_any_model(tiny_base: Path, tmp_path: Path,
     assert main(["eval", "--base", str(tiny_base), *args]) == 2
     err = capsys.readouterr().err
     assert message.replace("@EMPTY", str(tmp_path / "empty")) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["truncated parquet", "bit-flipped parquet", "invalid UTF-8 in the TSV"])
+def test_a_damaged_local_copy_is_named_before_any_model(tiny_base: Path, data_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    import shutil
+
+    from bake.eval import evaluate
+
+    copy = tmp_path / "datasets"
+    shutil.copytree(data_dir, copy)
+    repo = "akariasai/PopQA" if "TSV" in damage else "openai/gsm8k"
+    path = copy / repo / FILES[repo]
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated parquet":
+        raw = raw[: len(raw) // 2]
+    elif damage == "bit-flipped parquet":
+        raw[-12:-8] = b"\xff\xff\xff\x7f"  # the footer's length: past the start of the file
+    else:
+        raw += b"1\tx\t\xed\xa0\x80\xff\n"  # a lone surrogate's bytes and a stray byte
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(evaluate, "open_model", lambda *a, **k: pytest.fail("a model was opened"))
+    assert main(["eval", "--base", str(tiny_base), "--suite", "seed", "--data-dir", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} cannot be read as {repo}'s" in err and "hf download" in err and "Traceback" not in err
